@@ -1,0 +1,60 @@
+"""The console script: --help everywhere, one-line errors (no traceback) on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["demo"]])
+def test_help(sub: list[str]) -> None:
+    proc = _run(*sub, "--help")
+    assert proc.returncode == 0 and "usage: maskrt" in proc.stdout
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    # our own errors read "error: ..."; argparse's read "maskrt SUB: error: ..." after the usage lines
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], proc.stderr
+
+
+def test_bad_input_gives_one_line_errors(tmp_path: Path, shapes_dir: Path) -> None:
+    _assert_one_line_error(_run("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")),
+                           "nope: dataset folder not found")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    _assert_one_line_error(_run("eval", "--checkpoint", str(garbage), "--data", str(shapes_dir)),
+                           "garbage.pt: not a readable maskrt checkpoint")
+    _assert_one_line_error(_run("data", "shapes", "--out", str(tmp_path / "d"), "--size", "8"), "--size")
+    _assert_one_line_error(_run("import", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "o")),
+                           "w.pth: weights file not found")
+    _assert_one_line_error(_run("train", "--data", str(shapes_dir), "--out", str(tmp_path / "r"), "--iters", "0"),
+                           "--iters")
+
+
+def test_data_shapes_and_eval(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    proc = _run("data", "shapes", "--out", str(out), "--train", "5", "--val", "3", "--size", "64", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == ["instances_train.json", "instances_val.json"]
+    assert len(list((out / "train").glob("*.png"))) == 5 and len(list((out / "val").glob("*.png"))) == 3
+    run = tmp_path / "run"
+    proc = _run("train", "--data", str(out), "--out", str(run), "--iters", "2", "--batch-size", "2", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "segm  AP" in proc.stdout
+    proc = _run("eval", "--checkpoint", str(run / "last.pt"), "--data", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "eval_val.json").is_file() and "bbox  AP" in proc.stdout

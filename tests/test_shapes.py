@@ -1,0 +1,75 @@
+"""The shapes generator: deterministic, valid COCO, occlusion handled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+from PIL import Image
+
+from maskrt.errors import MaskrtError
+from training.shapes import generate
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", train=6, val=3, size=64, seed=7, progress=False)
+    b = generate(tmp_path / "b", train=6, val=3, size=64, seed=7, progress=False)
+    c = generate(tmp_path / "c", train=6, val=3, size=64, seed=8, progress=False)
+    assert _digest(a) == _digest(b)
+    ja = (a / "annotations" / "instances_train.json").read_bytes()
+    assert ja == (b / "annotations" / "instances_train.json").read_bytes()
+    assert ja != (c / "annotations" / "instances_train.json").read_bytes()
+
+
+def test_layout_and_annotations_are_consistent(shapes_dir: Path) -> None:
+    for split, count in (("train", 24), ("val", 8)):
+        data = json.loads((shapes_dir / "annotations" / f"instances_{split}.json").read_text())
+        assert len(data["images"]) == count
+        assert len(data["categories"]) >= 3
+        assert {a["category_id"] for a in data["annotations"]} <= {c["id"] for c in data["categories"]}
+        by_image: dict[int, list[np.ndarray]] = {}
+        for ann in data["annotations"]:
+            mask = mask_utils.decode(ann["segmentation"])
+            assert ann["iscrowd"] == 0
+            assert ann["area"] == float(mask.sum()) > 0
+            ys, xs = np.nonzero(mask)
+            assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                   float(ys.max() - ys.min() + 1)]
+            by_image.setdefault(ann["image_id"], []).append(mask)
+        for img in data["images"]:
+            path = shapes_dir / split / img["file_name"]
+            with Image.open(path) as im:
+                assert im.size == (img["width"], img["height"]) == (96, 96)
+            masks = by_image.get(img["id"], [])
+            assert masks, "every generated image has at least one instance"
+            # visible masks of one image never overlap (occluded parts belong to the front shape)
+            assert np.stack(masks).sum(0).max() <= 1
+
+
+def test_occlusion_and_variety(tmp_path: Path) -> None:
+    root = generate(tmp_path, train=40, val=1, size=96, seed=0, progress=False)
+    data = json.loads((root / "annotations" / "instances_train.json").read_text())
+    areas = np.array([a["area"] for a in data["annotations"]])
+    bbox_areas = np.array([a["bbox"][2] * a["bbox"][3] for a in data["annotations"]])
+    assert len({a["category_id"] for a in data["annotations"]}) == 3
+    assert areas.max() > 4 * areas.min(), "varied sizes"
+    # an occluded instance's visible area is well below its box (besides triangles/circles' own shape)
+    assert (areas / bbox_areas).min() < 0.4
+    counts = np.bincount([a["image_id"] for a in data["annotations"]])
+    assert counts.max() >= 3
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(MaskrtError, match="--size"):
+        generate(tmp_path, train=1, val=1, size=8)
+    with pytest.raises(MaskrtError, match="--train"):
+        generate(tmp_path, train=0, val=1)

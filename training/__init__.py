@@ -1,0 +1,1 @@
+"""Training stage: datasets (COCO loader, shapes generator), model factory, trainer, evaluation."""

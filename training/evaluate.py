@@ -1,0 +1,89 @@
+"""COCO evaluation with pycocotools: box and mask AP on COCO's 0-100 scale."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from training.coco import CocoDataset
+
+METRIC_NAMES = ("AP", "AP50", "AP75")
+
+
+def detections_to_coco(image_id: int, output: dict, label_to_cat: dict[int, int],
+                       mask_threshold: float = 0.5) -> list[dict]:
+    """Convert one torchvision-style output (boxes xyxy, scores, labels, masks [N,1,H,W]) to COCO results."""
+    boxes = output["boxes"].detach().cpu().numpy().astype(np.float64)
+    scores = output["scores"].detach().cpu().numpy()
+    labels = output["labels"].detach().cpu().numpy()
+    masks = output.get("masks")
+    results = []
+    if masks is not None and len(boxes):
+        binary = (masks[:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    else:
+        rles = [None] * len(boxes)
+    for box, score, label, rle in zip(boxes, scores, labels, rles, strict=True):
+        x1, y1, x2, y2 = box.tolist()
+        res = {"image_id": int(image_id), "category_id": int(label_to_cat[int(label)]),
+               "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+               "score": round(float(score), 5)}
+        if rle is not None:
+            res["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        results.append(res)
+    return results
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict:
+    """{"bbox": {AP, AP50, ...}, "segm": {...}} on the 0-100 scale (-1 where COCO has no GT for a metric)."""
+    metrics: dict[str, dict[str, float]] = {}
+    for iou_type in ("bbox", "segm"):
+        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        if not usable:
+            metrics[iou_type] = {k: 0.0 for k in METRIC_NAMES}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(usable)
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            if image_ids is not None:
+                ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics[iou_type] = {k: round(float(v) * 100 if v >= 0 else -1.0, 3)
+                             for k, v in zip(METRIC_NAMES, ev.stats[:3], strict=True)}
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: CocoDataset, *, batch_size: int = 4,
+             progress: bool = True) -> dict:
+    """Run `model` (torchvision Mask R-CNN) over `dataset` and return its COCO metrics."""
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="eval", unit="batch", disable=not progress,
+                      leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        outputs = model([img for img, _ in items])
+        for (_, target), out in zip(items, outputs, strict=True):
+            results.extend(detections_to_coco(target["image_id"], out, dataset.label_to_cat))
+    model.train(was_training)
+    return coco_metrics(dataset.coco, results, image_ids=[dataset.ids[i] for i in range(len(dataset))])
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short human-readable line per IoU type."""
+    lines = []
+    for iou_type in ("bbox", "segm"):
+        m = metrics.get(iou_type, {})
+        lines.append(f"{iou_type:5s} AP {m.get('AP', 0):6.2f}  AP50 {m.get('AP50', 0):6.2f}  "
+                     f"AP75 {m.get('AP75', 0):6.2f}")
+    return "\n".join(lines)

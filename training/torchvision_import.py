@@ -1,0 +1,73 @@
+"""Import a torchvision Mask R-CNN state_dict file (the format of torchvision's published weights).
+
+The config (r50-fpn or r50-fpn-v2) and the number of classes are read from the keys and shapes. A
+91-way COCO model gets torchvision's COCO category names with label == COCO category id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from maskrt.errors import MaskrtError
+from training.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
+from training.models import default_model_config
+
+
+def _coco_names() -> list[str]:
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    return list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+def detect_config(state_dict: dict) -> tuple[str, int]:
+    """(config name, number of labels incl. background) of a torchvision Mask R-CNN state_dict."""
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state_dict:
+        raise MaskrtError("not a torchvision Mask R-CNN state_dict (no roi_heads.box_predictor.cls_score)")
+    if "roi_heads.mask_predictor.mask_fcn_logits.weight" not in state_dict:
+        raise MaskrtError("a Faster R-CNN state_dict (no mask head); maskrt needs Mask R-CNN weights")
+    if "roi_heads.box_head.fc6.weight" in state_dict:
+        name = "r50-fpn"
+    elif "roi_heads.box_head.0.0.weight" in state_dict:
+        name = "r50-fpn-v2"
+    else:
+        raise MaskrtError("unrecognised Mask R-CNN box head (expected torchvision's v1 or v2 layout)")
+    return name, int(state_dict[key].shape[0])
+
+
+def import_torchvision(weights: str | Path, out: str | Path, *, class_names: list[str] | None = None,
+                       min_size: int = 800, max_size: int = 1333) -> dict:
+    """Convert a torchvision Mask R-CNN weights file into a maskrt checkpoint at `out`; returns it."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise MaskrtError(f"{weights}: weights file not found")
+    try:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MaskrtError(f"{weights}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else exc!r})") \
+            from None
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # torchvision reference-script checkpoint
+        sd = sd["model"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise MaskrtError(f"{weights}: not a state_dict of tensors")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    try:
+        name, num_labels = detect_config(sd)
+    except MaskrtError as exc:
+        raise MaskrtError(f"{weights}: {exc}") from None
+    frozen = "backbone.body.bn1.num_batches_tracked" not in sd
+    if class_names is None:
+        names = _coco_names() if num_labels == 91 else [f"class_{i}" for i in range(num_labels)]
+        class_names = names[1:]
+    if len(class_names) != num_labels - 1:
+        raise MaskrtError(f"{weights}: has {num_labels - 1} classes but {len(class_names)} names were given")
+    cfg = default_model_config(name, num_labels - 1, norm="frozen_bn" if frozen else "bn",
+                               min_size=min_size, max_size=max_size)
+    classes = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+    ckpt = make_checkpoint(model_config=cfg, state_dict=sd, classes=classes,
+                           metrics={})
+    model_from_checkpoint(ckpt, source=weights)  # proves the weights fit before anything is written
+    save_checkpoint(out, ckpt)
+    return ckpt
