@@ -9,7 +9,6 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
@@ -19,7 +18,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+plugin: $(STAMP)
+	$(BIN)/python -m plugins.build
+
+test: $(STAMP) lint plugin
 	$(BIN)/pytest
 
 clean:

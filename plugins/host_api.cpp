@@ -1,0 +1,159 @@
+// The host (CPU) build of the plugin ops: extern "C" entry points for ctypes (plugins/roi_align/__init__.py).
+// Compiled by the C++ compiler alone; the math is the same header the CUDA kernels use.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "common/half.h"
+#include "common/macros.h"
+#include "roi_align/roi_align_core.h"
+#include "roi_align/roi_align_params.h"
+
+namespace
+{
+
+using maskrt::HalfBits;
+namespace ra = maskrt::roi_align;
+
+template <typename T>
+struct PlaneAt;
+
+template <>
+struct PlaneAt<float>
+{
+    float const* plane;
+    int64_t width;
+    float operator()(int64_t y, int64_t x) const
+    {
+        return plane[y * width + x];
+    }
+};
+
+template <>
+struct PlaneAt<HalfBits>
+{
+    HalfBits const* plane;
+    int64_t width;
+    float operator()(int64_t y, int64_t x) const
+    {
+        return maskrt::halfToFloat(plane[y * width + x]);
+    }
+};
+
+inline void store(float* out, float v)
+{
+    *out = v;
+}
+
+inline void store(HalfBits* out, float v)
+{
+    *out = maskrt::floatToHalf(v);
+}
+
+template <typename T>
+void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t batch, int64_t numRois,
+    int64_t channels, T* out)
+{
+    int64_t const bins = static_cast<int64_t>(p.outHeight) * p.outWidth;
+    for (int64_t roi = 0; roi < batch * numRois; ++roi)
+    {
+        int64_t const b = roi / numRois;
+        ra::Geometry const g = ra::roiGeometry(rois + roi * 4, p, levels);
+        T* o = out + roi * channels * bins;
+        if (g.level < 0)
+        {
+            for (int64_t i = 0; i < channels * bins; ++i)
+            {
+                store(o + i, 0.f);
+            }
+            continue;
+        }
+        int64_t const h = levels.height[g.level];
+        int64_t const w = levels.width[g.level];
+        T const* base = static_cast<T const*>(levels.data[g.level]);
+        for (int64_t c = 0; c < channels; ++c)
+        {
+            PlaneAt<T> const at{base + (b * channels + c) * h * w, w};
+            for (int ph = 0; ph < p.outHeight; ++ph)
+            {
+                for (int pw = 0; pw < p.outWidth; ++pw)
+                {
+                    store(o + c * bins + ph * p.outWidth + pw, ra::binValue(at, h, w, g, ph, pw));
+                }
+            }
+        }
+    }
+}
+
+void setError(char* err, int errLen, std::string const& msg)
+{
+    if (err != nullptr && errLen > 0)
+    {
+        std::snprintf(err, static_cast<size_t>(errLen), "%s", msg.c_str());
+    }
+}
+
+} // namespace
+
+/// MultiLevelRoIAlign on the CPU. features[l] is a contiguous [batch, channels, heights[l], widths[l]] array of
+/// fp32 (dtype 0) or fp16 bits (dtype 1); rois is [batch, numRois, 4] fp32; out is [batch, numRois, channels,
+/// outHeight, outWidth] of the feature type. Returns 0, or -1 with a message in err.
+MASKRT_EXPORT int maskrt_roi_align_host(float const* rois, void const* const* features, int64_t const* heights,
+    int64_t const* widths, int numLevels, float const* scales, int64_t batch, int64_t numRois, int64_t channels,
+    int outHeight, int outWidth, int samplingRatio, int aligned, int canonicalLevel, float canonicalScale,
+    float levelEps, int dtype, void* out, char* err, int errLen)
+{
+    ra::Params const p{outHeight, outWidth, samplingRatio, aligned, canonicalLevel, canonicalScale, levelEps};
+    ra::Levels levels{};
+    std::string const reason = ra::checkParams(p, numLevels, scales, levels.firstLevel);
+    if (!reason.empty())
+    {
+        setError(err, errLen, reason);
+        return -1;
+    }
+    if (batch < 0 || numRois < 0 || channels < 0 || (dtype != 0 && dtype != 1))
+    {
+        setError(err, errLen, "negative size or unknown dtype");
+        return -1;
+    }
+    levels.count = numLevels;
+    for (int l = 0; l < numLevels; ++l)
+    {
+        if (heights[l] < 0 || widths[l] < 0 || (features[l] == nullptr && batch * channels * heights[l] * widths[l] > 0))
+        {
+            setError(err, errLen, "invalid feature map " + std::to_string(l));
+            return -1;
+        }
+        levels.data[l] = features[l];
+        levels.height[l] = heights[l];
+        levels.width[l] = widths[l];
+        levels.scale[l] = scales[l];
+    }
+    if (dtype == 0)
+    {
+        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<float*>(out));
+    }
+    else
+    {
+        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<HalfBits*>(out));
+    }
+    return 0;
+}
+
+/// fp32 -> fp16 bits with the library's rounding (exposed for tests of the host conversion).
+MASKRT_EXPORT void maskrt_float_to_half(float const* in, uint16_t* out, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+    {
+        out[i] = maskrt::floatToHalf(in[i]).bits;
+    }
+}
+
+/// fp16 bits -> fp32 (exposed for tests of the host conversion).
+MASKRT_EXPORT void maskrt_half_to_float(uint16_t const* in, float* out, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+    {
+        out[i] = maskrt::halfToFloat(HalfBits{in[i]});
+    }
+}

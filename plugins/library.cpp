@@ -1,0 +1,33 @@
+// Entry points of the maskrt plugin library (libmaskrt_plugins.so), found by IPluginRegistry::loadLibrary,
+// `trtexec --dynamicPlugins` and Triton's `--backend-config=tensorrt,plugins=`. The library never calls into the
+// plugin registry itself (no REGISTER_TENSORRT_PLUGIN): TensorRT asks for the creators through getCreators.
+//
+// To add an op: construct its IPluginCreatorV3One below, next to the RoIAlign one.
+#include <NvInferRuntime.h>
+
+#include "common/logging.h"
+#include "common/macros.h"
+#include "roi_align/roi_align_plugin.h"
+
+namespace
+{
+
+nvinfer1::IPluginCreatorInterface* const* creators(int32_t& count)
+{
+    static maskrt::roi_align::RoIAlignPluginCreator roiAlign;
+    static nvinfer1::IPluginCreatorInterface* const list[] = {&roiAlign};
+    count = static_cast<int32_t>(sizeof(list) / sizeof(list[0]));
+    return list;
+}
+
+} // namespace
+
+MASKRT_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+{
+    maskrt::setLoggerFinder(finder);
+}
+
+MASKRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+{
+    return creators(nbCreators);
+}

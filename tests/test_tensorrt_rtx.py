@@ -1,0 +1,236 @@
+"""The plugin library in TensorRT-RTX on a machine without a GPU: registration, ONNX parsing of a MultiLevelRoIAlign
+node with dynamic B/R/H/W, fp32 and fp16 engines built and serialized with an optimization profile, and the
+creator's rejection of bad fields.
+
+What RTX can report without a GPU: the network's output shape and type after parsing (computed by TensorRT from the
+plugin's getOutputShapes / getOutputDataTypes through IExprBuilder) and the serialized plan. Deserializing the plan
+needs a CUDA driver, so the engine's own shapes are checked only where a GPU is present (tests/test_roi_align_gpu.py
+runs the kernel itself). Creator rejections run in a subprocess, so that a crash fails the test instead of killing
+pytest, and so that the messages can be captured whatever logger an earlier test registered with TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from plugins import build as plugin_build
+from plugins.roi_align.spec import FPN_P2_P5_SCALES, RoIAlignSpec
+
+try:
+    import tensorrt_rtx as trt
+except ImportError:  # pragma: no cover - depends on the environment
+    trt = None
+    _message = "tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
+    if os.environ.get("CI"):
+        pytest.fail(_message, pytrace=False)
+    pytest.skip(_message, allow_module_level=True)
+
+LEVELS = (2, 3, 4, 5)
+CHANNELS = 256
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Path:
+    try:
+        plugin_build.find_nvcc()
+    except plugin_build.BuildError as error:
+        pytest.skip(f"no CUDA compiler, cannot build the plugin library: {error}")
+    plugin_build.build(verbose=False)
+    from plugins import roi_align
+
+    return roi_align.load_into(trt)
+
+
+def _model(spec: RoIAlignSpec, fp16: bool, static: tuple[int, int, int, int] | None = None):
+    """A one-node ONNX model: rois [B, R, 4] + P2..P5 -> MultiLevelRoIAlign. Dynamic B/R/H/W unless `static`
+    gives (B, R, H_img, W_img)."""
+    import onnx
+    from onnx import helper
+
+    ftype = onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT
+    if static:
+        b, r, h, w = static
+        rois_shape = [b, r, 4]
+        feat_shapes = [[b, CHANNELS, h >> lvl, w >> lvl] for lvl in LEVELS]
+    else:
+        rois_shape = ["B", "R", 4]
+        feat_shapes = [["B", CHANNELS, f"H{lvl}", f"W{lvl}"] for lvl in LEVELS]
+    inputs = [helper.make_tensor_value_info("rois", onnx.TensorProto.FLOAT, rois_shape)]
+    inputs += [helper.make_tensor_value_info(f"p{lvl}", ftype, s) for lvl, s in zip(LEVELS, feat_shapes, strict=True)]
+    output = helper.make_tensor_value_info("pooled", ftype, None)
+    node = spec.make_onnx_node("rois", [f"p{lvl}" for lvl in LEVELS], "pooled", name="roi_align")
+    graph = helper.make_graph([node], "roi_align_only", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("maskrt", 1)])
+    return model.SerializeToString()
+
+
+def _parse(model: bytes):
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(model)
+    errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    return builder, network, parser, ok, errors
+
+
+def test_load_into_registers_the_creator_idempotently(loaded: Path) -> None:
+    from plugins import load_into, roi_align
+
+    registry = trt.get_plugin_registry()
+    creator = registry.get_creator("MultiLevelRoIAlign", "1", "maskrt")
+    assert creator is not None
+    assert (creator.name, creator.plugin_version, creator.plugin_namespace) == ("MultiLevelRoIAlign", "1", "maskrt")
+    assert {f.name for f in creator.field_names} == {
+        "output_height", "output_width", "sampling_ratio", "aligned", "spatial_scales", "canonical_level",
+        "canonical_scale", "level_eps",
+    }  # fmt: skip
+    count = len(registry.all_creators)
+    assert load_into(trt) == loaded == roi_align.library_path()
+    assert len(registry.all_creators) == count
+    libs = Path(next(iter(__import__("tensorrt_rtx_libs").__path__)))
+    assert (libs / "libtensorrt_rtx.so").exists()  # the symlink the ONNX parser needs
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_onnx_plugin_node_builds_a_serialized_engine(loaded: Path, fp16: bool, output_size: int) -> None:
+    spec = RoIAlignSpec.mask_rcnn(output_size)
+    builder, network, _parser, ok, errors = _parse(_model(spec, fp16))
+    assert ok, errors
+    assert network.num_layers == 1
+    layer = network.get_layer(0)
+    assert layer.type == trt.LayerType.PLUGIN_V3
+    out = network.get_output(0)
+    assert tuple(out.shape) == (-1, -1, CHANNELS, output_size, output_size)
+    assert out.dtype == (trt.DataType.HALF if fp16 else trt.DataType.FLOAT)
+    assert network.get_input(0).dtype == trt.DataType.FLOAT  # rois stay fp32
+
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("rois", (1, 1, 4), (1, 1000, 4), (2, 1000, 4))
+    for lvl in LEVELS:
+        s = 2**lvl
+        profile.set_shape(f"p{lvl}", (1, CHANNELS, 64 // s, 64 // s), (1, CHANNELS, 800 // s, 1216 // s),
+                          (2, CHANNELS, 1344 // s, 1344 // s))  # fmt: skip
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None, "TensorRT-RTX could not build the engine"
+    blob = bytes(plan)
+    assert blob.count(b"MultiLevelRoIAlign") >= 1 and b"maskrt" in blob  # the plugin layer is in the plan
+    for field in (b"output_height", b"output_width", b"sampling_ratio", b"aligned", b"spatial_scales",
+                  b"canonical_level", b"canonical_scale", b"level_eps"):  # fmt: skip
+        assert field in blob, f"field {field!r} not serialized"
+
+
+def test_static_shapes_give_the_concrete_output_shape(loaded: Path) -> None:
+    spec = RoIAlignSpec.mask_rcnn(7)
+    _builder, network, _parser, ok, errors = _parse(_model(spec, fp16=False, static=(2, 300, 800, 1216)))
+    assert ok, errors
+    assert tuple(network.get_output(0).shape) == (2, 300, CHANNELS, 7, 7)
+
+
+def test_spatial_scale_count_must_match_feature_inputs(loaded: Path, capfd: pytest.CaptureFixture) -> None:
+    """A node with 3 spatial scales but 4 feature inputs fails cleanly (logged error, no engine, no crash)."""
+    import onnx
+
+    model = onnx.load_from_string(_model(RoIAlignSpec.mask_rcnn(7), fp16=False))
+    for attribute in model.graph.node[0].attribute:
+        if attribute.name == "spatial_scales":
+            del attribute.floats[-1]
+    builder, network, _parser, ok, errors = _parse(model.SerializeToString())
+    if ok:  # the parser accepted the node: building must fail
+        assert builder.build_serialized_network(network, builder.create_builder_config()) is None
+    else:
+        assert errors
+    captured = capfd.readouterr()
+    assert "one per spatial_scales value" in captured.out + captured.err
+
+
+REJECTION_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorrt_rtx as trt
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages = []
+        def log(self, severity, msg):
+            self.messages.append(msg)
+
+    recorder = Recorder()
+    builder = trt.Builder(recorder)
+    from plugins import roi_align
+    roi_align.load_into(trt)
+    creator = trt.get_plugin_registry().get_creator("MultiLevelRoIAlign", "1", "maskrt")
+
+    def field(name, value, kind):
+        if kind == "f":
+            return trt.PluginField(name, np.asarray(value, np.float32).reshape(-1), trt.PluginFieldType.FLOAT32)
+        return trt.PluginField(name, np.asarray(value, np.int32).reshape(-1), trt.PluginFieldType.INT32)
+
+    results = {}
+    for case in json.loads(sys.argv[1]):
+        fields = [field(*f) for f in case["fields"]]
+        plugin = creator.create_plugin(case["name"], trt.PluginFieldCollection(fields), trt.TensorRTPhase.BUILD)
+        results[case["name"]] = plugin is not None
+    sys.stderr.flush()
+    print(json.dumps({"results": results, "messages": recorder.messages}))
+    """
+)
+
+GOOD_FIELDS = [
+    ["output_height", 7, "i"], ["output_width", 7, "i"], ["sampling_ratio", 2, "i"], ["aligned", 0, "i"],
+    ["canonical_level", 4, "i"], ["spatial_scales", list(FPN_P2_P5_SCALES), "f"], ["canonical_scale", 224.0, "f"],
+    ["level_eps", 1e-6, "f"],
+]  # fmt: skip
+
+
+def _with(name: str, value, kind: str | None = None) -> list:
+    return [[n, value, kind or k] if n == name else [n, v, k] for n, v, k in GOOD_FIELDS]
+
+
+REJECTIONS = {
+    "missing_output_width": ([f for f in GOOD_FIELDS if f[0] != "output_width"], "missing field(s): output_width"),
+    "missing_spatial_scales": ([f for f in GOOD_FIELDS if f[0] != "spatial_scales"], "spatial_scales"),
+    "unknown_field": (GOOD_FIELDS + [["pooled_size", 7, "i"]], "unknown field 'pooled_size'"),
+    "zero_output_height": (_with("output_height", 0), "must be positive"),
+    "negative_output_width": (_with("output_width", -7), "must be positive"),
+    "non_power_of_two_scale": (_with("spatial_scales", [0.25, 0.125, 0.07, 0.03125]), "not a power of two"),
+    "non_consecutive_scales": (_with("spatial_scales", [0.25, 0.0625]), "consecutive"),
+    "too_many_scales": (_with("spatial_scales", [2.0**-i for i in range(9)]), "1 to 8"),
+    "scales_as_ints": (_with("spatial_scales", [1, 2], "i"), "list of floats"),
+    "output_size_as_float": (_with("output_height", 7.0, "f"), "32-bit integer"),
+    "output_size_list": (_with("output_height", [7, 7]), "32-bit integer"),
+    "aligned_2": (_with("aligned", 2), "aligned must be 0 or 1"),
+    "zero_canonical_scale": (_with("canonical_scale", 0.0), "canonical_scale"),
+    "duplicate_field": (GOOD_FIELDS + [["aligned", 1, "i"]], "given twice"),
+}
+
+
+def test_creator_rejects_bad_fields_without_crashing(loaded: Path) -> None:
+    cases = [{"name": "valid", "fields": GOOD_FIELDS}]
+    cases += [{"name": name, "fields": fields} for name, (fields, _) in REJECTIONS.items()]
+    path = os.pathsep.join([str(plugin_build.REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", REJECTION_SCRIPT, json.dumps(cases)],
+        capture_output=True, text=True, cwd=plugin_build.REPO_ROOT, timeout=120, env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert proc.returncode == 0, f"creator crashed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    logged = proc.stderr + "\n".join(report["messages"])  # RTX 1.7's logger finder yields no logger: stderr
+    assert report["results"]["valid"] is True
+    for name, (_fields, message) in REJECTIONS.items():
+        assert report["results"][name] is False, f"{name}: creator returned a plugin"
+        assert f"layer '{name}': " in logged and message in logged.split(f"layer '{name}': ", 1)[1].split("\n")[0], (
+            f"{name}: no logged error containing {message!r}"
+        )
