@@ -93,6 +93,79 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_checkpoint
+
+    info = export_checkpoint(args.checkpoint, args.out, height=args.height, width=args.width, batch=args.batch,
+                             dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset)
+    h, w = info["input"]["height"], info["input"]["width"]
+    print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({h}x{w}, batch "
+          f"{'dynamic' if args.dynamic_batch else args.batch}, {args.max_detections} detections, opset {args.opset})")
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise MaskrtError(f"{p}: image not found")
+    if not files:
+        raise MaskrtError("no images given")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from maskrt.images import load_rgb
+    from runtime.predictor import Predictor
+    from runtime.visualize import overlay
+    from training.evaluate import detections_to_coco
+
+    model = Path(args.model)
+    if model.is_dir():
+        predictor = Predictor.from_export(model, backend=args.backend, graph=args.graph,
+                                          checkpoint=args.checkpoint, score_threshold=args.score_threshold)
+    elif args.backend == "torch":
+        predictor = Predictor.from_checkpoint(model, score_threshold=args.score_threshold)
+    else:
+        raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in predictor.classes]
+    label_to_cat = {i + 1: c["id"] for i, c in enumerate(predictor.classes)}
+    results = []
+    files = _image_files(args.images)
+    for image_id, path in enumerate(tqdm(files, desc="predict", unit="img", disable=args.quiet), start=1):
+        image = load_rgb(path)
+        dets = predictor.predict([image])[0]
+        overlay(image, dets, names, out / f"{path.stem}.png")
+        for r in detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes),
+                                               "scores": torch.from_numpy(dets.scores),
+                                               "labels": torch.from_numpy(dets.labels),
+                                               "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat):
+            results.append({**r, "file_name": path.name})
+    (out / "results.json").write_text(json.dumps(results) + "\n")
+    print(f"wrote {len(results)} detections for {len(files)} image(s) to {out / 'results.json'} and overlays to {out}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from runtime.parity import run_parity, summary_line
+
+    report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
+                        split=args.split, limit=args.limit, progress=not args.quiet)
+    print(summary_line(report))
+    print(f"wrote {Path(args.out) / 'report.json'} and report.md")
+    return 0 if report["passed"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from training.evaluate import format_metrics
     from training.shapes import generate
@@ -168,6 +241,38 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--min-size", type=_positive_int, default=800)
     imp.add_argument("--max-size", type=_positive_int, default=1333)
     imp.set_defaults(func=cmd_import)
+
+    exp = add("export", "export a checkpoint: model.onnx (portable), model.trt.onnx (TensorRT plugins), export.json")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--out", required=True, help="export folder")
+    exp.add_argument("--height", type=_positive_int, help="canvas height, a multiple of 32 (default: from config)")
+    exp.add_argument("--width", type=_positive_int, help="canvas width, a multiple of 32 (default: from config)")
+    exp.add_argument("--batch", type=_positive_int, default=1, help="static batch size (default 1)")
+    exp.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    exp.add_argument("--max-detections", type=_positive_int, default=100)
+    exp.add_argument("--opset", type=int, default=17)
+    exp.set_defaults(func=cmd_export)
+
+    pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
+    pred.add_argument("--model", required=True, help="export folder (or a checkpoint for --backend torch)")
+    pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    pred.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
+    pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+    pred.add_argument("--score-threshold", type=float, default=0.5, help="drop detections below (default 0.5)")
+    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.set_defaults(func=cmd_predict)
+
+    par = add("parity", "compare a deployed graph with the torch reference; exit 1 when a gate fails")
+    par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
+    par.add_argument("--model", required=True, help="export folder")
+    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    par.add_argument("--graph", default="portable", choices=["portable", "trt"])
+    par.add_argument("--data", required=True, help="COCO-format dataset folder")
+    par.add_argument("--split", default="val")
+    par.add_argument("--limit", type=_positive_int, help="first N images only")
+    par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
+    par.set_defaults(func=cmd_parity)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

@@ -54,6 +54,7 @@ class TrainOptions:
     iters: int | None = None
     batch_size: int = 4
     lr: float = 1e-3
+    optimizer: str = "adamw"
     weight_decay: float = 1e-4
     warmup_iters: int = 50
     min_lr_ratio: float = 0.02
@@ -187,7 +188,12 @@ class Trainer:
                              default_model_config(opts.config, len(self.classes), **opts.model_overrides))
         self.model = build_model(self.model_config)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        if opts.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
+        elif opts.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+        else:
+            raise MaskrtError(f"unknown optimizer '{opts.optimizer}' (adamw or sgd)")
         if ckpt:
             self._restore(ckpt)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None)

@@ -1,0 +1,175 @@
+"""The deploy graph: torchvision Mask R-CNN inference with fixed shapes (ARCHITECTURE.md section 5).
+
+`DeployMaskRCNN` wraps a trained torchvision MaskRCNN and reproduces its eager inference -
+RPN per-level top-k, clip, small-box and score filters, per-level NMS, post-NMS top-N; box head,
+BoxCoder decode with its weights and clamp, softmax, clip, score threshold, small-box removal,
+class-wise NMS, top-D detections; mask head on the final boxes - with every data-dependent filter
+turned into masking and fixed-size outputs padded with score 0.
+
+Inputs:  images [B, 3, H, W] float32, normalised and zero-padded (runtime/preprocess.py);
+         image_sizes [B, 2] int64, the (h, w) of each resized image inside the canvas (boxes are
+         clipped to it, as torchvision clips to the resized image).
+Outputs: num_detections [B] int32, boxes [B, D, 4] (canvas pixels), scores [B, D], labels [B, D] int32,
+         masks [B, D, 28, 28] (probabilities of the detected class).
+
+H and W must be multiples of 32; the FPN level scales, anchors and top-k sizes are fixed by them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
+
+from export.ops import multi_level_roi_align, nms
+from maskrt.errors import MaskrtError
+from plugins.roi_align.spec import RoIAlignSpec
+
+FLAVORS = ("portable", "trt")
+
+
+def _pool_spec(pool: nn.Module, scales: tuple[float, ...]) -> RoIAlignSpec:
+    """The RoIAlignSpec of a torchvision MultiScaleRoIAlign for the given level scales."""
+    size = pool.output_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return RoIAlignSpec(output_size=size, spatial_scales=scales[: len(pool.featmap_names)],
+                        sampling_ratio=int(pool.sampling_ratio), aligned=False,
+                        canonical_level=int(pool.canonical_level), canonical_scale=float(pool.canonical_scale))
+
+
+def _clip(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Clip boxes [B, ..., 4] to per-image (h, w) sizes [B, 2] (torchvision's clip_boxes_to_image)."""
+    shape = (sizes.shape[0],) + (1,) * (boxes.dim() - 2)
+    h = sizes[:, 0].to(boxes.dtype).reshape(shape)
+    w = sizes[:, 1].to(boxes.dtype).reshape(shape)
+    zero = torch.zeros((), dtype=boxes.dtype)
+    x1 = torch.min(torch.max(boxes[..., 0], zero), w)
+    y1 = torch.min(torch.max(boxes[..., 1], zero), h)
+    x2 = torch.min(torch.max(boxes[..., 2], zero), w)
+    y2 = torch.min(torch.max(boxes[..., 3], zero), h)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, N, ...] gathered at idx [B, K] along dim 1."""
+    shape = idx.shape + (1,) * (x.dim() - 2)
+    return torch.gather(x, 1, idx.reshape(shape).expand(*idx.shape, *x.shape[2:]))
+
+
+class DeployMaskRCNN(nn.Module):
+    """Fixed-shape Mask R-CNN inference (see the module docstring)."""
+
+    def __init__(self, model: MaskRCNN, *, height: int, width: int, max_detections: int = 100,
+                 flavor: str = "portable") -> None:
+        super().__init__()
+        if flavor not in FLAVORS:
+            raise MaskrtError(f"unknown graph flavor '{flavor}' (choose from {', '.join(FLAVORS)})")
+        if height % 32 or width % 32 or height < 32 or width < 32:
+            raise MaskrtError(f"--height/--width must be positive multiples of 32, got {height}x{width}")
+        if max_detections < 1:
+            raise MaskrtError(f"--max-detections must be at least 1, got {max_detections}")
+        model = model.eval()
+        self.flavor = flavor
+        self.height, self.width, self.max_detections = height, width, max_detections
+        self.backbone, self.rpn_head = model.backbone, model.rpn.head
+        rpn, heads = model.rpn, model.roi_heads
+        self.rpn_coder, self.box_coder = rpn.box_coder, heads.box_coder
+        self.pre_nms_top_n = int(rpn._pre_nms_top_n["testing"])
+        self.post_nms_top_n = int(rpn._post_nms_top_n["testing"])
+        self.rpn_nms_thresh, self.rpn_score_thresh = float(rpn.nms_thresh), float(rpn.score_thresh)
+        self.rpn_min_size = float(rpn.min_size)
+        self.box_head, self.box_predictor = heads.box_head, heads.box_predictor
+        self.mask_head, self.mask_predictor = heads.mask_head, heads.mask_predictor
+        self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)
+        self.num_classes = int(heads.box_predictor.cls_score.out_features)  # incl. background
+        with torch.no_grad():
+            dummy = torch.zeros((1, 3, height, width))
+            feats = list(self.backbone(dummy).values())
+            anchors = rpn.anchor_generator(ImageList(dummy, [(height, width)]), feats)[0]
+        self.register_buffer("anchors", anchors, persistent=False)
+        per_location = rpn.anchor_generator.num_anchors_per_location()
+        self.anchors_per_level = [f.shape[-2] * f.shape[-1] * a for f, a in zip(feats, per_location, strict=True)]
+        scales = tuple(2.0 ** round(math.log2(f.shape[-2] / height)) for f in feats)
+        self.box_spec = _pool_spec(heads.box_roi_pool, scales)
+        self.mask_spec = _pool_spec(heads.mask_roi_pool, scales)
+        self.num_pooled = len(heads.box_roi_pool.featmap_names)
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def proposals(self, feats: list[Tensor], sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """RPN: (proposals [B, P, 4], valid [B, P]) with P = post-NMS top-N."""
+        batch = feats[0].shape[0]
+        objectness, deltas = self.rpn_head(feats)
+        scores_l, boxes_l, levels_l = [], [], []
+        start = 0
+        for level, (obj, delta, count) in enumerate(zip(objectness, deltas, self.anchors_per_level, strict=True)):
+            a, h, w = obj.shape[1], obj.shape[2], obj.shape[3]
+            obj = obj.permute(0, 2, 3, 1).reshape(batch, -1)
+            delta = delta.reshape(batch, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
+            anchors = self.anchors[start:start + count]
+            start += count
+            k = min(self.pre_nms_top_n, count)
+            top, idx = obj.topk(k, dim=1)
+            top_delta = _gather_rows(delta, idx)
+            top_anchors = anchors[idx.reshape(-1)]
+            boxes = self.rpn_coder.decode_single(top_delta.reshape(-1, 4), top_anchors).reshape(batch, k, 4)
+            scores_l.append(top)
+            boxes_l.append(boxes)
+            levels_l.append(torch.full((batch, k), level, dtype=torch.int64))
+        scores = torch.sigmoid(torch.cat(scores_l, dim=1))
+        boxes = _clip(torch.cat(boxes_l, dim=1), sizes)
+        levels = torch.cat(levels_l, dim=1)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        valid = (wh[..., 0] >= self.rpn_min_size) & (wh[..., 1] >= self.rpn_min_size)
+        valid = valid & (scores >= self.rpn_score_thresh)
+        masked = torch.where(valid, scores, torch.full_like(scores, -1.0))
+        keep = nms(boxes, masked, levels, num_groups=len(self.anchors_per_level), iou_threshold=self.rpn_nms_thresh,
+                   score_threshold=-0.5, max_output_boxes=self.post_nms_top_n, flavor=self.flavor)
+        kept = keep >= 0
+        props = _gather_rows(boxes, keep.clamp(min=0)) * kept[..., None].to(boxes.dtype)
+        return props, kept
+
+    def detections(self, feats: list[Tensor], props: Tensor, props_valid: Tensor,
+                   sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Box head: (boxes [B, D, 4], scores [B, D], labels [B, D] int64, valid [B, D])."""
+        batch, p = props.shape[0], props.shape[1]
+        k = self.num_classes
+        pooled = multi_level_roi_align(props, feats[: self.num_pooled], self.box_spec, flavor=self.flavor)
+        x = self.box_head(pooled.flatten(0, 1))
+        logits, regression = self.box_predictor(x)
+        boxes = self.box_coder.decode_single(regression, props.reshape(-1, 4)).reshape(batch, p, k, 4)
+        scores = torch.softmax(logits, -1).reshape(batch, p, k)
+        boxes = _clip(boxes, sizes)[:, :, 1:].reshape(batch, p * (k - 1), 4)
+        scores = scores[:, :, 1:].reshape(batch, p * (k - 1))
+        labels = torch.arange(1, k, dtype=torch.int64).repeat(p)[None].expand(batch, -1)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        valid = props_valid[:, :, None].expand(batch, p, k - 1).reshape(batch, -1)
+        valid = valid & (scores > self.score_thresh) & (wh[..., 0] >= 1e-2) & (wh[..., 1] >= 1e-2)
+        masked = torch.where(valid, scores, torch.full_like(scores, -1.0))
+        keep = nms(boxes, masked, labels - 1, num_groups=k - 1, iou_threshold=self.nms_thresh,
+                   score_threshold=self.score_thresh, max_output_boxes=self.max_detections, flavor=self.flavor)
+        kept = keep >= 0
+        idx = keep.clamp(min=0)
+        fk = kept.to(boxes.dtype)
+        return (_gather_rows(boxes, idx) * fk[..., None], _gather_rows(scores, idx) * fk,
+                _gather_rows(labels, idx) * kept.to(torch.int64), kept)
+
+    def masks(self, feats: list[Tensor], boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+        """Mask head on the final boxes: [B, D, M, M] probabilities of each detection's class."""
+        batch, d = boxes.shape[0], boxes.shape[1]
+        pooled = multi_level_roi_align(boxes, feats[: self.num_pooled], self.mask_spec, flavor=self.flavor)
+        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1)))  # [B*D, K, M, M]
+        m = logits.shape[-1]
+        chosen = torch.gather(logits, 1, labels.reshape(-1, 1, 1, 1).expand(batch * d, 1, m, m))
+        probs = torch.sigmoid(chosen).reshape(batch, d, m, m)
+        return probs * valid[..., None, None].to(probs.dtype)
+
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        feats = list(self.backbone(images).values())
+        props, props_valid = self.proposals(feats, image_sizes)
+        boxes, scores, labels, valid = self.detections(feats, props, props_valid, image_sizes)
+        masks = self.masks(feats, boxes, labels, valid)
+        num = valid.sum(dim=1).to(torch.int32)
+        return num, boxes, scores, labels.to(torch.int32), masks

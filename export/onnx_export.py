@@ -1,0 +1,129 @@
+"""`maskrt export`: a checkpoint -> export dir with model.onnx, model.trt.onnx and export.json.
+
+Both graphs are traced from the same DeployMaskRCNN (export/deploy.py) with the legacy TorchScript
+exporter; they differ only in how RoIAlign and NMS are emitted (export/ops.py). Each is checked with
+onnx.checker (full shape inference) and verified to hold only the ops its flavor allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from export.deploy import DeployMaskRCNN
+from maskrt.errors import MaskrtError
+from maskrt.versions import versions
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+
+INPUT_NAMES = ["images", "image_sizes"]
+OUTPUT_NAMES = ["num_detections", "boxes", "scores", "labels", "masks"]
+GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
+FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
+EXPORT_FORMAT_VERSION = 1
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_canvas(model_config: dict) -> tuple[int, int]:
+    """(height, width) of the export canvas: min_size x max_size of the config, rounded up to /32."""
+    up = lambda v: int(-(-int(v) // 32) * 32)  # noqa: E731
+    return up(model_config["min_size"]), up(model_config["max_size"])
+
+
+def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn((batch, 3, deploy.height, deploy.width), generator=gen)
+    sizes = torch.tensor([[deploy.height, deploy.width]] * batch, dtype=torch.int64)
+    return images, sizes
+
+
+def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch: bool, opset: int) -> None:
+    args = _example_inputs(deploy, batch)
+    axes = {n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(deploy, args, str(path), dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
+                          output_names=OUTPUT_NAMES, dynamic_axes=axes, custom_opsets={"maskrt": 1},
+                          do_constant_folding=True)
+
+
+def check_graph(path: Path, flavor: str) -> dict[str, int]:
+    """onnx.checker with full shape inference + the op rules of the flavor; returns op counts."""
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise MaskrtError(f"{path}: fails onnx.checker ({str(exc).splitlines()[0]})") from None
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        key = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        counts[key] = counts.get(key, 0) + 1
+    if flavor == "trt":
+        bad = sorted(set(counts) & FORBIDDEN_IN_TRT)
+        if bad:
+            raise MaskrtError(f"{path}: the TensorRT graph still holds {', '.join(bad)}")
+    else:
+        custom = sorted(k for k in counts if "::" in k)
+        if custom:
+            raise MaskrtError(f"{path}: the portable graph holds non-standard ops {', '.join(custom)}")
+    return counts
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | None = None,
+                      width: int | None = None, batch: int = 1, dynamic_batch: bool = False,
+                      max_detections: int = 100, opset: int = 17) -> dict[str, Any]:
+    """Export both graphs of a checkpoint into `out`; returns the export.json content."""
+    if opset < 17:
+        raise MaskrtError(f"--opset must be 17 or newer (RoiAlign-16 and LayerNormalization), got {opset}")
+    if batch < 1:
+        raise MaskrtError(f"--batch must be at least 1, got {batch}")
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, source=checkpoint)
+    cfg = ckpt["model_config"]
+    default_h, default_w = default_canvas(cfg)
+    height, width = height or default_h, width or default_w
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    graphs: dict[str, Any] = {}
+    deploy = None
+    for flavor, name in GRAPH_FILES.items():
+        deploy = DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections, flavor=flavor)
+        tmp = out / f".{name}.tmp"
+        _export_one(deploy, tmp, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
+        counts = check_graph(tmp, flavor)
+        os.replace(tmp, out / name)
+        graphs[flavor] = {"file": name, "sha256": sha256(out / name), "ops": counts}
+    assert deploy is not None
+    info = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "model_config": cfg,
+        "classes": ckpt["classes"],
+        "input": {"names": INPUT_NAMES, "height": height, "width": width, "batch": batch,
+                  "dynamic_batch": dynamic_batch, "layout": "NCHW float32, RGB, normalised, zero-padded"},
+        "outputs": OUTPUT_NAMES,
+        "normalization": {"mean": list(model.transform.image_mean), "std": list(model.transform.image_std)},
+        "resize": {"min_size": int(cfg["min_size"]), "max_size": int(cfg["max_size"])},
+        "limits": {"rpn_pre_nms_top_n": deploy.pre_nms_top_n, "rpn_post_nms_top_n": deploy.post_nms_top_n,
+                   "rpn_nms_thresh": deploy.rpn_nms_thresh, "box_score_thresh": deploy.score_thresh,
+                   "box_nms_thresh": deploy.nms_thresh, "max_detections": max_detections},
+        "roi_align": {"box": deploy.box_spec.onnx_attributes(), "mask": deploy.mask_spec.onnx_attributes()},
+        "opset": opset,
+        "graphs": graphs,
+        "checkpoint": {"file": Path(checkpoint).name, "sha256": sha256(checkpoint)},
+        "versions": {**versions(), "onnx": onnx.__version__},
+    }
+    (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,0 +1,183 @@
+"""The two data-dependent ops of the deploy graph, in the flavors the exporter emits.
+
+- `portable` (model.onnx): standard ONNX only. RoIAlign runs torchvision's `roi_align` (exported as
+  ONNX RoiAlign-16) on every RoI at every level and keeps, per RoI, the level chosen by the FPN level
+  mapping; NMS is ONNX NonMaxSuppression (per-group classes when there are few groups, torchvision's
+  coordinate-offset trick otherwise), re-sorted by score and scattered into a fixed [B, K] index table.
+- `trt` (model.trt.onnx): one `maskrt::MultiLevelRoIAlign` and one `maskrt::BatchedNMS` node per site,
+  the plugin ops of plugins/ (ARCHITECTURE.md sections 4 and 4b).
+
+In eager mode (and while tracing) both flavors compute the same values with torchvision's ops, so the
+deploy module is itself a reference that can be compared with torchvision's own inference.
+RoIAlign attributes come from plugins.roi_align.spec.RoIAlignSpec, the single source of truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import Tensor
+
+from plugins.roi_align.spec import RoIAlignSpec
+
+NMS_PLUGIN_ATTRS = {"plugin_version_s": "1", "plugin_namespace_s": "maskrt"}
+
+
+def fpn_levels(rois: Tensor, spec: RoIAlignSpec) -> Tensor:
+    """Index (0 = finest) of the pyramid level of each RoI [..., 4]: torchvision's LevelMapper."""
+    area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
+    k = torch.floor(spec.canonical_level + torch.log2(torch.sqrt(area) / spec.canonical_scale) + spec.level_eps)
+    k_min, k_max = spec.levels[0], spec.levels[-1]
+    return (torch.clamp(k, min=k_min, max=k_max) - k_min).to(torch.int64)
+
+
+def roi_align_reference(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec) -> Tensor:
+    """Multi-level RoIAlign [B, R, C, oh, ow] with torchvision's roi_align, every RoI at every level.
+
+    Traces to ONNX RoiAlign-16 per level + Where; the result equals torchvision's MultiScaleRoIAlign.
+    """
+    b, r = rois.shape[0], rois.shape[1]
+    flat = rois.reshape(-1, 4)
+    batch_idx = torch.arange(b, dtype=rois.dtype, device=rois.device).repeat_interleave(r)[:, None]
+    boxes = torch.cat([batch_idx, flat], dim=1)
+    levels = fpn_levels(flat, spec)
+    out = None
+    for idx, (feat, scale) in enumerate(zip(features, spec.spatial_scales, strict=True)):
+        pooled = torchvision.ops.roi_align(feat, boxes, spec.output_size, spatial_scale=scale,
+                                           sampling_ratio=spec.sampling_ratio, aligned=spec.aligned)
+        if len(features) == 1:
+            out = pooled
+            break
+        chosen = (levels == idx)[:, None, None, None]
+        out = torch.where(chosen, pooled, torch.zeros_like(pooled)) if out is None else torch.where(chosen, pooled, out)
+    assert out is not None
+    return out.reshape(b, r, *out.shape[1:])
+
+
+class _MultiLevelRoIAlign(torch.autograd.Function):
+    """Eager: torchvision. ONNX: one maskrt::MultiLevelRoIAlign node."""
+
+    @staticmethod
+    def forward(ctx, spec: RoIAlignSpec, rois: Tensor, *features: Tensor) -> Tensor:  # type: ignore[override]
+        return roi_align_reference(rois, list(features), spec)
+
+    @staticmethod
+    def symbolic(g, spec: RoIAlignSpec, rois, *features):  # type: ignore[no-untyped-def]
+        a = spec.onnx_attributes()
+        return g.op(
+            "maskrt::MultiLevelRoIAlign", rois, *features,
+            plugin_version_s=a["plugin_version"], plugin_namespace_s=a["plugin_namespace"],
+            output_height_i=a["output_height"], output_width_i=a["output_width"],
+            sampling_ratio_i=a["sampling_ratio"], aligned_i=a["aligned"],
+            spatial_scales_f=a["spatial_scales"], canonical_level_i=a["canonical_level"],
+            canonical_scale_f=a["canonical_scale"], level_eps_f=a["level_eps"],
+        )
+
+
+def batched_nms_reference(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+                          score_threshold: float, max_output_boxes: int) -> tuple[Tensor, Tensor]:
+    """BatchedNMS semantics (ARCHITECTURE.md 4b) with torchvision: keep [B, K] int32 (-1 padded), count [B]."""
+    b = boxes.shape[0]
+    keep = torch.full((b, max_output_boxes), -1, dtype=torch.int32)
+    count = torch.zeros((b,), dtype=torch.int32)
+    for i in range(b):
+        cand = torch.nonzero(scores[i].float() > score_threshold).flatten()
+        kept = torchvision.ops.batched_nms(boxes[i, cand].float(), scores[i, cand].float(), groups[i, cand],
+                                           iou_threshold)
+        kept = cand[kept][:max_output_boxes]
+        keep[i, : kept.numel()] = kept.to(torch.int32)
+        count[i] = kept.numel()
+    return keep, count
+
+
+class _BatchedNMS(torch.autograd.Function):
+    """Eager: torchvision batched_nms per image. ONNX: one maskrt::BatchedNMS node."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,  # type: ignore[override]
+                score_threshold: float, max_output_boxes: int) -> tuple[Tensor, Tensor]:
+        return batched_nms_reference(boxes, scores, groups, iou_threshold, score_threshold, max_output_boxes)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, groups, iou_threshold, score_threshold, max_output_boxes):  # type: ignore[no-untyped-def]
+        return g.op(
+            "maskrt::BatchedNMS", boxes, scores, groups, outputs=2, **NMS_PLUGIN_ATTRS,
+            iou_threshold_f=float(iou_threshold), score_threshold_f=float(score_threshold),
+            max_output_boxes_i=int(max_output_boxes),
+        )
+
+
+class _OnnxNMS(torch.autograd.Function):
+    """ONNX NonMaxSuppression: boxes [B, N, 4], scores [B, G, N] -> selected [n, 3] (batch, group, index).
+
+    Eager emulation of ONNX Runtime's kernel: per (batch, group), candidates with score > threshold,
+    greedy by descending score, at most `max_per_group` kept, output grouped by batch then group.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float,  # type: ignore[override]
+                score_threshold: float) -> Tensor:
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                cand = torch.nonzero(scores[b, c] > score_threshold).flatten()
+                kept = cand[torchvision.ops.nms(boxes[b, cand], scores[b, c, cand], iou_threshold)][:max_per_group]
+                rows.append(torch.stack([torch.full_like(kept, b), torch.full_like(kept, c), kept], dim=1))
+        return torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.int64)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_group, iou_threshold, score_threshold):  # type: ignore[no-untyped-def]
+        const = lambda v, dtype: g.op("Constant", value_t=torch.tensor([v], dtype=dtype))  # noqa: E731
+        return g.op("NonMaxSuppression", boxes, scores, const(max_per_group, torch.int64),
+                    const(iou_threshold, torch.float32), const(score_threshold, torch.float32))
+
+
+def _table_from_selected(selected: Tensor, scores: Tensor, batch: int, width: int) -> Tensor:
+    """ONNX NMS output [n, 3] -> [B, width] int64 indices sorted by descending score, -1 padded."""
+    b_idx, box_idx = selected[:, 0], selected[:, 2]
+    s = scores[b_idx, box_idx]
+    # sort by (batch ascending, score descending); scores of kept boxes are > threshold >= -1
+    key = b_idx.to(s.dtype) * 4.0 - s.clamp(min=-1.0, max=2.0)
+    order = torch.topk(-key, key.shape[0]).indices  # ascending key; ties keep ONNX NMS's order
+    b_idx, box_idx = b_idx[order], box_idx[order]
+    per_batch = torch.nn.functional.one_hot(b_idx, batch).sum(0)
+    starts = torch.cumsum(per_batch, 0) - per_batch
+    pos = torch.arange(b_idx.shape[0], dtype=torch.int64) - starts[b_idx]
+    fits = pos < width
+    table = torch.full((batch, width), -1, dtype=torch.int64)
+    table[b_idx[fits], pos[fits]] = box_idx[fits]
+    return table
+
+
+def nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, num_groups: int, iou_threshold: float,
+        score_threshold: float, max_output_boxes: int, flavor: str) -> Tensor:
+    """Group-wise NMS over boxes [B, N, 4], scores [B, N], groups [B, N] in 0..num_groups-1.
+
+    Candidates need score > score_threshold. Returns [B, max_output_boxes] int64 indices into N in
+    descending score order, -1 padded (torchvision.ops.batched_nms semantics, truncated).
+    """
+    batch = boxes.shape[0]
+    if flavor == "trt":
+        keep, _ = _BatchedNMS.apply(boxes, scores, groups.to(torch.int32), iou_threshold, score_threshold,
+                                    max_output_boxes)
+        return keep.to(torch.int64)
+    if num_groups <= 8:  # one ONNX class per group: exact group separation
+        onehot = torch.nn.functional.one_hot(groups, num_groups).permute(0, 2, 1).to(torch.bool)
+        grouped = torch.where(onehot, scores[:, None, :], torch.full_like(scores[:, None, :], -math.inf))
+        selected = _OnnxNMS.apply(boxes, grouped, max_output_boxes, iou_threshold, score_threshold)
+    else:  # torchvision's coordinate trick: offset each group so that groups never overlap
+        valid = scores > score_threshold
+        max_coord = torch.where(valid[..., None], boxes, torch.zeros_like(boxes)).amax(dim=(1, 2), keepdim=True)
+        offsets = groups.to(boxes.dtype)[..., None] * (max_coord + 1)
+        selected = _OnnxNMS.apply(boxes + offsets, scores[:, None, :], max_output_boxes, iou_threshold,
+                                  score_threshold)
+    return _table_from_selected(selected, scores, batch, max_output_boxes)
+
+
+def multi_level_roi_align(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec, *, flavor: str) -> Tensor:
+    """[B, R, 4] RoIs (input pixels) over P2.. feature maps -> [B, R, C, oh, ow]."""
+    if flavor == "trt":
+        return _MultiLevelRoIAlign.apply(spec, rois, *features)
+    return roi_align_reference(rois, features, spec)

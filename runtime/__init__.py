@@ -1,0 +1,1 @@
+"""Runtime stage: pre/post-processing, the Predictor and its backends, parity checks."""

@@ -1,0 +1,53 @@
+"""Post-processing shared by every backend: fixed-size outputs -> detections on the ORIGINAL image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from runtime.paste import paste_masks
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels.
+
+    boxes [N, 4] (x1, y1, x2, y2), scores [N], labels [N] (contiguous, 1..K), masks [N, H, W] float32
+    probabilities pasted at the original size (threshold at 0.5 for binary masks).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class RawOutput:
+    """One image's fixed-shape graph outputs (canvas / resized-image pixels, masks 28x28, D slots)."""
+
+    num: int
+    boxes: np.ndarray  # [D, 4]
+    scores: np.ndarray  # [D]
+    labels: np.ndarray  # [D]
+    masks: np.ndarray  # [D, M, M]
+
+
+def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int, int], *,
+                  score_threshold: float = 0.0) -> Detections:
+    """Map one image's raw output to the original image: boxes scaled, masks pasted at full size."""
+    n = int(raw.num)
+    keep = np.nonzero(raw.scores[:n] >= score_threshold)[0]
+    boxes = torch.from_numpy(np.ascontiguousarray(raw.boxes[keep], dtype=np.float32))
+    ratio_h = torch.tensor(original[0], dtype=torch.float32) / torch.tensor(resized[0], dtype=torch.float32)
+    ratio_w = torch.tensor(original[1], dtype=torch.float32) / torch.tensor(resized[1], dtype=torch.float32)
+    boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
+    masks = paste_masks(torch.from_numpy(np.ascontiguousarray(raw.masks[keep], dtype=np.float32)), boxes,
+                        original[0], original[1])
+    return Detections(boxes=boxes.numpy(), scores=raw.scores[keep].astype(np.float32),
+                      labels=raw.labels[keep].astype(np.int64), masks=masks.numpy())

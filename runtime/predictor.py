@@ -1,0 +1,86 @@
+"""The Predictor: images -> Detections on the original images, with any backend.
+
+    from runtime.predictor import Predictor
+    predictor = Predictor.from_export("exports/slim", backend="onnxruntime", graph="portable")
+    detections = predictor.predict([load_rgb("a.jpg")])
+
+Pre-processing (runtime/preprocess.py) and post-processing (runtime/postprocess.py) are shared, so
+backends differ only in how the network and its inference logic run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskrt.errors import MaskrtError
+from runtime.backends import OnnxRuntimeBackend, TorchBackend, read_export_info
+from runtime.postprocess import Detections, RawOutput, to_detections
+from runtime.preprocess import Preprocessor, to_tensor
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class Predictor:
+    """Runs one backend on batches of HxWx3 uint8 RGB images."""
+
+    def __init__(self, backend: TorchBackend | OnnxRuntimeBackend, preprocessor: Preprocessor,
+                 classes: list[dict], *, score_threshold: float = 0.0) -> None:
+        self.backend = backend
+        self.preprocessor = preprocessor
+        self.classes = classes
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
+                    checkpoint: str | Path | None = None, score_threshold: float = 0.0,
+                    threads: int | None = None) -> Predictor:
+        """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas."""
+        info = read_export_info(export_dir)
+        pre = Preprocessor(info["input"]["height"], info["input"]["width"], info["resize"]["min_size"],
+                           info["resize"]["max_size"], tuple(info["normalization"]["mean"]),
+                           tuple(info["normalization"]["std"]))
+        d = int(info["limits"]["max_detections"])
+        if backend == "torch":
+            if checkpoint is None:
+                raise MaskrtError("the torch backend needs --checkpoint")
+            ckpt = load_checkpoint(checkpoint)
+            impl: TorchBackend | OnnxRuntimeBackend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), d)
+        elif backend == "onnxruntime":
+            impl = OnnxRuntimeBackend(export_dir, info, graph, threads)
+        else:
+            raise MaskrtError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        return cls(impl, pre, info["classes"], score_threshold=score_threshold)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
+                        score_threshold: float = 0.0) -> Predictor:
+        """The torch reference straight from a checkpoint (canvas from the model config by default)."""
+        from export.onnx_export import default_canvas
+
+        ckpt = load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt, source=checkpoint)
+        h, w = default_canvas(ckpt["model_config"])
+        pre = Preprocessor(height or h, width or w, ckpt["model_config"]["min_size"],
+                           ckpt["model_config"]["max_size"], tuple(model.transform.image_mean),
+                           tuple(model.transform.image_std))
+        backend = TorchBackend(model, int(ckpt["model_config"].get("box_detections_per_img", 100)))
+        return cls(backend, pre, ckpt["classes"], score_threshold=score_threshold)
+
+    def raw(self, images: list[np.ndarray]) -> tuple[list[RawOutput], list[tuple[int, int]], list[tuple[int, int]]]:
+        """Fixed-shape outputs of a batch, with each image's resized and original (h, w)."""
+        tensors = [to_tensor(img) for img in images]
+        resized = [self.preprocessor.resize(t) for t in tensors]
+        canvas, sizes = self.preprocessor(tensors)
+        outs = self.backend.run(resized, canvas, sizes)
+        return outs, [tuple(r.shape[-2:]) for r in resized], [tuple(t.shape[-2:]) for t in tensors]
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detections (original-image pixels, masks at the original size) for each image."""
+        outs, resized, original = self.raw(images)
+        return [to_detections(o, r, s, score_threshold=self.score_threshold)
+                for o, r, s in zip(outs, resized, original, strict=True)]

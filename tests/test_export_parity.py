@@ -1,0 +1,123 @@
+"""Export (both ONNX flavors) and parity against the torch reference, on CPU.
+
+(a) a slim checkpoint trained inside the test run, (b) seeded random-init r50-fpn and r50-fpn-v2 at a
+square and a non-square canvas, batch 1 and 2, both graphs; an image with zero detections; a perturbed
+model is rejected by the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import FORBIDDEN_IN_TRT, export_checkpoint
+from runtime.parity import Gates, run_parity
+from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from training.models import build_model, default_model_config
+from training.trainer import Trainer, TrainOptions
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+CLASSES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"}, {"id": 3, "name": "triangle"}]
+
+
+@pytest.fixture(scope="module")
+def trained_slim(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("slim_run")
+    Trainer(TrainOptions(data=shapes_dir, out=out, iters=30, batch_size=2, eval_every=1000, progress=False)).train()
+    return out / "last.pt"
+
+
+def _random_checkpoint(path: Path, config: str, height: int, width: int, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = default_model_config(config, 3, min_size=min(height, width), max_size=max(height, width))
+    model = build_model(cfg)
+    with torch.no_grad():  # sharper (but not saturated) random class scores: detections clear the floor
+        model.roi_heads.box_predictor.cls_score.weight.mul_(6.0)
+    save_checkpoint(path, make_checkpoint(model_config=cfg, state_dict=model.state_dict(), classes=CLASSES))
+    return path
+
+
+def _graph_ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    proc = subprocess.run([*CLI, "export", "--checkpoint", str(trained_slim), "--out", str(export)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((export / "export.json").read_text())
+    assert info["classes"] == CLASSES and info["opset"] >= 17
+    assert info["roi_align"]["box"]["sampling_ratio"] == 2 and info["roi_align"]["box"]["aligned"] == 0
+    portable, trt = _graph_ops(export / "model.onnx"), _graph_ops(export / "model.trt.onnx")
+    assert "RoiAlign" in portable and "NonMaxSuppression" in portable
+    assert {"MultiLevelRoIAlign", "BatchedNMS"} <= trt and not trt & FORBIDDEN_IN_TRT
+    for graph in ("portable", "trt"):
+        report_dir = tmp_path / f"report_{graph}"
+        proc = subprocess.run([*CLI, "parity", "--checkpoint", str(trained_slim), "--model", str(export),
+                               "--graph", graph, "--data", str(shapes_dir), "--out", str(report_dir), "-q"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+        report = json.loads((report_dir / "report.json").read_text())
+        assert report["passed"] and report["checkpoint_matches_export"]
+        assert abs(report["summary"]["coco"]["delta"]["bbox"]) <= 0.1
+        assert abs(report["summary"]["coco"]["delta"]["segm"]) <= 0.1
+        assert report["summary"]["reference_detections_above_floor"] > 0
+        assert (report_dir / "report.md").read_text().startswith("# Parity")
+
+
+@pytest.mark.parametrize("config", ["r50-fpn", "r50-fpn-v2"])
+@pytest.mark.parametrize(("height", "width", "batch"), [(160, 160, 1), (128, 224, 2)])
+def test_random_r50_parity(config: str, height: int, width: int, batch: int, shapes_dir: Path,
+                           tmp_path: Path) -> None:
+    ckpt = _random_checkpoint(tmp_path / "r50.pt", config, height, width)
+    export_checkpoint(ckpt, tmp_path / "export", height=height, width=width, batch=batch, max_detections=50)
+    gates = Gates(score_floor=0.05)
+    for graph in ("portable", "trt"):
+        report = run_parity(ckpt, tmp_path / "export", shapes_dir, tmp_path / graph, graph=graph, limit=2,
+                            gates=gates, progress=False)
+        assert report["passed"], (graph, report["gates"])
+        assert report["summary"]["reference_detections_above_floor"] > 0
+        assert report["raw_outputs"]["num_detections"]["abs"]["max"] == 0
+        assert report["raw_outputs"]["scores"]["abs"]["max"] < 1e-4
+
+
+def test_zero_detections(tmp_path: Path, shapes_dir: Path) -> None:
+    torch.manual_seed(0)
+    cfg = default_model_config("slim", 3)
+    model = build_model(cfg)
+    with torch.no_grad():  # background always wins: no detection at all
+        model.roi_heads.box_predictor.cls_score.bias[0] = 50.0
+    ckpt = tmp_path / "empty.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=model.state_dict(), classes=CLASSES))
+    export_checkpoint(ckpt, tmp_path / "export")
+    report = run_parity(ckpt, tmp_path / "export", shapes_dir, tmp_path / "rep", limit=2, progress=False)
+    assert report["passed"] and report["summary"]["reference_detections_above_floor"] == 0
+    out = tmp_path / "pred"
+    proc = subprocess.run([*CLI, "predict", "--model", str(tmp_path / "export"), "--out", str(out), "-q",
+                           str(shapes_dir / "val")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text()) == []
+    assert len(list(out.glob("*.png"))) == 8
+
+
+def test_perturbed_model_is_rejected(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(trained_slim)
+    key = "backbone.fpn.layer_blocks.0.weight"  # one conv of the FPN (P2 output)
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1.5
+    bad = tmp_path / "perturbed.pt"
+    save_checkpoint(bad, ckpt)
+    export_checkpoint(bad, tmp_path / "export")
+    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(trained_slim), "--model", str(tmp_path / "export"),
+                           "--data", str(shapes_dir), "--out", str(tmp_path / "rep"), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED gate" in proc.stdout
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert not report["passed"] and not report["checkpoint_matches_export"]
