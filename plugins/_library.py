@@ -18,7 +18,7 @@ _host: ctypes.CDLL | None = None
 _cuda: ctypes.CDLL | None = None
 
 #: The (name, version, namespace) of every creator the library must register.
-CREATORS: tuple[tuple[str, str, str], ...] = (("MultiLevelRoIAlign", "1", "maskrt"),)
+CREATORS: tuple[tuple[str, str, str], ...] = (("MultiLevelRoIAlign", "1", "maskrt"), ("BatchedNMS", "1", "maskrt"))
 
 
 def library_path() -> Path:

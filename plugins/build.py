@@ -6,7 +6,8 @@ Produces, under the repository's build/plugins/ folder:
 
 * ``libmaskrt_plugins.so`` -- the CUDA plugin library for TensorRT / TensorRT-RTX (nvcc, static CUDA runtime, no
   libnvinfer link), SASS for every requested architecture plus PTX of the newest one;
-* ``libmaskrt_host.so`` -- the same kernel core compiled by the C++ compiler, for the CPU (``roi_align.cpu``).
+* ``libmaskrt_host.so`` -- the same kernel cores compiled by the C++ compiler, for the CPU (``roi_align.cpu``,
+  ``nms.cpu``).
 
 A library is rebuilt only when its sources, compiler command or architectures changed (a stamp file next to it
 holds their hash). TensorRT headers come from ``$TENSORRT_ROOT/include``, else the C++ compiler's include path,
@@ -40,6 +41,8 @@ HEADERS_IN_WHEEL = "kernel_lens/include/tensorrt/"
 CUDA_SOURCES = (
     "roi_align/roi_align_kernel.cu",
     "roi_align/roi_align_plugin.cpp",
+    "nms/nms_kernel.cu",
+    "nms/nms_plugin.cpp",
     "common/logging.cpp",
     "library.cpp",
 )

@@ -1,11 +1,15 @@
-// The host (CPU) build of the plugin ops: extern "C" entry points for ctypes (plugins/roi_align/__init__.py).
-// Compiled by the C++ compiler alone; the math is the same header the CUDA kernels use.
+// The host (CPU) build of the plugin ops: extern "C" entry points for ctypes (plugins/roi_align/__init__.py,
+// plugins/nms/__init__.py). Compiled by the C++ compiler alone; the math is the same headers the CUDA kernels use.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "common/half.h"
 #include "common/macros.h"
+#include "nms/nms_core.h"
+#include "nms/nms_params.h"
 #include "roi_align/roi_align_core.h"
 #include "roi_align/roi_align_params.h"
 
@@ -39,6 +43,16 @@ struct PlaneAt<HalfBits>
         return maskrt::halfToFloat(plane[y * width + x]);
     }
 };
+
+inline float scoreValue(float v)
+{
+    return v;
+}
+
+inline float scoreValue(HalfBits v)
+{
+    return maskrt::halfToFloat(v);
+}
 
 inline void store(float* out, float v)
 {
@@ -83,6 +97,52 @@ void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const&
             }
         }
     }
+}
+
+/// BatchedNMS of one image: filter by score, sort the candidates, greedy NMS (torchvision's CPU loop); writes
+/// keep[0, kept) and returns kept. Reuses the caller's buffers across images.
+template <typename S>
+int nmsImage(float const* boxes, S const* scores, int32_t const* groups, int64_t numBoxes, maskrt::nms::Params const& p,
+    int32_t* keep, std::vector<uint64_t>& keys, std::vector<float>& areas, std::vector<char>& suppressed)
+{
+    namespace nm = maskrt::nms;
+    keys.clear();
+    for (int64_t i = 0; i < numBoxes; ++i)
+    {
+        float const score = scoreValue(scores[i]);
+        if (nm::isCandidate(score, p.scoreThreshold))
+        {
+            keys.push_back(nm::sortKey(score, static_cast<uint32_t>(i)));
+        }
+    }
+    size_t const m = std::min(keys.size(), static_cast<size_t>(nm::kMaxCandidates));
+    std::partial_sort(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(m), keys.end());
+    areas.resize(m);
+    suppressed.assign(m, 0);
+    for (size_t k = 0; k < m; ++k)
+    {
+        areas[k] = nm::boxArea(boxes + 4 * static_cast<int64_t>(nm::keyIndex(keys[k])));
+    }
+    int kept = 0;
+    for (size_t a = 0; a < m && kept < p.maxOutputBoxes; ++a)
+    {
+        if (suppressed[a])
+        {
+            continue;
+        }
+        uint32_t const i = nm::keyIndex(keys[a]);
+        keep[kept++] = static_cast<int32_t>(i);
+        for (size_t c = a + 1; c < m; ++c)
+        {
+            uint32_t const j = nm::keyIndex(keys[c]);
+            if (!suppressed[c] && groups[j] == groups[i]
+                && nm::suppresses(boxes + 4 * int64_t{i}, areas[a], boxes + 4 * int64_t{j}, areas[c], p.iouThreshold))
+            {
+                suppressed[c] = 1;
+            }
+        }
+    }
+    return kept;
 }
 
 void setError(char* err, int errLen, std::string const& msg)
@@ -136,6 +196,44 @@ MASKRT_EXPORT int maskrt_roi_align_host(float const* rois, void const* const* fe
     else
     {
         roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<HalfBits*>(out));
+    }
+    return 0;
+}
+
+/// BatchedNMS on the CPU. boxes is [batch, numBoxes, 4] fp32, scores [batch, numBoxes] fp32 (scoreType 0) or fp16
+/// bits (1), groups [batch, numBoxes] int32; keep is [batch, maxOutputBoxes] int32 (-1 padded), count [batch] int32.
+/// Returns 0, or -1 with a message in err.
+MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int scoreType, int32_t const* groups,
+    int64_t batch, int64_t numBoxes, float iouThreshold, float scoreThreshold, int maxOutputBoxes, int32_t* keep,
+    int32_t* count, char* err, int errLen)
+{
+    namespace nm = maskrt::nms;
+    nm::Params const p{iouThreshold, scoreThreshold, maxOutputBoxes};
+    std::string reason = nm::checkParams(p);
+    if (reason.empty() && (batch < 0 || numBoxes < 0 || numBoxes > 0x7fffffffLL || (scoreType != 0 && scoreType != 1)))
+    {
+        reason = "invalid size or unknown score type";
+    }
+    if (!reason.empty())
+    {
+        setError(err, errLen, reason);
+        return -1;
+    }
+    std::vector<uint64_t> keys;
+    std::vector<float> areas;
+    std::vector<char> suppressed;
+    for (int64_t b = 0; b < batch; ++b)
+    {
+        int32_t* out = keep + b * maxOutputBoxes;
+        float const* bx = boxes + b * numBoxes * 4;
+        int32_t const* gr = groups + b * numBoxes;
+        int const kept = scoreType == 0
+            ? nmsImage(bx, static_cast<float const*>(scores) + b * numBoxes, gr, numBoxes, p, out, keys, areas,
+                suppressed)
+            : nmsImage(bx, static_cast<HalfBits const*>(scores) + b * numBoxes, gr, numBoxes, p, out, keys, areas,
+                suppressed);
+        std::fill(out + kept, out + maxOutputBoxes, -1);
+        count[b] = kept;
     }
     return 0;
 }

@@ -2,11 +2,12 @@
 // `trtexec --dynamicPlugins` and Triton's `--backend-config=tensorrt,plugins=`. The library never calls into the
 // plugin registry itself (no REGISTER_TENSORRT_PLUGIN): TensorRT asks for the creators through getCreators.
 //
-// To add an op: construct its IPluginCreatorV3One below, next to the RoIAlign one.
+// To add an op: construct its IPluginCreatorV3One below, next to the others.
 #include <NvInferRuntime.h>
 
 #include "common/logging.h"
 #include "common/macros.h"
+#include "nms/nms_plugin.h"
 #include "roi_align/roi_align_plugin.h"
 
 namespace
@@ -15,7 +16,8 @@ namespace
 nvinfer1::IPluginCreatorInterface* const* creators(int32_t& count)
 {
     static maskrt::roi_align::RoIAlignPluginCreator roiAlign;
-    static nvinfer1::IPluginCreatorInterface* const list[] = {&roiAlign};
+    static maskrt::nms::NMSPluginCreator batchedNms;
+    static nvinfer1::IPluginCreatorInterface* const list[] = {&roiAlign, &batchedNms};
     count = static_cast<int32_t>(sizeof(list) / sizeof(list[0]));
     return list;
 }

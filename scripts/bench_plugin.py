@@ -1,11 +1,16 @@
-"""Benchmark the MultiLevelRoIAlign CUDA kernel against torchvision's per-level CUDA path (GPU machines only).
+"""Benchmark the plugin library's CUDA kernels against torchvision's CUDA ops (GPU machines only).
 
     python scripts/bench_plugin.py [--iters 200]
 
+MultiLevelRoIAlign vs torchvision's per-level CUDA path:
 Cases: 1000 RoIs x 256 channels x 7x7 (box head) and 100 RoIs x 256 x 14x14 (mask head), sampling_ratio 2, on an
 800x1216 P2-P5 pyramid, fp32 and fp16. Prints microseconds per call, the achieved bandwidth (bytes the kernel must
 move at least: every feature element the bilinear taps touch read once, the output written, the RoIs read) and its
-fraction of the device's peak memory bandwidth (the roofline). Exits 2 without a GPU.
+fraction of the device's peak memory bandwidth (the roofline).
+
+BatchedNMS vs torchvision.ops.batched_nms on CUDA: N = 1000 and 5000 RPN-like boxes per image, 1 and 80 groups, batch
+1 (torchvision runs once per image, so batch 2 times it twice), iou 0.7, every box a candidate, up to 1000 kept; and
+the box-head case of 1000 proposals x 90 classes with ~300 candidates above score 0.05. Exits 2 without a GPU.
 """
 
 from __future__ import annotations
@@ -104,6 +109,49 @@ def bytes_moved(feats, rois, out_size: int, ratio: int, elem: int) -> int:
     return touched + rois.shape[1] * channels * out_size * out_size * elem + rois.numel() * 4
 
 
+def nms_inputs(batch: int, n: int, groups: int, seed: int = 0):
+    """RPN-like boxes (log-uniform sizes 16..512 px anywhere in the image), uniform scores, random groups."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    size = torch.exp(torch.empty(batch, n, 2, device="cuda").uniform_(2.77, 6.24, generator=gen))
+    centre = torch.rand(batch, n, 2, device="cuda", generator=gen) * torch.tensor([IMAGE[1], IMAGE[0]], device="cuda")
+    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1).contiguous()
+    scores = torch.rand(batch, n, device="cuda", generator=gen)
+    ids = torch.randint(0, groups, (batch, n), device="cuda", generator=gen, dtype=torch.int32)
+    return boxes, scores, ids
+
+
+def bench_nms(iters: int) -> None:
+    import torchvision
+
+    from plugins import nms
+
+    print(f"\n{'BatchedNMS case':34s} {'plugin us':>10s} {'torchvision us':>15s} {'speedup':>8s} {'kept':>6s}")
+    cases = [(1, n, g, 0.7, -0.5, 1000, None) for n in (1000, 5000) for g in (1, 80)]
+    cases += [(2, 5000, 80, 0.7, -0.5, 1000, None), (1, 90_000, 90, 0.5, 0.05, 100, 300)]
+    for batch, n, groups, iou, thr, k, candidates in cases:
+        boxes, scores, ids = nms_inputs(batch, n, groups)
+        if candidates is not None:  # the box head: most scores below the threshold
+            scores = torch.where(torch.rand_like(scores) < candidates / n, scores, torch.full_like(scores, -1.0))
+
+        def ours(boxes=boxes, scores=scores, ids=ids, iou=iou, thr=thr, k=k):
+            return nms.cuda(boxes, scores, ids, iou_threshold=iou, score_threshold=thr, max_output_boxes=k)
+
+        def reference(boxes=boxes, scores=scores, ids=ids, iou=iou, thr=thr, k=k):
+            out = []
+            for b in range(boxes.shape[0]):
+                mask = scores[b] > thr
+                out.append(torchvision.ops.batched_nms(boxes[b][mask], scores[b][mask], ids[b][mask], iou)[:k])
+            return out
+
+        keep, count = ours()
+        ref = reference()
+        same = all(int(count[b]) == ref[b].numel() for b in range(batch))
+        t_ours, t_ref = time_us(ours, iters), time_us(reference, iters)
+        name = f"B={batch} N={n} groups={groups}" + (f" (~{candidates} cand.)" if candidates else "")
+        print(f"{name:34s} {t_ours:10.1f} {t_ref:15.1f} {t_ref / t_ours:7.2f}x {int(count[0]):6d}"
+              f"{'' if same else '   (count differs from torchvision!)'}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=200)
@@ -140,6 +188,7 @@ def main() -> int:
             name = f"{num_rois} RoIs x 256 x {out_size}x{out_size} {str(dtype)[6:]}"
             print(f"{name:34s} {t_ours:10.1f} {t_ref:15.1f} {t_ref / t_ours:7.2f}x {gbs:8.1f} {gbs / peak:7.1%}"
                   f"   (max |diff| {err:.2g})")  # fmt: skip
+    bench_nms(args.iters)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The CUDA plugin library build: architectures, exported entry points, no libnvinfer / libcudart dependency,
-incremental rebuilds, the loader's error messages, and the ONNX node contract of MultiLevelRoIAlign."""
+incremental rebuilds, the loader's error messages, and the ONNX node contracts of MultiLevelRoIAlign and BatchedNMS."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plugins import build as plugin_build
+from plugins.nms.spec import NMSSpec
 from plugins.roi_align.spec import FPN_P2_P5_SCALES, RoIAlignSpec
 
 
@@ -60,7 +62,8 @@ def test_library_holds_every_architecture_and_ptx(library: Path) -> None:
 def test_library_exports_entry_points_and_links_no_tensorrt_or_cudart(library: Path) -> None:
     dynamic = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
     exported = {line.split()[-1] for line in dynamic.stdout.splitlines() if line.strip()}
-    assert {"getCreators", "setLoggerFinder", "maskrt_roi_align_cuda"} <= exported
+    assert {"getCreators", "setLoggerFinder", "maskrt_roi_align_cuda", "maskrt_nms_cuda",
+            "maskrt_nms_workspace_size"} <= exported  # fmt: skip
     assert not [s for s in exported if s.startswith("cuda")], "static CUDA runtime symbols leak from the library"
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(library)], capture_output=True, text=True,
                                check=True).stdout  # fmt: skip
@@ -106,12 +109,12 @@ def test_gencode_flags() -> None:
 
 
 def test_library_path_names_the_build_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from plugins import library_path, roi_align
+    from plugins import library_path, nms, roi_align
 
     monkeypatch.setenv("MASKRT_PLUGIN_LIBRARY", str(tmp_path / "missing.so"))
     with pytest.raises(FileNotFoundError, match=r"python -m plugins\.build"):
         library_path()
-    assert roi_align.library_path is library_path
+    assert roi_align.library_path is library_path and nms.library_path is library_path
 
 
 def test_onnx_node_carries_the_plugin_identity_and_fields() -> None:
@@ -150,3 +153,41 @@ def test_spec_rejects_invalid_attributes(kwargs: dict, message: str) -> None:
     args = {"output_size": 7, "spatial_scales": FPN_P2_P5_SCALES, **kwargs}
     with pytest.raises(ValueError, match=message):
         RoIAlignSpec(**args)
+
+
+def test_nms_onnx_node_carries_the_plugin_identity_and_fields() -> None:
+    onnx = pytest.importorskip("onnx")
+    spec = NMSSpec(iou_threshold=0.7, score_threshold=-0.5, max_output_boxes=1000)
+    node = spec.make_onnx_node("boxes", "scores", "levels", "keep", "count", name="rpn_nms")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert (node.op_type, node.domain, list(node.input), list(node.output)) == (
+        "BatchedNMS", "maskrt", ["boxes", "scores", "levels"], ["keep", "count"],
+    )  # fmt: skip
+    assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"maskrt"
+    assert attrs["iou_threshold"] == pytest.approx(0.7) and attrs["score_threshold"] == -0.5
+    assert attrs["max_output_boxes"] == 1000
+    assert NMSSpec.from_onnx_attributes(attrs) == spec
+    assert spec.iou_threshold == float(np.float32(0.7))  # thresholds are float32, as in the op
+    with pytest.raises(ValueError, match="missing"):
+        NMSSpec.from_onnx_attributes({k: v for k, v in attrs.items() if k != "max_output_boxes"})
+    with pytest.raises(ValueError, match="unknown"):
+        NMSSpec.from_onnx_attributes({**attrs, "top_k": 3})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"iou_threshold": 1.01}, "iou_threshold"),
+        ({"iou_threshold": -1e-9}, "iou_threshold"),
+        ({"iou_threshold": "0.5"}, "iou_threshold"),
+        ({"score_threshold": float("-inf")}, "score_threshold"),
+        ({"score_threshold": 1e39}, "score_threshold"),  # overflows float32
+        ({"max_output_boxes": -1}, "max_output_boxes"),
+        ({"max_output_boxes": True}, "max_output_boxes"),
+        ({"max_output_boxes": 2**31}, "max_output_boxes"),
+    ],
+)
+def test_nms_spec_rejects_invalid_attributes(kwargs: dict, message: str) -> None:
+    args = {"iou_threshold": 0.5, "score_threshold": 0.05, "max_output_boxes": 100, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        NMSSpec(**args)

@@ -1,0 +1,124 @@
+"""BatchedNMS: torchvision's batched_nms with a score filter and fixed-size outputs, as one TensorRT plugin op.
+
+    from plugins import nms
+    keep, count = nms.cpu(boxes, scores, groups, iou_threshold=0.5, score_threshold=0.05, max_output_boxes=100)
+    nms.load_into(tensorrt)   # register the CUDA plugin library with TensorRT / TensorRT-RTX
+
+``keep`` [B, max_output_boxes] int32 holds indices into N (descending score, ties by lower index, -1 padded),
+``count`` [B] int32 the number kept. ``cpu`` runs the host build of the kernel core (the test oracle bridge);
+``cuda`` launches the plugin library's kernels on torch CUDA tensors (GPU tests, benchmarks). Semantics:
+ARCHITECTURE.md section 4b and plugins/README.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from plugins._library import cuda_library, host_library, library_path, load_into
+from plugins.nms.spec import (
+    MAX_CANDIDATES,
+    ONNX_DOMAIN,
+    PLUGIN_NAME,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    NMSSpec,
+)
+
+__all__ = [
+    "MAX_CANDIDATES", "ONNX_DOMAIN", "PLUGIN_NAME", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "NMSSpec",
+    "cpu", "cuda", "library_path", "load_into",
+]  # fmt: skip
+
+_SCORE_TYPES = {torch.float32: 0, torch.float16: 1}
+_ERR_LEN = 512
+
+
+def _check(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validates the tensors against each other; returns contiguous copies on success."""
+    for name, t in (("boxes", boxes), ("scores", scores), ("groups", groups)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if boxes.dim() != 3 or boxes.shape[2] != 4 or boxes.dtype != torch.float32:
+        raise ValueError(f"boxes must be a [B, N, 4] float32 tensor, got {tuple(boxes.shape)} {boxes.dtype}")
+    if scores.shape != boxes.shape[:2] or scores.dtype not in _SCORE_TYPES:
+        raise ValueError(
+            f"scores must be a [B, N] = {tuple(boxes.shape[:2])} float32 or float16 tensor, got "
+            f"{tuple(scores.shape)} {scores.dtype}"
+        )
+    if groups.shape != boxes.shape[:2] or groups.dtype != torch.int32:
+        raise ValueError(
+            f"groups must be a [B, N] = {tuple(boxes.shape[:2])} int32 tensor, got {tuple(groups.shape)} {groups.dtype}"
+        )
+    for name, t in (("boxes", boxes), ("scores", scores), ("groups", groups)):
+        if t.device.type != device:
+            raise ValueError(f"{name} is on {t.device}, expected a {device} tensor")
+    return boxes.contiguous(), scores.contiguous(), groups.contiguous()
+
+
+def _run(
+    entry: str, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, spec: NMSSpec, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    boxes, scores, groups = _check(boxes, scores, groups, device)
+    batch, num_boxes = boxes.shape[:2]
+    keep = torch.empty((batch, spec.max_output_boxes), dtype=torch.int32, device=boxes.device)
+    count = torch.empty((batch,), dtype=torch.int32, device=boxes.device)
+    args = [
+        ctypes.c_void_p(boxes.data_ptr()), ctypes.c_void_p(scores.data_ptr()), ctypes.c_int(_SCORE_TYPES[scores.dtype]),
+        ctypes.c_void_p(groups.data_ptr()), ctypes.c_int64(batch), ctypes.c_int64(num_boxes),
+        ctypes.c_float(spec.iou_threshold), ctypes.c_float(spec.score_threshold), ctypes.c_int(spec.max_output_boxes),
+        ctypes.c_void_p(keep.data_ptr()), ctypes.c_void_p(count.data_ptr()),
+    ]  # fmt: skip
+    if entry == "maskrt_nms_cuda":
+        lib = cuda_library()
+        size_fn = lib.maskrt_nms_workspace_size
+        size_fn.restype = ctypes.c_int64
+        size = size_fn(ctypes.c_int64(batch), ctypes.c_int64(num_boxes))
+        workspace = torch.empty((max(size, 1),), dtype=torch.uint8, device=boxes.device)
+        args += [ctypes.c_void_p(workspace.data_ptr()), ctypes.c_int64(size)]
+        args.append(ctypes.c_void_p(torch.cuda.current_stream(boxes.device).cuda_stream))
+    else:
+        lib = host_library()
+    fn = getattr(lib, entry)
+    fn.restype = ctypes.c_int
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    status = fn(*args, err, ctypes.c_int(_ERR_LEN))
+    if status != 0:
+        message = err.value.decode() or f"CUDA error {status}"
+        raise (ValueError if status < 0 else RuntimeError)(f"{entry}: {message}")
+    return keep, count
+
+
+def cpu(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    iou_threshold: float,
+    score_threshold: float,
+    max_output_boxes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchedNMS on CPU tensors with the host build of the kernel core.
+
+    boxes: [B, N, 4] float32 (x1, y1, x2, y2); scores: [B, N] float32 or float16; groups: [B, N] int32 (boxes of
+    different groups never suppress each other). Returns (keep [B, max_output_boxes] int32, count [B] int32).
+    """
+    spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
+    return _run("maskrt_nms_host", boxes, scores, groups, spec, "cpu")
+
+
+def cuda(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    iou_threshold: float,
+    score_threshold: float,
+    max_output_boxes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same as `cpu`, on CUDA tensors, launching the plugin library's kernels on the current torch stream."""
+    spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
+    return _run("maskrt_nms_cuda", boxes, scores, groups, spec, "cuda")
