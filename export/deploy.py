@@ -117,7 +117,7 @@ class DeployMaskRCNN(nn.Module):
             boxes = self.rpn_coder.decode_single(top_delta.reshape(-1, 4), top_anchors).reshape(batch, k, 4)
             scores_l.append(top)
             boxes_l.append(boxes)
-            levels_l.append(torch.full((batch, k), level, dtype=torch.int64))
+            levels_l.append(torch.zeros_like(top, dtype=torch.int64) + level)
         scores = torch.sigmoid(torch.cat(scores_l, dim=1))
         boxes = _clip(torch.cat(boxes_l, dim=1), sizes)
         levels = torch.cat(levels_l, dim=1)
@@ -143,7 +143,7 @@ class DeployMaskRCNN(nn.Module):
         scores = torch.softmax(logits, -1).reshape(batch, p, k)
         boxes = _clip(boxes, sizes)[:, :, 1:].reshape(batch, p * (k - 1), 4)
         scores = scores[:, :, 1:].reshape(batch, p * (k - 1))
-        labels = torch.arange(1, k, dtype=torch.int64).repeat(p)[None].expand(batch, -1)
+        labels = torch.arange(1, k, dtype=torch.int64).repeat(p)[None] + torch.zeros_like(scores, dtype=torch.int64)
         wh = boxes[..., 2:] - boxes[..., :2]
         valid = props_valid[:, :, None].expand(batch, p, k - 1).reshape(batch, -1)
         valid = valid & (scores > self.score_thresh) & (wh[..., 0] >= 1e-2) & (wh[..., 1] >= 1e-2)

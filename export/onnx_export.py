@@ -51,13 +51,33 @@ def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, t
 
 
 def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch: bool, opset: int) -> None:
+    custom = {"maskrt": 1} if deploy.flavor == "trt" else None
     args = _example_inputs(deploy, batch)
     axes = {n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(deploy, args, str(path), dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
-                          output_names=OUTPUT_NAMES, dynamic_axes=axes, custom_opsets={"maskrt": 1},
+                          output_names=OUTPUT_NAMES, dynamic_axes=axes, custom_opsets=custom,
                           do_constant_folding=True)
+
+
+def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch: bool) -> None:
+    """Write the known fixed shapes of every graph input and output (the exporter leaves symbolic names
+    where custom ops or data-dependent code sit upstream)."""
+    model = onnx.load(str(path))
+    b: int | str = "batch" if dynamic_batch else batch
+    d, m = deploy.max_detections, deploy.mask_spec.output_size[0] * 2
+    shapes = {"images": [b, 3, deploy.height, deploy.width], "image_sizes": [b, 2], "num_detections": [b],
+              "boxes": [b, d, 4], "scores": [b, d], "labels": [b, d], "masks": [b, d, m, m]}
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shapes[value.name], strict=True):
+            dim.Clear()
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+    onnx.save(model, str(path))
 
 
 def check_graph(path: Path, flavor: str) -> dict[str, int]:
@@ -103,6 +123,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         deploy = DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections, flavor=flavor)
         tmp = out / f".{name}.tmp"
         _export_one(deploy, tmp, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
+        _pin_io_shapes(tmp, deploy, batch, dynamic_batch)
         counts = check_graph(tmp, flavor)
         os.replace(tmp, out / name)
         graphs[flavor] = {"file": name, "sha256": sha256(out / name), "ops": counts}

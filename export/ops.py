@@ -66,7 +66,7 @@ class _MultiLevelRoIAlign(torch.autograd.Function):
     @staticmethod
     def symbolic(g, spec: RoIAlignSpec, rois, *features):  # type: ignore[no-untyped-def]
         a = spec.onnx_attributes()
-        return g.op(
+        out = g.op(
             "maskrt::MultiLevelRoIAlign", rois, *features,
             plugin_version_s=a["plugin_version"], plugin_namespace_s=a["plugin_namespace"],
             output_height_i=a["output_height"], output_width_i=a["output_width"],
@@ -74,6 +74,10 @@ class _MultiLevelRoIAlign(torch.autograd.Function):
             spatial_scales_f=a["spatial_scales"], canonical_level_i=a["canonical_level"],
             canonical_scale_f=a["canonical_scale"], level_eps_f=a["level_eps"],
         )
+        b, r = rois.type().varyingSizes()[:2]
+        c = features[0].type().varyingSizes()[1]
+        out.setType(features[0].type().with_sizes([b, r, c, *spec.output_size]))
+        return out
 
 
 def batched_nms_reference(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
@@ -84,9 +88,13 @@ def batched_nms_reference(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thr
     count = torch.zeros((b,), dtype=torch.int32)
     for i in range(b):
         cand = torch.nonzero(scores[i].float() > score_threshold).flatten()
-        kept = torchvision.ops.batched_nms(boxes[i, cand].float(), scores[i, cand].float(), groups[i, cand],
-                                           iou_threshold)
-        kept = cand[kept][:max_output_boxes]
+        s = scores[i, cand].float()
+        kept_mask = torch.zeros_like(cand, dtype=torch.bool)
+        for g in torch.unique(groups[i, cand]):  # per group, as torchvision's vanilla batched_nms
+            members = torch.nonzero(groups[i, cand] == g).flatten()
+            kept_mask[members[torchvision.ops.nms(boxes[i, cand[members]].float(), s[members], iou_threshold)]] = True
+        kept = torch.nonzero(kept_mask).flatten()
+        kept = cand[kept[torch.sort(s[kept], descending=True, stable=True).indices]][:max_output_boxes]
         keep[i, : kept.numel()] = kept.to(torch.int32)
         count[i] = kept.numel()
     return keep, count
@@ -102,11 +110,15 @@ class _BatchedNMS(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, groups, iou_threshold, score_threshold, max_output_boxes):  # type: ignore[no-untyped-def]
-        return g.op(
+        keep, count = g.op(
             "maskrt::BatchedNMS", boxes, scores, groups, outputs=2, **NMS_PLUGIN_ATTRS,
             iou_threshold_f=float(iou_threshold), score_threshold_f=float(score_threshold),
             max_output_boxes_i=int(max_output_boxes),
         )
+        b = groups.type().varyingSizes()[0]
+        keep.setType(groups.type().with_sizes([b, int(max_output_boxes)]))
+        count.setType(groups.type().with_sizes([b]))
+        return keep, count
 
 
 class _OnnxNMS(torch.autograd.Function):
@@ -136,17 +148,19 @@ class _OnnxNMS(torch.autograd.Function):
 
 def _table_from_selected(selected: Tensor, scores: Tensor, batch: int, width: int) -> Tensor:
     """ONNX NMS output [n, 3] -> [B, width] int64 indices sorted by descending score, -1 padded."""
+    del batch  # taken from scores' shape instead, so that the graph keeps a dynamic batch
     b_idx, box_idx = selected[:, 0], selected[:, 2]
     s = scores[b_idx, box_idx]
     # sort by (batch ascending, score descending); scores of kept boxes are > threshold >= -1
     key = b_idx.to(s.dtype) * 4.0 - s.clamp(min=-1.0, max=2.0)
     order = torch.topk(-key, key.shape[0]).indices  # ascending key; ties keep ONNX NMS's order
     b_idx, box_idx = b_idx[order], box_idx[order]
-    per_batch = torch.nn.functional.one_hot(b_idx, batch).sum(0)
+    rows = torch.arange(scores.shape[0], dtype=torch.int64)  # traced from the shape: dynamic batch works
+    per_batch = (b_idx[None, :] == rows[:, None]).sum(1)
     starts = torch.cumsum(per_batch, 0) - per_batch
     pos = torch.arange(b_idx.shape[0], dtype=torch.int64) - starts[b_idx]
     fits = pos < width
-    table = torch.full((batch, width), -1, dtype=torch.int64)
+    table = torch.zeros_like(scores[:, :1], dtype=torch.int64).repeat(1, width) - 1
     table[b_idx[fits], pos[fits]] = box_idx[fits]
     return table
 

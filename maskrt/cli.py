@@ -159,32 +159,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from runtime.parity import run_parity, summary_line
 
+    from runtime.parity import Gates
+
+    gates = Gates(score_floor=args.score_floor)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
-                        split=args.split, limit=args.limit, progress=not args.quiet)
+                        split=args.split, limit=args.limit, gates=gates, progress=not args.quiet)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return 0 if report["passed"] else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_checkpoint
+    from runtime.parity import run_parity, summary_line
     from training.evaluate import format_metrics
     from training.shapes import generate
     from training.trainer import Trainer, TrainOptions
 
     root = Path(args.out)
-    data = root / "data"
+    data, run, export = root / "data", root / "run", root / "export"
     if not (data / "annotations" / "instances_val.json").is_file():
-        print(f"[1/2] generating the shapes dataset in {data}")
+        print(f"[1/4] generating the shapes dataset in {data}")
         generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet)
     else:
-        print(f"[1/2] using the shapes dataset in {data}")
-    print(f"[2/2] training the slim model for {args.minutes} minutes in {root / 'run'}")
-    opts = TrainOptions(data=data, out=root / "run", config="slim", max_minutes=args.minutes,
-                        progress=not args.quiet)
+        print(f"[1/4] using the shapes dataset in {data}")
+    print(f"[2/4] training the slim model for {args.minutes} minutes in {run}")
+    opts = TrainOptions(data=data, out=run, config="slim", max_minutes=args.minutes, progress=not args.quiet)
     result = Trainer(opts).train()
-    print(f"\nslim Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
+    print(f"slim Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
     print(format_metrics(result.metrics))
-    return 0
+    print(f"[3/4] exporting {run / 'last.pt'} to {export}")
+    export_checkpoint(run / "last.pt", export)
+    print(f"[4/4] parity of both graphs against the torch reference ({args.parity_images} val images)")
+    failed = False
+    for graph in ("portable", "trt"):
+        report = run_parity(run / "last.pt", export, data, root / f"parity_{graph}", graph=graph,
+                            limit=args.parity_images, progress=not args.quiet)
+        print(summary_line(report))
+        failed |= not report["passed"]
+    print(f"reports: {root}/parity_*/report.md")
+    return 1 if failed else 0
 
 
 # -- parser --------------------------------------------------------------------------------------------
@@ -216,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: last.pt, best.pt, metrics.json")
     train.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget in minutes")
     train.add_argument("--iters", type=_positive_int, help="total steps (default 2000 without --max-minutes)")
-    train.add_argument("--batch-size", type=_positive_int, default=4, help="images per step and process")
+    train.add_argument("--batch-size", type=_positive_int, default=2,
+                       help="images per step and process (default 2: more updates per minute on a CPU)")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate")
     train.add_argument("--eval-minutes", type=float, default=3.0, help="evaluate every N minutes (default 3)")
     train.add_argument("--eval-every", type=_positive_int, help="evaluate every N steps instead")
@@ -271,12 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--data", required=True, help="COCO-format dataset folder")
     par.add_argument("--split", default="val")
     par.add_argument("--limit", type=_positive_int, help="first N images only")
+    par.add_argument("--score-floor", type=float, default=0.3,
+                     help="reference detections at or above this score must be matched (default 0.3)")
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     par.set_defaults(func=cmd_parity)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")
     demo.add_argument("--minutes", type=_positive_float, default=4.0, help="training budget (default 4)")
+    demo.add_argument("--parity-images", type=_positive_int, default=50, help="val images checked (default 50)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -35,11 +35,12 @@ def _axis_weights(start: torch.Tensor, length: torch.Tensor, size: int, mask_siz
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, *, padding: int = 1,
-                chunk: int = 32) -> torch.Tensor:
+                chunk: int = 32, threshold: float | None = None) -> torch.Tensor:
     """Paste masks [N, M, M] (probabilities) for boxes [N, 4] (x1,y1,x2,y2 in the output image) into
-    [N, height, width] float32 probability maps, exactly as torchvision's paste_masks_in_image."""
+    [N, height, width] float32 probability maps, exactly as torchvision's paste_masks_in_image; with a
+    `threshold`, into boolean masks (prob > threshold), which keeps memory at one byte per pixel."""
     n, m = masks.shape[0], masks.shape[-1]
-    out = torch.zeros((n, height, width), dtype=torch.float32)
+    out = torch.zeros((n, height, width), dtype=torch.float32 if threshold is None else torch.bool)
     if n == 0:
         return out
     padded = F.pad(masks.float(), (padding,) * 4)
@@ -56,5 +57,6 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: in
         sl = slice(s, s + chunk)
         wy = _axis_weights(exp[sl, 1], bh[sl], height, m + 2 * padding)  # [n, H, M+2]
         wx = _axis_weights(exp[sl, 0], bw[sl], width, m + 2 * padding)  # [n, W, M+2]
-        out[sl] = torch.bmm(torch.bmm(wy, padded[sl]), wx.transpose(1, 2))
+        pasted = torch.bmm(torch.bmm(wy, padded[sl]), wx.transpose(1, 2))
+        out[sl] = pasted if threshold is None else pasted > threshold
     return out

@@ -14,8 +14,8 @@ from runtime.paste import paste_masks
 class Detections:
     """Detections of one image, in original-image pixels.
 
-    boxes [N, 4] (x1, y1, x2, y2), scores [N], labels [N] (contiguous, 1..K), masks [N, H, W] float32
-    probabilities pasted at the original size (threshold at 0.5 for binary masks).
+    boxes [N, 4] (x1, y1, x2, y2), scores [N], labels [N] (contiguous, 1..K), masks [N, H, W] bool
+    (pasted probability > 0.5, at the original size).
     """
 
     boxes: np.ndarray
@@ -48,6 +48,6 @@ def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int,
     ratio_w = torch.tensor(original[1], dtype=torch.float32) / torch.tensor(resized[1], dtype=torch.float32)
     boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
     masks = paste_masks(torch.from_numpy(np.ascontiguousarray(raw.masks[keep], dtype=np.float32)), boxes,
-                        original[0], original[1])
+                        original[0], original[1], threshold=0.5)
     return Detections(boxes=boxes.numpy(), scores=raw.scores[keep].astype(np.float32),
                       labels=raw.labels[keep].astype(np.int64), masks=masks.numpy())

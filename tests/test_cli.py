@@ -15,7 +15,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["demo"]])
+@pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["export"],
+                                 ["predict"], ["parity"], ["demo"]])
 def test_help(sub: list[str]) -> None:
     proc = _run(*sub, "--help")
     assert proc.returncode == 0 and "usage: maskrt" in proc.stdout

@@ -61,7 +61,8 @@ def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, t
     for graph in ("portable", "trt"):
         report_dir = tmp_path / f"report_{graph}"
         proc = subprocess.run([*CLI, "parity", "--checkpoint", str(trained_slim), "--model", str(export),
-                               "--graph", graph, "--data", str(shapes_dir), "--out", str(report_dir), "-q"],
+                               "--graph", graph, "--data", str(shapes_dir), "--out", str(report_dir), "-q",
+                               "--score-floor", "0.05"],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
         report = json.loads((report_dir / "report.json").read_text())
@@ -115,7 +116,7 @@ def test_perturbed_model_is_rejected(trained_slim: Path, shapes_dir: Path, tmp_p
     save_checkpoint(bad, ckpt)
     export_checkpoint(bad, tmp_path / "export")
     proc = subprocess.run([*CLI, "parity", "--checkpoint", str(trained_slim), "--model", str(tmp_path / "export"),
-                           "--data", str(shapes_dir), "--out", str(tmp_path / "rep"), "-q"],
+                           "--data", str(shapes_dir), "--out", str(tmp_path / "rep"), "-q", "--score-floor", "0.05"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED gate" in proc.stdout

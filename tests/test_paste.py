@@ -25,3 +25,13 @@ def test_paste_matches_torchvision() -> None:
 
 def test_no_detections() -> None:
     assert paste_masks(torch.zeros((0, 28, 28)), torch.zeros((0, 4)), 10, 12).shape == (0, 10, 12)
+
+
+def test_boolean_paste_is_the_thresholded_probability() -> None:
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.rand((5, 28, 28), generator=gen)
+    boxes = torch.tensor([[0.0, 0.0, 30.0, 20.0], [5.0, 5.0, 60.0, 44.0], [10, 2, 12, 30], [-5, -5, 70, 50],
+                          [30, 30, 31, 31]])
+    probs = paste_masks(masks, boxes, 48, 64)
+    binary = paste_masks(masks, boxes, 48, 64, threshold=0.5)
+    assert binary.dtype == torch.bool and torch.equal(binary, probs > 0.5)

@@ -1,6 +1,6 @@
 """Deterministic generator of a COCO-format instance-segmentation dataset of coloured shapes.
 
-Every image has a textured, noisy background and 1-5 shapes (circle, rectangle, triangle) of varied
+Every image has a textured, noisy background and 1-4 shapes (circle, rectangle, triangle) of varied
 colours, sizes and rotations. Later shapes occlude earlier ones; each annotation holds the *visible*
 mask as compressed RLE with its area and bbox. Placement rejects a shape that would hide most of an
 earlier one, so every visible object is annotated. Each image is drawn from its own RNG seeded by
@@ -25,7 +25,7 @@ CATEGORIES = [
     {"id": 3, "name": "triangle", "supercategory": "shape"},
 ]
 _SPLIT_IDS = {"train": 0, "val": 1}
-MIN_VISIBLE_FRACTION = 0.45  # a shape stays at least this visible after later shapes are drawn
+MIN_VISIBLE_FRACTION = 0.5  # a shape stays at least this visible after later shapes are drawn
 MIN_VISIBLE_PIXELS = 24
 
 
@@ -38,15 +38,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     kind = rng.integers(0, 3)
     if kind == 0:  # stripes
-        freq, phase, amp = rng.uniform(3, 12), rng.uniform(0, 2 * np.pi), rng.uniform(10, 35)
+        freq, phase, amp = rng.uniform(3, 12), rng.uniform(0, 2 * np.pi), rng.uniform(8, 25)
         a2 = rng.uniform(0, np.pi)
         img += amp * np.sin(2 * np.pi * freq * (np.cos(a2) * xx + np.sin(a2) * yy) + phase)[..., None]
     elif kind == 1:  # low-frequency blobs
-        coarse = rng.normal(0, 30, (6, 6, 3)).astype(np.float32)
+        coarse = rng.normal(0, 20, (6, 6, 3)).astype(np.float32)
         img += np.asarray(
             [np.asarray(Image.fromarray(coarse[..., c]).resize((size, size), Image.BILINEAR)) for c in range(3)]
         ).transpose(1, 2, 0)
-    img += rng.normal(0, rng.uniform(3, 15), img.shape)
+    img += rng.normal(0, rng.uniform(2, 10), img.shape)
     return img
 
 
@@ -54,7 +54,7 @@ def _shape_mask(rng: np.random.Generator, size: int, category: int) -> np.ndarra
     """Draw one shape of the given category id as a boolean HxW mask."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    r = rng.uniform(0.09, 0.26) * size
+    r = rng.uniform(0.11, 0.27) * size
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     if category == 1:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
@@ -76,7 +76,7 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     """A random colour at least some distance from the local background colour."""
     for _ in range(20):
         c = rng.uniform(0, 255, 3)
-        if np.abs(c - avoid).sum() > 120:
+        if np.abs(c - avoid).sum() > 150:
             return c
     return 255.0 - avoid
 
@@ -86,7 +86,7 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     canvas = _background(rng, size)
     placed: list[dict] = []
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(15):
             category = int(rng.integers(1, len(CATEGORIES) + 1))
             full = _shape_mask(rng, size, category)

@@ -52,7 +52,7 @@ class TrainOptions:
     config: str = "slim"
     max_minutes: float | None = None
     iters: int | None = None
-    batch_size: int = 4
+    batch_size: int = 2
     lr: float = 1e-3
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
@@ -171,6 +171,8 @@ class Trainer:
         if self.rank == 0:
             self.val_set = load_split(opts.data, opts.val_split, train=False)
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.pt.*.tmp"):  # left by a save that was killed mid-write
+                stale.unlink(missing_ok=True)
         if len(self.train_set) < opts.batch_size * self.world:
             raise MaskrtError(f"{self.train_set.ann_file}: {len(self.train_set)} usable images, fewer than "
                               f"batch size {opts.batch_size} x {self.world} process(es)")

@@ -1,0 +1,103 @@
+"""Bad input to export / predict / parity: one-line errors naming the file, or correct handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.onnx_export import export_checkpoint
+from maskrt.errors import MaskrtError
+from maskrt.images import load_rgb
+from runtime.predictor import Predictor
+from training.checkpoint import make_checkpoint, save_checkpoint
+from training.models import build_model, default_model_config
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    cfg = default_model_config("slim", 2)
+    ckpt = root / "slim.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    export_checkpoint(ckpt, root / "export")
+    return root / "export"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+
+
+def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN001
+    bad = tmp_path / "bad"
+    shutil.copytree(export_dir, bad)
+    mutate(bad)
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda d: (d / "export.json").write_text("{not json"), "export.json: corrupt"),
+        (lambda d: (d / "export.json").unlink(), "export.json: missing"),
+        (lambda d: (d / "model.onnx").unlink(), "model.onnx: missing from the export folder"),
+        (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:5000]),
+         "model.onnx: cannot load"),
+        (lambda d: (d / "export.json").write_text(json.dumps({"format_version": 1})), "export.json: incomplete"),
+    ],
+)
+def test_broken_export_folder(export_dir: Path, tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
+    bad = _broken_copy(export_dir, tmp_path, mutate)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (50, 40)).save(image)
+    proc = subprocess.run([*CLI, "predict", "--model", str(bad), "--out", str(tmp_path / "o"), str(image)],
+                          capture_output=True, text=True, timeout=300)
+    _one_line_error(proc, fragment)
+
+
+def test_unreadable_and_missing_images(export_dir: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    proc = subprocess.run([*CLI, "predict", "--model", str(export_dir), "--out", str(tmp_path / "o"), str(junk)],
+                          capture_output=True, text=True, timeout=300)
+    _one_line_error(proc, "junk.png: cannot read image")
+    proc = subprocess.run([*CLI, "predict", "--model", str(export_dir), "--out", str(tmp_path / "o"),
+                           str(tmp_path / "nope.jpg")], capture_output=True, text=True, timeout=300)
+    _one_line_error(proc, "nope.jpg: image not found")
+
+
+def test_image_modes_are_converted(export_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    files = {
+        "gray.png": Image.fromarray(rng.integers(0, 255, (60, 80), dtype=np.uint8), "L"),
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (60, 80, 4), dtype=np.uint8), "RGBA"),
+        "deep.png": Image.fromarray(rng.integers(0, 65535, (60, 80), dtype=np.uint16)),
+        "palette.png": Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).convert("P"),
+        "large.png": Image.fromarray(rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)),
+    }
+    predictor = Predictor.from_export(export_dir)
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        arr = load_rgb(tmp_path / name)
+        assert arr.dtype == np.uint8 and arr.shape[2] == 3, name
+        dets = predictor.predict([arr])[0]
+        assert dets.masks.shape[1:] == arr.shape[:2], name  # pasted at the original size
+    assert load_rgb(tmp_path / "deep.png").max() > 200  # 16-bit scaled, not clipped to white/black
+
+
+def test_torch_backend_needs_checkpoint(export_dir: Path) -> None:
+    with pytest.raises(MaskrtError, match="needs --checkpoint"):
+        Predictor.from_export(export_dir, backend="torch")
