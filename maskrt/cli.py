@@ -157,9 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from runtime.parity import run_parity, summary_line
-
-    from runtime.parity import Gates
+    from runtime.parity import Gates, run_parity, summary_line
 
     gates = Gates(score_floor=args.score_floor)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,

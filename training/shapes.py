@@ -25,7 +25,7 @@ CATEGORIES = [
     {"id": 3, "name": "triangle", "supercategory": "shape"},
 ]
 _SPLIT_IDS = {"train": 0, "val": 1}
-MIN_VISIBLE_FRACTION = 0.5  # a shape stays at least this visible after later shapes are drawn
+MIN_VISIBLE_FRACTION = 0.7  # a shape stays at least this visible after later shapes are drawn
 MIN_VISIBLE_PIXELS = 24
 
 
@@ -54,7 +54,7 @@ def _shape_mask(rng: np.random.Generator, size: int, category: int) -> np.ndarra
     """Draw one shape of the given category id as a boolean HxW mask."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    r = rng.uniform(0.11, 0.27) * size
+    r = rng.uniform(0.13, 0.28) * size
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     if category == 1:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
