@@ -108,7 +108,8 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         t = ((xx - xx.min()) / max(1, int(np.ptp(xx))))[:, None]
         canvas[yy, xx] = colour + shade * (t - 0.5) + rng.normal(0, 4, (len(yy), 3))
     image = np.clip(canvas, 0, 255).astype(np.uint8)
-    return image, [{"category_id": p["category_id"], "mask": p["visible"]} for p in placed]
+    return image, [{"category_id": p["category_id"], "mask": p["visible"], "full_area": int(p["full"].sum())}
+                   for p in placed]
 
 
 def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
