@@ -120,3 +120,25 @@ def test_perturbed_model_is_rejected(trained_slim: Path, shapes_dir: Path, tmp_p
     assert "FAILED gate" in proc.stdout
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert not report["passed"] and not report["checkpoint_matches_export"]
+
+
+def test_dynamic_batch(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    from maskrt.images import load_rgb
+    from runtime.predictor import Predictor
+    from training.coco import load_split
+
+    info = export_checkpoint(trained_slim, tmp_path / "export", dynamic_batch=True)
+    assert info["input"]["dynamic_batch"]
+    dims = onnx.load(str(tmp_path / "export" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    ds = load_split(shapes_dir, "val", train=False)
+    images = [load_rgb(ds.image_path(i)) for i in range(3)]
+    ref = Predictor.from_export(tmp_path / "export", backend="torch", checkpoint=trained_slim)
+    for graph in ("portable", "trt"):
+        pred = Predictor.from_export(tmp_path / "export", graph=graph)
+        for n in (1, 3):  # one session, two batch sizes
+            got, _, _ = pred.raw(images[:n])
+            want, _, _ = ref.raw(images[:n])
+            assert [g.num for g in got] == [w.num for w in want]
+            for g, w in zip(got, want, strict=True):
+                assert abs(g.boxes - w.boxes).max() < 1e-3 and abs(g.scores - w.scores).max() < 1e-5
