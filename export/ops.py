@@ -146,9 +146,8 @@ class _OnnxNMS(torch.autograd.Function):
                     const(iou_threshold, torch.float32), const(score_threshold, torch.float32))
 
 
-def _table_from_selected(selected: Tensor, scores: Tensor, batch: int, width: int) -> Tensor:
+def _table_from_selected(selected: Tensor, scores: Tensor, width: int) -> Tensor:
     """ONNX NMS output [n, 3] -> [B, width] int64 indices sorted by descending score, -1 padded."""
-    del batch  # taken from scores' shape instead, so that the graph keeps a dynamic batch
     b_idx, box_idx = selected[:, 0], selected[:, 2]
     s = scores[b_idx, box_idx]
     # sort by (batch ascending, score descending); scores of kept boxes are > threshold >= -1
@@ -172,7 +171,6 @@ def nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, num_groups: int, iou_t
     Candidates need score > score_threshold. Returns [B, max_output_boxes] int64 indices into N in
     descending score order, -1 padded (torchvision.ops.batched_nms semantics, truncated).
     """
-    batch = boxes.shape[0]
     if flavor == "trt":
         keep, _ = _BatchedNMS.apply(boxes, scores, groups.to(torch.int32), iou_threshold, score_threshold,
                                     max_output_boxes)
@@ -187,7 +185,7 @@ def nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, num_groups: int, iou_t
         offsets = groups.to(boxes.dtype)[..., None] * (max_coord + 1)
         selected = _OnnxNMS.apply(boxes + offsets, scores[:, None, :], max_output_boxes, iou_threshold,
                                   score_threshold)
-    return _table_from_selected(selected, scores, batch, max_output_boxes)
+    return _table_from_selected(selected, scores, max_output_boxes)
 
 
 def multi_level_roi_align(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec, *, flavor: str) -> Tensor:

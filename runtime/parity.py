@@ -112,6 +112,7 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
     cand_pred = Predictor.from_export(export_dir, backend=backend, graph=graph)
     indices = list(range(len(dataset)))[: limit or None]
     batch = int(info["input"]["batch"])
+    label_to_cat = {j + 1: c["id"] for j, c in enumerate(info["classes"])}
     acc = _Accumulator()
     per_image, ref_results, cand_results = [], [], []
     for start in tqdm(range(0, len(indices), batch), desc=f"parity {backend}/{graph}", unit="batch",
@@ -142,7 +143,6 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
                 "box_iou_min": min(ious) if ious else None, "score_diff_max": max(sdiff) if sdiff else None,
                 "mask_iou_median": float(np.median(mious)) if mious else None,
             })
-            label_to_cat = {j + 1: c["id"] for j, c in enumerate(info["classes"])}
             for dets, results in ((ref, ref_results), (cand, cand_results)):
                 results.extend(detections_to_coco(image_id, {
                     "boxes": torch.from_numpy(dets.boxes), "scores": torch.from_numpy(dets.scores),
