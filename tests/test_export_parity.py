@@ -56,6 +56,14 @@ def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, t
     portable, trt = _graph_ops(export / "model.onnx"), _graph_ops(export / "model.trt.onnx")
     assert "RoiAlign" in portable and "NonMaxSuppression" in portable
     assert {"MultiLevelRoIAlign", "BatchedNMS"} <= trt and not trt & FORBIDDEN_IN_TRT
+    # the level mapping of the checkpoint's poolers reaches the export record and every plugin node
+    canonical = float(load_checkpoint(trained_slim)["model_config"]["roi_canonical_scale"])
+    assert info["roi_align"]["box"]["canonical_scale"] == info["roi_align"]["mask"]["canonical_scale"] == canonical
+    pools = [n for n in onnx.load(str(export / "model.trt.onnx")).graph.node if n.op_type == "MultiLevelRoIAlign"]
+    assert len(pools) == 2
+    for node in pools:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["canonical_scale"] == canonical
     for graph in ("portable", "trt"):
         report_dir = tmp_path / f"report_{graph}"
         proc = subprocess.run([*CLI, "parity", "--checkpoint", str(trained_slim), "--model", str(export),

@@ -34,6 +34,16 @@ def test_slim_is_slim_and_runs() -> None:
     assert set(out) == {"boxes", "labels", "scores", "masks"}
 
 
+def test_slim_level_mapping_comes_from_its_config() -> None:
+    cfg = default_model_config("slim", 3, roi_canonical_scale=96)
+    heads = build_model(cfg).roi_heads
+    assert heads.box_roi_pool.canonical_scale == heads.mask_roi_pool.canonical_scale == 96
+    # a slim config written before the key existed was trained with torchvision's mapping
+    del cfg["roi_canonical_scale"]
+    heads = build_model(cfg).roi_heads
+    assert heads.box_roi_pool.canonical_scale == heads.mask_roi_pool.canonical_scale == 224
+
+
 def test_unknown_config() -> None:
     with pytest.raises(MaskrtError, match="unknown model config"):
         default_model_config("r101", 3)

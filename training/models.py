@@ -2,7 +2,10 @@
 
 - `slim`: CPU-trainable. ResNet-18 + FPN with 64 channels, smaller anchors (16-256 px), a 256-d
   two-layer box head, a 2-conv mask head of 64 channels, 64 sampled RoIs per image, images kept at
-  128 px. Trains to a useful model on the shapes dataset in minutes on 2 cores.
+  128 px. Trains to a useful model on the shapes dataset in minutes on 2 cores. Its RoI poolers map
+  boxes to FPN levels with canonical scale 112 instead of torchvision's 224 (a box of ~112 px goes to
+  P4): on 128 px images torchvision's mapping sends every object to P2, the level with the least
+  context, and the classifier learns more slowly (6-minute segm AP 37.8 vs 34-36 on the shapes data).
 - `r50-fpn`: the architecture of torchvision's `maskrcnn_resnet50_fpn`.
 - `r50-fpn-v2`: the architecture of torchvision's `maskrcnn_resnet50_fpn_v2`.
 
@@ -23,7 +26,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from maskrt.errors import MaskrtError
@@ -34,7 +37,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "slim": {
         "min_size": 128, "max_size": 128, "norm": "bn",
         "fpn_channels": 64, "box_head_dim": 256, "mask_head_channels": 64, "mask_head_convs": 2,
-        "anchor_sizes": [16, 32, 64, 128, 256], "box_batch_size_per_image": 64,
+        "anchor_sizes": [16, 32, 64, 128, 256], "box_batch_size_per_image": 64, "roi_canonical_scale": 112,
         "rpn_batch_size_per_image": 128,
         "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
         "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300,
@@ -77,6 +80,7 @@ def _build_slim(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
     sizes = tuple((s,) for s in cfg["anchor_sizes"])
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     mask_ch = cfg["mask_head_channels"]
+    canonical = int(cfg.get("roi_canonical_scale", 224))  # checkpoints older than the key used torchvision's 224
     return MaskRCNN(
         backbone,
         num_classes=None,
@@ -91,6 +95,8 @@ def _build_slim(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
         box_predictor=FastRCNNPredictor(cfg["box_head_dim"], num_labels),
         box_batch_size_per_image=cfg["box_batch_size_per_image"],
         box_detections_per_img=cfg["box_detections_per_img"],
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2, canonical_scale=canonical),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2, canonical_scale=canonical),
         mask_head=MaskRCNNHeads(channels, [mask_ch] * cfg["mask_head_convs"], dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, num_labels),
     )
