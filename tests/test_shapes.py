@@ -71,6 +71,25 @@ def test_occlusion_and_variety(tmp_path: Path) -> None:
     assert counts.max() >= 3
 
 
+def test_poses_vary_only_a_little() -> None:
+    """Rectangles stay near axis-aligned (a tilted one fills less of its box) and triangles point up."""
+    rect_fill, tri_points_up = [], []
+    for i in range(40):
+        for inst in render_image(3, "train", i, 128)[1]:
+            mask = inst["mask"]
+            if mask.sum() < 0.97 * inst["full_area"]:  # judge unoccluded shapes only
+                continue
+            ys, xs = np.nonzero(mask)
+            if inst["category_id"] == 2:
+                rect_fill.append(mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)))
+            elif inst["category_id"] == 3:
+                rows = mask[ys.min():ys.max() + 1].sum(1)
+                third = len(rows) // 3
+                tri_points_up.append(rows[:third].mean() < rows[-third:].mean())
+    assert len(rect_fill) >= 5 and min(rect_fill) > 0.55  # a 45-degree square fills 0.5
+    assert len(tri_points_up) >= 5 and all(tri_points_up)
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(MaskrtError, match="--size"):
         generate(tmp_path, train=1, val=1, size=8)
