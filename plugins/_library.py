@@ -1,55 +1,113 @@
-"""Locating and loading the built libraries (the CUDA plugin library and the CPU host library)."""
+"""Locating, loading and calling the built libraries: the CUDA plugin library and the CPU host library.
+
+Both are built by plugins/CMakeLists.txt when the package is installed (``pip install .``, or ``make`` in a
+checkout) and installed into the package's ``lib/`` folder. ``MASKRT_PLUGIN_LIBRARY`` / ``MASKRT_HOST_LIBRARY``
+point at other builds (e.g. one made with ``cmake -S plugins -B build-plugins`` against your own TensorRT).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.util
+import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from plugins._paths import BUILD_COMMAND, HOST_LIBRARY, PLUGIN_LIBRARY
+from maskrt.plugins.spec import PluginIdentity
+
+PLUGIN_LIBRARY = "libmaskrt_plugins.so"
+HOST_LIBRARY = "libmaskrt_host.so"
+BUILD_INFO = "build-info.json"
+BUILD_HINT = (
+    "reinstall maskrt with nvcc on PATH (`pip install .`, or `make plugin` in a checkout), or build it with "
+    "`cmake -S plugins -B build-plugins && cmake --build build-plugins` and set {env} to the built file"
+)
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple[Any, ...]] = {}  # TensorRT module name -> (library handle, logger, builder)
-_host: ctypes.CDLL | None = None
-_cuda: ctypes.CDLL | None = None
+_handles: dict[Path, ctypes.CDLL] = {}
+_ERR_LEN = 512
 
-#: The (name, version, namespace) of every creator the library must register.
-CREATORS: tuple[tuple[str, str, str], ...] = (("MultiLevelRoIAlign", "1", "maskrt"), ("BatchedNMS", "1", "maskrt"))
+
+def _installed_dirs() -> list[Path]:
+    """The package's lib/ folders (an editable install has the sources' folder and the installed one)."""
+    package = importlib.import_module("maskrt.plugins")
+    return [Path(folder) / "lib" for folder in package.__path__]
+
+
+def build_info() -> dict[str, Any]:
+    """What the installed build holds (CUDA library or not and why, architectures, TensorRT headers); {} if unknown."""
+    for folder in _installed_dirs():
+        if (folder / BUILD_INFO).is_file():
+            return json.loads((folder / BUILD_INFO).read_text())
+    return {}
+
+
+def _find(name: str, env: str) -> Path:
+    override = os.environ.get(env)
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"{env}={override}: no such file; {BUILD_HINT.format(env=env)}")
+        return Path(override)
+    for folder in _installed_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    reason = build_info().get("cuda_skipped_because", "") if name == PLUGIN_LIBRARY else ""
+    raise FileNotFoundError(f"{name} is not installed{f' ({reason})' if reason else ''}: {BUILD_HINT.format(env=env)}")
 
 
 def library_path() -> Path:
-    """The built CUDA plugin library (libmaskrt_plugins.so); FileNotFoundError naming the build command if absent."""
-    override = os.environ.get("MASKRT_PLUGIN_LIBRARY")
-    path = Path(override) if override else PLUGIN_LIBRARY
-    if not path.is_file():
-        raise FileNotFoundError(f"plugin library {path} not found: build it with `{BUILD_COMMAND}` (or `make plugin`)")
-    return path
+    """The CUDA plugin library (libmaskrt_plugins.so); FileNotFoundError naming how to build it if absent."""
+    return _find(PLUGIN_LIBRARY, "MASKRT_PLUGIN_LIBRARY")
 
 
-def host_library() -> ctypes.CDLL:
-    """The CPU library (libmaskrt_host.so), built with the C++ compiler on first use when absent."""
-    global _host
+def host_library_path() -> Path:
+    """The CPU build of the kernel cores (libmaskrt_host.so)."""
+    return _find(HOST_LIBRARY, "MASKRT_HOST_LIBRARY")
+
+
+def _open(path: Path) -> ctypes.CDLL:
     with _lock:
-        if _host is None:
-            if not HOST_LIBRARY.is_file():
-                from plugins.build import build
-
-                build(cuda=False, verbose=False)
-            _host = ctypes.CDLL(str(HOST_LIBRARY))
-        return _host
+        if path not in _handles:
+            _handles[path] = ctypes.CDLL(str(path))
+        return _handles[path]
 
 
 def cuda_library() -> ctypes.CDLL:
-    """The CUDA plugin library opened with ctypes, for its extern "C" launchers (tests, benchmarks)."""
-    global _cuda
-    with _lock:
-        if _cuda is None:
-            _cuda = ctypes.CDLL(str(library_path()))
-        return _cuda
+    """The CUDA plugin library opened with ctypes, for its extern "C" functions."""
+    return _open(library_path())
+
+
+def host_library() -> ctypes.CDLL:
+    """The host library opened with ctypes."""
+    return _open(host_library_path())
+
+
+def call(entry: str, args: Sequence[Any], *, device: str, stream_device: Any = None) -> None:
+    """Calls an extern "C" launcher of the host library (device 'cpu') or of the CUDA library (device 'cuda': the
+    current torch stream of `stream_device` is appended to `args`). Every launcher takes its arguments, [the stream,]
+    then an error buffer and its length, and returns 0, -1 for invalid arguments (raised here as ValueError with the
+    library's message) or a CUDA error code (RuntimeError)."""
+    args = list(args)
+    if device == "cuda":
+        import torch
+
+        lib = cuda_library()
+        args.append(ctypes.c_void_p(torch.cuda.current_stream(stream_device).cuda_stream))
+    else:
+        lib = host_library()
+    fn = getattr(lib, entry)
+    fn.restype = ctypes.c_int
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    status = fn(*args, err, ctypes.c_int(_ERR_LEN))
+    if status != 0:
+        message = err.value.decode() or f"CUDA error {status}"
+        raise (ValueError if status < 0 else RuntimeError)(f"{entry}: {message}")
 
 
 def ensure_rtx_parser_symlink() -> None:
@@ -73,6 +131,13 @@ def ensure_rtx_parser_symlink() -> None:
         ) from error
 
 
+def creators() -> list[PluginIdentity]:
+    """The identity of every creator the library registers (one per op spec)."""
+    from maskrt.plugins import SPECS  # the package imports this module first
+
+    return [spec.IDENTITY for spec in SPECS.values()]
+
+
 def load_into(trt: ModuleType) -> Path:
     """Registers the plugin library with a `tensorrt` or `tensorrt_rtx` module (idempotent); returns its path.
 
@@ -90,7 +155,7 @@ def load_into(trt: ModuleType) -> Path:
         builder = trt.Builder(logger)
         registry = trt.get_plugin_registry()
         handle = registry.load_library(str(path))
-        missing = [c for c in CREATORS if registry.get_creator(*c) is None]
+        missing = [c.name for c in creators() if registry.get_creator(c.name, c.version, c.namespace) is None]
         if handle is None or missing:
             raise RuntimeError(f"{name} could not load {path}: creator(s) {missing or 'unknown'} not registered")
         _loaded[name] = (handle, logger, builder)

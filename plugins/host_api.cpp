@@ -1,11 +1,11 @@
 // The host (CPU) build of the plugin ops: extern "C" entry points for ctypes (plugins/roi_align/__init__.py,
 // plugins/nms/__init__.py). Compiled by the C++ compiler alone; the math is the same headers the CUDA kernels use.
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/c_api.h"
 #include "common/half.h"
 #include "common/macros.h"
 #include "nms/nms_core.h"
@@ -145,14 +145,6 @@ int nmsImage(float const* boxes, S const* scores, int32_t const* groups, int64_t
     return kept;
 }
 
-void setError(char* err, int errLen, std::string const& msg)
-{
-    if (err != nullptr && errLen > 0)
-    {
-        std::snprintf(err, static_cast<size_t>(errLen), "%s", msg.c_str());
-    }
-}
-
 } // namespace
 
 /// MultiLevelRoIAlign on the CPU. features[l] is a contiguous [batch, channels, heights[l], widths[l]] array of
@@ -164,30 +156,12 @@ MASKRT_EXPORT int maskrt_roi_align_host(float const* rois, void const* const* fe
     float levelEps, int dtype, void* out, char* err, int errLen)
 {
     ra::Params const p{outHeight, outWidth, samplingRatio, aligned, canonicalLevel, canonicalScale, levelEps};
-    ra::Levels levels{};
-    std::string const reason = ra::checkParams(p, numLevels, scales, levels.firstLevel);
+    ra::Levels levels;
+    std::string const reason
+        = ra::checkLaunch(p, numLevels, scales, features, heights, widths, batch, numRois, channels, dtype, levels);
     if (!reason.empty())
     {
-        setError(err, errLen, reason);
-        return -1;
-    }
-    if (batch < 0 || numRois < 0 || channels < 0 || (dtype != 0 && dtype != 1))
-    {
-        setError(err, errLen, "negative size or unknown dtype");
-        return -1;
-    }
-    levels.count = numLevels;
-    for (int l = 0; l < numLevels; ++l)
-    {
-        if (heights[l] < 0 || widths[l] < 0 || (features[l] == nullptr && batch * channels * heights[l] * widths[l] > 0))
-        {
-            setError(err, errLen, "invalid feature map " + std::to_string(l));
-            return -1;
-        }
-        levels.data[l] = features[l];
-        levels.height[l] = heights[l];
-        levels.width[l] = widths[l];
-        levels.scale[l] = scales[l];
+        return maskrt::failWith(err, errLen, reason);
     }
     if (dtype == 0)
     {
@@ -209,15 +183,10 @@ MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int sc
 {
     namespace nm = maskrt::nms;
     nm::Params const p{iouThreshold, scoreThreshold, maxOutputBoxes};
-    std::string reason = nm::checkParams(p);
-    if (reason.empty() && (batch < 0 || numBoxes < 0 || numBoxes > 0x7fffffffLL || (scoreType != 0 && scoreType != 1)))
-    {
-        reason = "invalid size or unknown score type";
-    }
+    std::string const reason = nm::checkLaunch(p, batch, numBoxes, scoreType);
     if (!reason.empty())
     {
-        setError(err, errLen, reason);
-        return -1;
+        return maskrt::failWith(err, errLen, reason);
     }
     std::vector<uint64_t> keys;
     std::vector<float> areas;

@@ -27,10 +27,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.onnx_export import export_checkpoint
-from runtime.predictor import Predictor
-from training.checkpoint import make_checkpoint, save_checkpoint
-from training.models import build_model, default_model_config
+from maskrt.export.onnx_export import export_checkpoint
+from maskrt.runtime.predictor import Predictor
+from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -104,7 +104,7 @@ def main() -> int:
         ours.predict([image])
 
     # network parts of our graph alone
-    from export.deploy import DeployMaskRCNN
+    from maskrt.export.deploy import DeployMaskRCNN
 
     deploy = DeployMaskRCNN(model, height=size, width=size)
     canvas, sizes = ours.preprocessor([image])

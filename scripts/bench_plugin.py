@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 P2_P5 = (0.25, 0.125, 0.0625, 0.03125)
 IMAGE = (800, 1216)
@@ -123,7 +120,7 @@ def nms_inputs(batch: int, n: int, groups: int, seed: int = 0):
 def bench_nms(iters: int) -> None:
     import torchvision
 
-    from plugins import nms
+    from maskrt.plugins import nms
 
     print(f"\n{'BatchedNMS case':34s} {'plugin us':>10s} {'torchvision us':>15s} {'speedup':>8s} {'kept':>6s}")
     cases = [(1, n, g, 0.7, -0.5, 1000, None) for n in (1000, 5000) for g in (1, 80)]
@@ -161,10 +158,8 @@ def main() -> int:
         return 2
     import torchvision
 
-    from plugins import build as plugin_build
-    from plugins import roi_align
+    from maskrt.plugins import roi_align
 
-    plugin_build.build(verbose=False)
     peak = peak_bandwidth_gbs()
     print(f"device: {torch.cuda.get_device_name(0)}, peak memory bandwidth {peak:.0f} GB/s")
     print(f"{'case':34s} {'plugin us':>10s} {'torchvision us':>15s} {'speedup':>8s} {'GB/s':>8s} {'of peak':>8s}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,29 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shapes dataset (24 train, 8 val images of 96 px)."""
-    from training.shapes import generate
+    from maskrt.training.shapes import generate
 
     return generate(tmp_path_factory.mktemp("shapes"), train=24, val=8, size=96, seed=3, progress=False)
+
+
+def nvcc_available() -> bool:
+    """Whether this machine could have built the CUDA plugin library (nvcc on PATH or in the CUDA toolkit)."""
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    return shutil.which("nvcc") is not None or os.access(Path(home) / "bin" / "nvcc", os.X_OK)
+
+
+@pytest.fixture(scope="session")
+def plugin_library() -> Path:
+    """The installed CUDA plugin library. Skips with the reason where it could not be built (no nvcc); fails where
+    nvcc exists but the library is missing (a broken install must not pass as a skip)."""
+    from maskrt.plugins import library_path
+
+    try:
+        return library_path()
+    except FileNotFoundError as error:
+        if nvcc_available():
+            pytest.fail(f"nvcc is on this machine but the plugin library is missing: {error}", pytrace=False)
+        pytest.skip(f"no CUDA compiler, so no plugin library: {error}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.onnx_export import export_checkpoint
-from training.checkpoint import make_checkpoint, save_checkpoint
-from training.models import build_model, default_model_config
+from maskrt.export.onnx_export import export_checkpoint
+from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
 
 try:
     import tensorrt_rtx as trt
@@ -20,11 +20,10 @@ except ImportError:  # pragma: no cover - the test extras install it
     pytest.skip("tensorrt_rtx not installed", allow_module_level=True)
 
 
-def test_full_slim_model_builds_a_serialized_engine(tmp_path: Path) -> None:
-    from plugins import build as plugin_build
-    from plugins import load_into
+@pytest.mark.slow
+def test_full_slim_model_builds_a_serialized_engine(tmp_path: Path, plugin_library: Path) -> None:
+    from maskrt.plugins import load_into
 
-    plugin_build.build(verbose=False)
     load_into(trt)
     torch.manual_seed(0)
     cfg = default_model_config("slim", 3)

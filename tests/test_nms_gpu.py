@@ -7,8 +7,6 @@ import pytest
 import torch
 import torchvision
 
-from plugins import build as plugin_build
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
@@ -16,9 +14,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def nms():
-    plugin_build.build(verbose=False)
-    from plugins import nms
+def nms(plugin_library):  # noqa: ANN001
+    from maskrt.plugins import nms
 
     return nms
 

@@ -7,8 +7,6 @@ import pytest
 import torch
 import torchvision
 
-from plugins import build as plugin_build
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
@@ -18,9 +16,8 @@ P2_P5 = (0.25, 0.125, 0.0625, 0.03125)
 
 
 @pytest.fixture(scope="module")
-def roi_align():
-    plugin_build.build(verbose=False)
-    from plugins import roi_align
+def roi_align(plugin_library):  # noqa: ANN001
+    from maskrt.plugins import roi_align
 
     return roi_align
 

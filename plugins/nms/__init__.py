@@ -1,13 +1,13 @@
 """BatchedNMS: torchvision's batched_nms with a score filter and fixed-size outputs, as one TensorRT plugin op.
 
-    from plugins import nms
+    from maskrt.plugins import nms
     keep, count = nms.cpu(boxes, scores, groups, iou_threshold=0.5, score_threshold=0.05, max_output_boxes=100)
     nms.load_into(tensorrt)   # register the CUDA plugin library with TensorRT / TensorRT-RTX
 
 ``keep`` [B, max_output_boxes] int32 holds indices into N (descending score, ties by lower index, -1 padded),
 ``count`` [B] int32 the number kept. ``cpu`` runs the host build of the kernel core (the test oracle bridge);
 ``cuda`` launches the plugin library's kernels on torch CUDA tensors (GPU tests, benchmarks). Semantics:
-ARCHITECTURE.md section 4b and plugins/README.md.
+docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ import ctypes
 
 import torch
 
-from plugins._library import cuda_library, host_library, library_path, load_into
-from plugins.nms.spec import (
-    MAX_CANDIDATES,
-    ONNX_DOMAIN,
-    PLUGIN_NAME,
-    PLUGIN_NAMESPACE,
-    PLUGIN_VERSION,
-    NMSSpec,
-)
+from maskrt.plugins._library import call, cuda_library, library_path, load_into
+from maskrt.plugins.nms.spec import IDENTITY, MAX_CANDIDATES, NMSSpec
 
-__all__ = [
-    "MAX_CANDIDATES", "ONNX_DOMAIN", "PLUGIN_NAME", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "NMSSpec",
-    "cpu", "cuda", "library_path", "load_into",
-]  # fmt: skip
+__all__ = ["IDENTITY", "MAX_CANDIDATES", "NMSSpec", "cpu", "cuda", "library_path", "load_into"]
 
 _SCORE_TYPES = {torch.float32: 0, torch.float16: 1}
-_ERR_LEN = 512
 
 
 def _check(
@@ -60,8 +49,9 @@ def _check(
 
 
 def _run(
-    entry: str, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, spec: NMSSpec, device: str
+    device: str, spec: NMSSpec, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchedNMS of `spec` with the host build (device 'cpu') or the plugin library's kernels ('cuda')."""
     boxes, scores, groups = _check(boxes, scores, groups, device)
     batch, num_boxes = boxes.shape[:2]
     keep = torch.empty((batch, spec.max_output_boxes), dtype=torch.int32, device=boxes.device)
@@ -72,23 +62,13 @@ def _run(
         ctypes.c_float(spec.iou_threshold), ctypes.c_float(spec.score_threshold), ctypes.c_int(spec.max_output_boxes),
         ctypes.c_void_p(keep.data_ptr()), ctypes.c_void_p(count.data_ptr()),
     ]  # fmt: skip
-    if entry == "maskrt_nms_cuda":
-        lib = cuda_library()
-        size_fn = lib.maskrt_nms_workspace_size
+    if device == "cuda":
+        size_fn = cuda_library().maskrt_nms_workspace_size
         size_fn.restype = ctypes.c_int64
         size = size_fn(ctypes.c_int64(batch), ctypes.c_int64(num_boxes))
         workspace = torch.empty((max(size, 1),), dtype=torch.uint8, device=boxes.device)
         args += [ctypes.c_void_p(workspace.data_ptr()), ctypes.c_int64(size)]
-        args.append(ctypes.c_void_p(torch.cuda.current_stream(boxes.device).cuda_stream))
-    else:
-        lib = host_library()
-    fn = getattr(lib, entry)
-    fn.restype = ctypes.c_int
-    err = ctypes.create_string_buffer(_ERR_LEN)
-    status = fn(*args, err, ctypes.c_int(_ERR_LEN))
-    if status != 0:
-        message = err.value.decode() or f"CUDA error {status}"
-        raise (ValueError if status < 0 else RuntimeError)(f"{entry}: {message}")
+    call(f"maskrt_nms_{'cuda' if device == 'cuda' else 'host'}", args, device=device, stream_device=boxes.device)
     return keep, count
 
 
@@ -107,7 +87,7 @@ def cpu(
     different groups never suppress each other). Returns (keep [B, max_output_boxes] int32, count [B] int32).
     """
     spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
-    return _run("maskrt_nms_host", boxes, scores, groups, spec, "cpu")
+    return _run("cpu", spec, boxes, scores, groups)
 
 
 def cuda(
@@ -121,4 +101,4 @@ def cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as `cpu`, on CUDA tensors, launching the plugin library's kernels on the current torch stream."""
     spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
-    return _run("maskrt_nms_cuda", boxes, scores, groups, spec, "cuda")
+    return _run("cuda", spec, boxes, scores, groups)

@@ -1,6 +1,6 @@
 // BatchedNMS kernel core: written once, compiled as CUDA device code (nms_kernel.cu) and as plain C++
 // (host_api.cpp). Semantics = torchvision.ops.batched_nms on the candidates whose score is above the threshold,
-// truncated to max_output_boxes; see ARCHITECTURE.md section 4b and plugins/README.md.
+// truncated to max_output_boxes; see docs/plugins.md.
 //
 // Defined here, for both builds:
 //  * a candidate needs score > score_threshold (fp32 compare; fp16 scores are widened exactly), so NaN scores are

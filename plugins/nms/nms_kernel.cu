@@ -16,12 +16,12 @@
 // mask, plus 8 bytes per input box.
 #include <cuda_fp16.h>
 
-#include <cstdio>
 #include <string>
 
-#include "../common/macros.h"
-#include "nms_kernel.h"
-#include "nms_params.h"
+#include "common/c_api.h"
+#include "common/macros.h"
+#include "nms/nms_kernel.h"
+#include "nms/nms_params.h"
 
 namespace maskrt
 {
@@ -383,22 +383,15 @@ MASKRT_EXPORT int maskrt_nms_cuda(float const* boxes, void const* scores, int sc
 {
     namespace nm = maskrt::nms;
     nm::Params const p{iouThreshold, scoreThreshold, maxOutputBoxes};
-    std::string reason = nm::checkParams(p);
-    if (reason.empty() && (batch < 0 || numBoxes < 0 || (scoreType != 0 && scoreType != 1)))
-    {
-        reason = "negative size or unknown score type";
-    }
+    std::string reason = nm::checkLaunch(p, batch, numBoxes, scoreType);
     if (reason.empty() && workspaceBytes < static_cast<int64_t>(nm::workspaceSize(batch, numBoxes)))
     {
-        reason = "workspace too small";
+        reason = "workspace too small: " + std::to_string(workspaceBytes) + " bytes, needs "
+            + std::to_string(nm::workspaceSize(batch, numBoxes));
     }
     if (!reason.empty())
     {
-        if (err != nullptr && errLen > 0)
-        {
-            snprintf(err, static_cast<size_t>(errLen), "%s", reason.c_str());
-        }
-        return -1;
+        return maskrt::failWith(err, errLen, reason);
     }
     cudaError_t const status = nm::launch(boxes, scores, scoreType == 0 ? nm::ScoreType::kFLOAT : nm::ScoreType::kHALF,
         groups, batch, numBoxes, p, keep, count, workspace, static_cast<cudaStream_t>(stream));

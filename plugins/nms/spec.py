@@ -2,21 +2,18 @@
 
 The exporter writes them into the BatchedNMS ONNX node, the plugin creator reads them back as fields, and ``nms.cpu``
 takes them as keyword arguments; all three use the checks defined here. Thresholds are float32 in the op (ONNX float
-attributes), so the spec rounds them once. Semantics: ARCHITECTURE.md section 4b and plugins/README.md.
+attributes), so the spec rounds them once. Semantics: docs/plugins.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from plugins.roi_align.spec import to_float32
+from maskrt.plugins.spec import ONNX_DOMAIN, PluginIdentity, to_float32
 
-PLUGIN_NAME = "BatchedNMS"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "maskrt"
-ONNX_DOMAIN = "maskrt"
+IDENTITY = PluginIdentity("BatchedNMS")
 
 #: Most candidates (score > score_threshold) per image that enter the NMS; kMaxCandidates in nms_core.h. Above it,
 #: only the MAX_CANDIDATES best (descending score, ties by lower index) are considered.
@@ -28,13 +25,13 @@ BOX_IOU_THRESHOLD = 0.5
 BOX_SCORE_THRESHOLD = 0.05
 KEEP_ALL_SCORE_THRESHOLD = -0.5
 
-_FIELDS = ("iou_threshold", "score_threshold", "max_output_boxes")
-
 
 @dataclass(frozen=True)
 class NMSSpec:
     """The attributes of one BatchedNMS op (validated and rounded to float32 on construction)."""
 
+    IDENTITY: ClassVar[PluginIdentity] = IDENTITY
+    FIELDS: ClassVar[tuple[str, ...]] = ("iou_threshold", "score_threshold", "max_output_boxes")
     iou_threshold: float
     score_threshold: float
     max_output_boxes: int
@@ -57,25 +54,23 @@ class NMSSpec:
     def onnx_attributes(self) -> dict[str, Any]:
         """The ONNX node attributes (= plugin fields), including the plugin identity TensorRT's parser reads."""
         return {
-            "plugin_version": PLUGIN_VERSION,
-            "plugin_namespace": PLUGIN_NAMESPACE,
+            **IDENTITY.onnx_attributes(),
             "iou_threshold": self.iou_threshold,
             "score_threshold": self.score_threshold,
             "max_output_boxes": self.max_output_boxes,
         }
 
+    def keywords(self) -> dict[str, Any]:
+        """The keyword arguments of ``nms.cpu`` / ``nms.cuda`` for this spec."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
     @classmethod
     def from_onnx_attributes(cls, attributes: dict[str, Any]) -> NMSSpec:
         """Inverse of `onnx_attributes` (every field is required)."""
-        unknown = set(attributes) - {"plugin_version", "plugin_namespace", *_FIELDS}
-        if unknown:
-            raise ValueError(f"unknown {PLUGIN_NAME} attribute(s): {sorted(unknown)}")
-        missing = [name for name in _FIELDS if name not in attributes]
+        IDENTITY.check_attributes(attributes, cls.FIELDS)
+        missing = [name for name in cls.FIELDS if name not in attributes]
         if missing:
-            raise ValueError(f"{PLUGIN_NAME} attribute(s) {missing} missing")
-        version = attributes.get("plugin_version", PLUGIN_VERSION)
-        if (version.decode() if isinstance(version, bytes) else str(version)) != PLUGIN_VERSION:
-            raise ValueError(f"unsupported {PLUGIN_NAME} version {version!r}")
+            raise ValueError(f"{IDENTITY.name} attribute(s) {missing} missing")
         return cls(
             iou_threshold=float(attributes["iou_threshold"]),
             score_threshold=float(attributes["score_threshold"]),
@@ -89,6 +84,6 @@ class NMSSpec:
         import onnx.helper
 
         return onnx.helper.make_node(
-            PLUGIN_NAME, [boxes, scores, groups], [keep, count], name=name, domain=ONNX_DOMAIN,
+            IDENTITY.name, [boxes, scores, groups], [keep, count], name=name, domain=ONNX_DOMAIN,
             **self.onnx_attributes(),
         )  # fmt: skip

@@ -1,11 +1,11 @@
 """MultiLevelRoIAlign: torchvision's (multi-scale) RoIAlign as one TensorRT plugin op.
 
-    from plugins import roi_align
+    from maskrt.plugins import roi_align
     out = roi_align.cpu(features, rois, output_size=7, spatial_scales=(1/4, 1/8, 1/16, 1/32))  # [B, R, C, 7, 7]
     roi_align.load_into(tensorrt)   # register the CUDA plugin library with TensorRT / TensorRT-RTX
 
 ``cpu`` runs the host build of the kernel core (the test oracle bridge); ``cuda`` launches the CUDA kernel of the
-plugin library directly on torch CUDA tensors (GPU tests, benchmarks). Semantics: ARCHITECTURE.md section 3.
+plugin library directly on torch CUDA tensors (GPU tests, benchmarks). Semantics: docs/architecture.md section 4.
 """
 
 from __future__ import annotations
@@ -15,28 +15,21 @@ from collections.abc import Sequence
 
 import torch
 
-from plugins._library import cuda_library, host_library, library_path, load_into
-from plugins.roi_align.spec import (
+from maskrt.plugins._library import call, library_path, load_into
+from maskrt.plugins.roi_align.spec import (
     DEFAULT_ALIGNED,
     DEFAULT_CANONICAL_LEVEL,
     DEFAULT_CANONICAL_SCALE,
     DEFAULT_LEVEL_EPS,
     DEFAULT_SAMPLING_RATIO,
     FPN_P2_P5_SCALES,
-    ONNX_DOMAIN,
-    PLUGIN_NAME,
-    PLUGIN_NAMESPACE,
-    PLUGIN_VERSION,
+    IDENTITY,
     RoIAlignSpec,
 )
 
-__all__ = [
-    "FPN_P2_P5_SCALES", "ONNX_DOMAIN", "PLUGIN_NAME", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "RoIAlignSpec",
-    "cpu", "cuda", "library_path", "load_into",
-]  # fmt: skip
+__all__ = ["FPN_P2_P5_SCALES", "IDENTITY", "RoIAlignSpec", "cpu", "cuda", "library_path", "load_into"]
 
 _DTYPES = {torch.float32: 0, torch.float16: 1}
-_ERR_LEN = 512
 
 
 def _check(
@@ -73,9 +66,8 @@ def _check(
     return [f.contiguous() for f in features], rois.contiguous()
 
 
-def _run(
-    entry: str, features: Sequence[torch.Tensor], rois: torch.Tensor, spec: RoIAlignSpec, device: str
-) -> torch.Tensor:
+def _run(device: str, spec: RoIAlignSpec, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+    """MultiLevelRoIAlign of `spec` with the host build (device 'cpu') or the plugin library's kernel ('cuda')."""
     features, rois = _check(features, rois, spec, device)
     batch, num_rois = rois.shape[:2]
     channels = features[0].shape[1]
@@ -85,7 +77,6 @@ def _run(
     heights = (ctypes.c_int64 * n)(*(f.shape[2] for f in features))
     widths = (ctypes.c_int64 * n)(*(f.shape[3] for f in features))
     scales = (ctypes.c_float * n)(*spec.spatial_scales)
-    err = ctypes.create_string_buffer(_ERR_LEN)
     args = [
         ctypes.c_void_p(rois.data_ptr()), pointers, heights, widths, ctypes.c_int(n), scales,
         ctypes.c_int64(batch), ctypes.c_int64(num_rois), ctypes.c_int64(channels),
@@ -93,17 +84,7 @@ def _run(
         ctypes.c_int(int(spec.aligned)), ctypes.c_int(spec.canonical_level), ctypes.c_float(spec.canonical_scale),
         ctypes.c_float(spec.level_eps), ctypes.c_int(_DTYPES[features[0].dtype]), ctypes.c_void_p(out.data_ptr()),
     ]  # fmt: skip
-    if entry == "maskrt_roi_align_cuda":
-        lib = cuda_library()
-        args.append(ctypes.c_void_p(torch.cuda.current_stream(rois.device).cuda_stream))
-    else:
-        lib = host_library()
-    fn = getattr(lib, entry)
-    fn.restype = ctypes.c_int
-    status = fn(*args, err, ctypes.c_int(_ERR_LEN))
-    if status != 0:
-        message = err.value.decode() or f"CUDA error {status}"
-        raise (ValueError if status < 0 else RuntimeError)(f"{entry}: {message}")
+    call(f"maskrt_roi_align_{'cuda' if device == 'cuda' else 'host'}", args, device=device, stream_device=rois.device)
     return out
 
 
@@ -127,7 +108,7 @@ def cpu(
     spec = RoIAlignSpec(
         output_size, spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale, level_eps
     )
-    return _run("maskrt_roi_align_host", features, rois, spec, "cpu")
+    return _run("cpu", spec, features, rois)
 
 
 def cuda(
@@ -146,4 +127,4 @@ def cuda(
     spec = RoIAlignSpec(
         output_size, spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale, level_eps
     )
-    return _run("maskrt_roi_align_cuda", features, rois, spec, "cuda")
+    return _run("cuda", spec, features, rois)

@@ -1,5 +1,5 @@
 // MultiLevelRoIAlign kernel core: written once, compiled as CUDA device code (roi_align_kernel.cu) and as plain
-// C++ (host_api.cpp). Semantics = torchvision.ops.roi_align / MultiScaleRoIAlign, see ARCHITECTURE.md section 3.
+// C++ (host_api.cpp). Semantics = torchvision.ops.roi_align / MultiScaleRoIAlign, see docs/architecture.md section 4.
 //
 // Defined beyond torchvision (so that no RoI can make the kernel read out of bounds or loop forever):
 //  * an RoI with a non-finite coordinate (NaN, +-inf), or whose scaled size overflows, yields zeros;

@@ -7,12 +7,12 @@
 // in flight for typical RoI counts (e.g. 1000 RoIs x 256 channels x 7x7 -> 13000 blocks).
 #include <cuda_fp16.h>
 
-#include <cstdio>
 #include <string>
 
-#include "../common/macros.h"
-#include "roi_align_kernel.h"
-#include "roi_align_params.h"
+#include "common/c_api.h"
+#include "common/macros.h"
+#include "roi_align/roi_align_kernel.h"
+#include "roi_align/roi_align_params.h"
 
 namespace maskrt
 {
@@ -144,29 +144,14 @@ MASKRT_EXPORT int maskrt_roi_align_cuda(float const* rois, void const* const* fe
 {
     namespace ra = maskrt::roi_align;
     ra::Params const p{outHeight, outWidth, samplingRatio, aligned, canonicalLevel, canonicalScale, levelEps};
-    ra::Levels levels{};
-    std::string reason = ra::checkParams(p, numLevels, scales, levels.firstLevel);
-    if (reason.empty() && (batch < 0 || numRois < 0 || channels < 0 || (dtype != 0 && dtype != 1)))
-    {
-        reason = "negative size or unknown dtype";
-    }
+    ra::Levels levels;
+    std::string const reason
+        = ra::checkLaunch(p, numLevels, scales, features, heights, widths, batch, numRois, channels, dtype, levels);
     if (!reason.empty())
     {
-        if (err != nullptr && errLen > 0)
-        {
-            snprintf(err, static_cast<size_t>(errLen), "%s", reason.c_str());
-        }
-        return -1;
+        return maskrt::failWith(err, errLen, reason);
     }
-    levels.count = numLevels;
-    for (int l = 0; l < numLevels; ++l)
-    {
-        levels.data[l] = features[l];
-        levels.height[l] = heights[l];
-        levels.width[l] = widths[l];
-        levels.scale[l] = scales[l];
-    }
-    cudaError_t const status = ra::launch(rois, levels, p, batch, numRois, channels,
-        dtype == 0 ? ra::FeatureType::kFLOAT : ra::FeatureType::kHALF, out, static_cast<cudaStream_t>(stream));
+    cudaError_t const status = ra::launch(rois, levels, p, batch, numRois, channels, static_cast<ra::FeatureType>(dtype),
+        out, static_cast<cudaStream_t>(stream));
     return status == cudaSuccess ? 0 : static_cast<int>(status);
 }

@@ -1,5 +1,5 @@
-// Host-side validation shared by the plugin creator, the CUDA launcher and the CPU library, so that every entry
-// point accepts and rejects exactly the same attributes.
+// Host-side validation shared by the plugin (creator and enqueue), the CUDA launcher and the CPU library, so that every
+// entry point accepts and rejects exactly the same attributes and tensors.
 #pragma once
 
 #include <cmath>
@@ -71,6 +71,44 @@ inline std::string checkParams(Params const& p, int numScales, float const* scal
         {
             return "spatial_scales must be consecutive pyramid levels, finest first (each half the previous one)";
         }
+    }
+    return std::string();
+}
+
+/// The one launch-argument check of every entry point (plugin enqueue, CUDA launcher, host library): attributes,
+/// sizes and feature maps (data[l], heights[l], widths[l] of each level; dtype 0 = fp32, 1 = fp16). Fills `levels`
+/// and returns an empty string when valid, else a one-line reason.
+inline std::string checkLaunch(Params const& p, int numLevels, float const* scales, void const* const* data,
+    int64_t const* heights, int64_t const* widths, int64_t batch, int64_t numRois, int64_t channels, int dtype,
+    Levels& levels)
+{
+    levels = Levels{};
+    std::string const reason = checkParams(p, numLevels, scales, levels.firstLevel);
+    if (!reason.empty())
+    {
+        return reason;
+    }
+    if (batch < 0 || numRois < 0 || channels < 0)
+    {
+        return "negative size: batch " + std::to_string(batch) + ", rois " + std::to_string(numRois) + ", channels "
+            + std::to_string(channels);
+    }
+    if (dtype != 0 && dtype != 1)
+    {
+        return "unknown feature dtype " + std::to_string(dtype) + " (0 = fp32, 1 = fp16)";
+    }
+    levels.count = numLevels;
+    for (int l = 0; l < numLevels; ++l)
+    {
+        if (heights[l] < 0 || widths[l] < 0 || (data[l] == nullptr && batch * channels * heights[l] * widths[l] > 0))
+        {
+            return "invalid feature map " + std::to_string(l) + " (" + std::to_string(heights[l]) + " x "
+                + std::to_string(widths[l]) + (data[l] == nullptr ? ", no data)" : ")");
+        }
+        levels.data[l] = data[l];
+        levels.height[l] = heights[l];
+        levels.width[l] = widths[l];
+        levels.scale[l] = scales[l];
     }
     return std::string();
 }

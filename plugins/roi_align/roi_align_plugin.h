@@ -1,4 +1,5 @@
-// MultiLevelRoIAlign as a TensorRT IPluginV3 (core + build + runtime capabilities) and its IPluginCreatorV3One.
+// MultiLevelRoIAlign as a TensorRT IPluginV3 (core + build + runtime) and its IPluginCreatorV3One. The shared
+// plumbing is common/plugin_base.h; this file holds the op's fields, shape checks, types, formats and enqueue.
 #pragma once
 
 #include <NvInferRuntime.h>
@@ -6,16 +7,13 @@
 #include <string>
 #include <vector>
 
-#include "roi_align_core.h"
+#include "common/plugin_base.h"
+#include "roi_align/roi_align_core.h"
 
 namespace maskrt
 {
 namespace roi_align
 {
-
-constexpr char const* kPluginName = "MultiLevelRoIAlign";
-constexpr char const* kPluginVersion = "1";
-constexpr char const* kPluginNamespace = "maskrt";
 
 /// The validated plugin fields.
 struct Fields
@@ -25,78 +23,33 @@ struct Fields
     int firstLevel{0};
 };
 
-/// Parses and validates a field collection; on failure returns false and sets `error`.
-bool parseFields(nvinfer1::PluginFieldCollection const* fc, Fields& fields, std::string& error);
-
-class RoIAlignPlugin : public nvinfer1::IPluginV3,
-                       public nvinfer1::IPluginV3OneCore,
-                       public nvinfer1::IPluginV3OneBuild,
-                       public nvinfer1::IPluginV3OneRuntime
+struct RoIAlignOp
 {
-public:
-    explicit RoIAlignPlugin(Fields fields);
-    RoIAlignPlugin(RoIAlignPlugin const& other);
-    RoIAlignPlugin& operator=(RoIAlignPlugin const&) = delete;
-    ~RoIAlignPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-        int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
-private:
-    /// Checks the input count and ranks (and static sizes where known); logs and returns false on mismatch.
-    bool checkInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, char const* where) const;
-
-    Fields mFields;
-    int32_t mInts[5]{};
-    float mFloats[2]{};
-    std::vector<nvinfer1::PluginField> mFieldsToSerialize;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    static constexpr char const* kName = "MultiLevelRoIAlign";
+    static constexpr int32_t kNbOutputs = 1;
+    using Params = Fields;
+    static std::vector<FieldSpec> fieldTable();
+    static std::string fromFields(FieldValues const& values, Fields& fields);
+    static void toFields(Fields const& fields, FieldValues& values);
 };
 
-class RoIAlignPluginCreator : public nvinfer1::IPluginCreatorV3One
+class RoIAlignPlugin : public PluginBase<RoIAlignPlugin, RoIAlignOp>
 {
 public:
-    RoIAlignPluginCreator();
+    using PluginBase::PluginBase;
 
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    /// Input count = rois + one map per scale, one output; with dims: ranks, B and C agree. "" when valid.
+    std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const;
 
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    void outputTypes(nvinfer1::DataType* outputs, nvinfer1::DataType const* inputs) const;
+    std::string outputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs* outputs,
+        nvinfer1::IExprBuilder& exprBuilder) const;
+    bool supportsType(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut) const;
+    std::string run(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
+        void* workspace, cudaStream_t stream) const;
 };
+
+using RoIAlignPluginCreator = PluginCreator<RoIAlignPlugin, RoIAlignOp>;
 
 } // namespace roi_align
 } // namespace maskrt

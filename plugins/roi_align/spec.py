@@ -2,21 +2,19 @@
 
 The exporter writes them into the MultiLevelRoIAlign ONNX node, the plugin creator reads them back as fields, and
 ``roi_align.cpu`` takes them as keyword arguments; all three use the defaults and checks defined here. Semantics:
-ARCHITECTURE.md section 3 and plugins/README.md.
+docs/architecture.md section 4 and docs/plugins.md.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-PLUGIN_NAME = "MultiLevelRoIAlign"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "maskrt"
-ONNX_DOMAIN = "maskrt"
+from maskrt.plugins.spec import ONNX_DOMAIN, PluginIdentity, to_float32
+
+IDENTITY = PluginIdentity("MultiLevelRoIAlign")
 
 DEFAULT_SAMPLING_RATIO = 2
 DEFAULT_ALIGNED = False
@@ -27,14 +25,6 @@ MAX_LEVELS = 8  # kMaxLevels in roi_align_core.h
 
 #: P2-P5 of an FPN backbone, finest first (torchvision Mask R-CNN).
 FPN_P2_P5_SCALES: tuple[float, ...] = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-
-
-def to_float32(value: float) -> float:
-    """`value` rounded to the nearest float32 (the precision the op uses for every float attribute)."""
-    try:
-        return struct.unpack("f", struct.pack("f", float(value)))[0]
-    except OverflowError:
-        return math.copysign(math.inf, value)
 
 
 def scale_level(scale: float) -> int:
@@ -61,6 +51,9 @@ def normalize_output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
 class RoIAlignSpec:
     """The attributes of one MultiLevelRoIAlign op (validated on construction)."""
 
+    IDENTITY: ClassVar[PluginIdentity] = IDENTITY
+    FIELDS: ClassVar[tuple[str, ...]] = ("output_height", "output_width", "sampling_ratio", "aligned",
+                                         "spatial_scales", "canonical_level", "canonical_scale", "level_eps")
     output_size: tuple[int, int]
     spatial_scales: tuple[float, ...]
     sampling_ratio: int = DEFAULT_SAMPLING_RATIO
@@ -106,8 +99,7 @@ class RoIAlignSpec:
     def onnx_attributes(self) -> dict[str, Any]:
         """The ONNX node attributes (= plugin fields), including the plugin identity TensorRT's parser reads."""
         return {
-            "plugin_version": PLUGIN_VERSION,
-            "plugin_namespace": PLUGIN_NAMESPACE,
+            **IDENTITY.onnx_attributes(),
             "output_height": self.output_size[0],
             "output_width": self.output_size[1],
             "sampling_ratio": self.sampling_ratio,
@@ -118,23 +110,20 @@ class RoIAlignSpec:
             "level_eps": self.level_eps,
         }
 
+    def keywords(self) -> dict[str, Any]:
+        """The keyword arguments of ``roi_align.cpu`` / ``roi_align.cuda`` for this spec."""
+        return {"output_size": self.output_size, "spatial_scales": self.spatial_scales,
+                "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
+                "canonical_level": self.canonical_level, "canonical_scale": self.canonical_scale,
+                "level_eps": self.level_eps}
+
     @classmethod
     def from_onnx_attributes(cls, attributes: dict[str, Any]) -> RoIAlignSpec:
         """Inverse of `onnx_attributes` (missing optional fields take the defaults)."""
-        known = {"plugin_version", "plugin_namespace", "output_height", "output_width", "sampling_ratio", "aligned",
-                 "spatial_scales", "canonical_level", "canonical_scale", "level_eps"}  # fmt: skip
-        unknown = set(attributes) - known
-        if unknown:
-            raise ValueError(f"unknown {PLUGIN_NAME} attribute(s): {sorted(unknown)}")
+        IDENTITY.check_attributes(attributes, cls.FIELDS)
         for name in ("output_height", "output_width", "spatial_scales"):
             if name not in attributes:
-                raise ValueError(f"{PLUGIN_NAME} attribute {name!r} is missing")
-
-        def text(value: Any) -> str:
-            return value.decode() if isinstance(value, bytes) else str(value)
-
-        if text(attributes.get("plugin_version", PLUGIN_VERSION)) != PLUGIN_VERSION:
-            raise ValueError(f"unsupported {PLUGIN_NAME} version {attributes['plugin_version']!r}")
+                raise ValueError(f"{IDENTITY.name} attribute {name!r} is missing")
         return cls(
             output_size=(int(attributes["output_height"]), int(attributes["output_width"])),
             spatial_scales=tuple(attributes["spatial_scales"]),
@@ -154,5 +143,5 @@ class RoIAlignSpec:
                 f"{len(features)} feature input(s) for {len(self.spatial_scales)} spatial scale(s): need one each"
             )
         return onnx.helper.make_node(
-            PLUGIN_NAME, [rois, *features], [output], name=name, domain=ONNX_DOMAIN, **self.onnx_attributes()
+            IDENTITY.name, [rois, *features], [output], name=name, domain=ONNX_DOMAIN, **self.onnx_attributes()
         )
