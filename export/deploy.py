@@ -1,4 +1,4 @@
-"""The deploy graph: torchvision Mask R-CNN inference with fixed shapes (ARCHITECTURE.md section 5).
+"""The deploy graph: torchvision Mask R-CNN inference with fixed shapes (docs/architecture.md section 6).
 
 `DeployMaskRCNN` wraps a trained torchvision MaskRCNN and reproduces its eager inference -
 RPN per-level top-k, clip, small-box and score filters, per-level NMS, post-NMS top-N; box head,
@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from export.ops import multi_level_roi_align, nms
-from maskrt.errors import MaskrtError
-from plugins.roi_align.spec import RoIAlignSpec
+from maskrt.core.errors import MaskrtError
+from maskrt.export.ops import multi_level_roi_align, nms
+from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 FLAVORS = ("portable", "trt")
 
@@ -68,9 +68,9 @@ class DeployMaskRCNN(nn.Module):
         if flavor not in FLAVORS:
             raise MaskrtError(f"unknown graph flavor '{flavor}' (choose from {', '.join(FLAVORS)})")
         if height % 32 or width % 32 or height < 32 or width < 32:
-            raise MaskrtError(f"--height/--width must be positive multiples of 32, got {height}x{width}")
+            raise MaskrtError(f"the canvas height and width must be positive multiples of 32, got {height}x{width}")
         if max_detections < 1:
-            raise MaskrtError(f"--max-detections must be at least 1, got {max_detections}")
+            raise MaskrtError(f"max_detections must be at least 1, got {max_detections}")
         model = model.eval()
         self.flavor = flavor
         self.height, self.width, self.max_detections = height, width, max_detections

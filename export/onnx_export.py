@@ -7,40 +7,22 @@ onnx.checker (full shape inference) and verified to hold only the ops its flavor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 
-from export.deploy import DeployMaskRCNN
-from maskrt.errors import MaskrtError
-from maskrt.versions import versions
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from maskrt.core.artifacts import GRAPH_FILES, INPUT_NAMES, OUTPUT_NAMES, ExportInfo, GraphFile, InputSpec
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256
+from maskrt.core.versions import versions
+from maskrt.export.deploy import DeployMaskRCNN
+from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+from maskrt.training.models import default_canvas
 
-INPUT_NAMES = ["images", "image_sizes"]
-OUTPUT_NAMES = ["num_detections", "boxes", "scores", "labels", "masks"]
-GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
 FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
-EXPORT_FORMAT_VERSION = 1
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def default_canvas(model_config: dict) -> tuple[int, int]:
-    """(height, width) of the export canvas: min_size x max_size of the config, rounded up to /32."""
-    up = lambda v: int(-(-int(v) // 32) * 32)  # noqa: E731
-    return up(model_config["min_size"]), up(model_config["max_size"])
 
 
 def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,11 +35,11 @@ def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, t
 def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch: bool, opset: int) -> None:
     custom = {"maskrt": 1} if deploy.flavor == "trt" else None
     args = _example_inputs(deploy, batch)
-    axes = {n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
+    axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(deploy, args, str(path), dynamo=False, opset_version=opset, input_names=INPUT_NAMES,
-                          output_names=OUTPUT_NAMES, dynamic_axes=axes, custom_opsets=custom,
+        torch.onnx.export(deploy, args, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, custom_opsets=custom,
                           do_constant_folding=True)
 
 
@@ -104,12 +86,12 @@ def check_graph(path: Path, flavor: str) -> dict[str, int]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | None = None,
                       width: int | None = None, batch: int = 1, dynamic_batch: bool = False,
-                      max_detections: int = 100, opset: int = 17) -> dict[str, Any]:
-    """Export both graphs of a checkpoint into `out`; returns the export.json content."""
+                      max_detections: int = 100, opset: int = 17) -> ExportInfo:
+    """Export both graphs of a checkpoint into `out`; returns what export.json holds."""
     if opset < 17:
-        raise MaskrtError(f"--opset must be 17 or newer (RoiAlign-16 and LayerNormalization), got {opset}")
+        raise MaskrtError(f"opset must be 17 or newer (RoiAlign-16 and LayerNormalization), got {opset}")
     if batch < 1:
-        raise MaskrtError(f"--batch must be at least 1, got {batch}")
+        raise MaskrtError(f"batch must be at least 1, got {batch}")
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, source=checkpoint)
     cfg = ckpt["model_config"]
@@ -117,7 +99,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
     height, width = height or default_h, width or default_w
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, GraphFile] = {}
     deploy = None
     for flavor, name in GRAPH_FILES.items():
         deploy = DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections, flavor=flavor)
@@ -126,25 +108,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         _pin_io_shapes(tmp, deploy, batch, dynamic_batch)
         counts = check_graph(tmp, flavor)
         os.replace(tmp, out / name)
-        graphs[flavor] = {"file": name, "sha256": sha256(out / name), "ops": counts}
+        graphs[flavor] = GraphFile(file=name, sha256=sha256(out / name), ops=counts)
     assert deploy is not None
-    info = {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "model_config": cfg,
-        "classes": ckpt["classes"],
-        "input": {"names": INPUT_NAMES, "height": height, "width": width, "batch": batch,
-                  "dynamic_batch": dynamic_batch, "layout": "NCHW float32, RGB, normalised, zero-padded"},
-        "outputs": OUTPUT_NAMES,
-        "normalization": {"mean": list(model.transform.image_mean), "std": list(model.transform.image_std)},
-        "resize": {"min_size": int(cfg["min_size"]), "max_size": int(cfg["max_size"])},
-        "limits": {"rpn_pre_nms_top_n": deploy.pre_nms_top_n, "rpn_post_nms_top_n": deploy.post_nms_top_n,
-                   "rpn_nms_thresh": deploy.rpn_nms_thresh, "box_score_thresh": deploy.score_thresh,
-                   "box_nms_thresh": deploy.nms_thresh, "max_detections": max_detections},
-        "roi_align": {"box": deploy.box_spec.onnx_attributes(), "mask": deploy.mask_spec.onnx_attributes()},
-        "opset": opset,
-        "graphs": graphs,
-        "checkpoint": {"file": Path(checkpoint).name, "sha256": sha256(checkpoint)},
-        "versions": {**versions(), "onnx": onnx.__version__},
-    }
-    (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    info = ExportInfo(
+        model_config=cfg,
+        classes=ckpt["classes"],
+        input=InputSpec(height=height, width=width, batch=batch, dynamic_batch=dynamic_batch),
+        mean=tuple(model.transform.image_mean),
+        std=tuple(model.transform.image_std),
+        min_size=int(cfg["min_size"]),
+        max_size=int(cfg["max_size"]),
+        limits={"rpn_pre_nms_top_n": deploy.pre_nms_top_n, "rpn_post_nms_top_n": deploy.post_nms_top_n,
+                "rpn_nms_thresh": deploy.rpn_nms_thresh, "box_score_thresh": deploy.score_thresh,
+                "box_nms_thresh": deploy.nms_thresh, "max_detections": max_detections},
+        roi_align={"box": deploy.box_spec.onnx_attributes(), "mask": deploy.mask_spec.onnx_attributes()},
+        opset=opset,
+        graphs=graphs,
+        checkpoint={"file": Path(checkpoint).name, "sha256": sha256(checkpoint)},
+        versions={**versions(), "onnx": onnx.__version__},
+    )
+    info.write(out)
     return info

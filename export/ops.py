@@ -5,11 +5,12 @@
   mapping; NMS is ONNX NonMaxSuppression (per-group classes when there are few groups, torchvision's
   coordinate-offset trick otherwise), re-sorted by score and scattered into a fixed [B, K] index table.
 - `trt` (model.trt.onnx): one `maskrt::MultiLevelRoIAlign` and one `maskrt::BatchedNMS` node per site,
-  the plugin ops of plugins/ (ARCHITECTURE.md sections 4 and 4b).
+  the plugin ops of plugins/ (docs/architecture.md section 5, docs/plugins.md).
 
 In eager mode (and while tracing) both flavors compute the same values with torchvision's ops, so the
 deploy module is itself a reference that can be compared with torchvision's own inference.
-RoIAlign attributes come from plugins.roi_align.spec.RoIAlignSpec, the single source of truth.
+The plugin nodes' attributes come from the ops' specs (maskrt.plugins: RoIAlignSpec, NMSSpec), the single source
+of truth for their names, identity and validation.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ import torch
 import torchvision
 from torch import Tensor
 
-from plugins.roi_align.spec import RoIAlignSpec
+from maskrt.plugins import NMSSpec, RoIAlignSpec
+from maskrt.plugins.spec import ONNX_DOMAIN
 
-NMS_PLUGIN_ATTRS = {"plugin_version_s": "1", "plugin_namespace_s": "maskrt"}
+
+def _plugin_node(g, spec: RoIAlignSpec | NMSSpec, inputs: list, outputs: int = 1):  # type: ignore[no-untyped-def]
+    """One plugin node in the graph being traced, its attributes typed for torch.onnx (name_s / _i / _f)."""
+    kwargs = {}
+    for name, value in spec.onnx_attributes().items():
+        kind = {str: "s", int: "i", float: "f", list: "f"}[type(value)]
+        kwargs[f"{name}_{kind}"] = value
+    return g.op(f"{ONNX_DOMAIN}::{spec.IDENTITY.name}", *inputs, outputs=outputs, **kwargs)
 
 
 def fpn_levels(rois: Tensor, spec: RoIAlignSpec) -> Tensor:
@@ -65,36 +74,28 @@ class _MultiLevelRoIAlign(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, spec: RoIAlignSpec, rois, *features):  # type: ignore[no-untyped-def]
-        a = spec.onnx_attributes()
-        out = g.op(
-            "maskrt::MultiLevelRoIAlign", rois, *features,
-            plugin_version_s=a["plugin_version"], plugin_namespace_s=a["plugin_namespace"],
-            output_height_i=a["output_height"], output_width_i=a["output_width"],
-            sampling_ratio_i=a["sampling_ratio"], aligned_i=a["aligned"],
-            spatial_scales_f=a["spatial_scales"], canonical_level_i=a["canonical_level"],
-            canonical_scale_f=a["canonical_scale"], level_eps_f=a["level_eps"],
-        )
+        out = _plugin_node(g, spec, [rois, *features])
         b, r = rois.type().varyingSizes()[:2]
         c = features[0].type().varyingSizes()[1]
         out.setType(features[0].type().with_sizes([b, r, c, *spec.output_size]))
         return out
 
 
-def batched_nms_reference(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
-                          score_threshold: float, max_output_boxes: int) -> tuple[Tensor, Tensor]:
-    """BatchedNMS semantics (ARCHITECTURE.md 4b) with torchvision: keep [B, K] int32 (-1 padded), count [B]."""
+def batched_nms_reference(boxes: Tensor, scores: Tensor, groups: Tensor, spec: NMSSpec) -> tuple[Tensor, Tensor]:
+    """BatchedNMS semantics (docs/plugins.md) with torchvision: keep [B, K] int32 (-1 padded), count [B]."""
     b = boxes.shape[0]
-    keep = torch.full((b, max_output_boxes), -1, dtype=torch.int32)
+    keep = torch.full((b, spec.max_output_boxes), -1, dtype=torch.int32)
     count = torch.zeros((b,), dtype=torch.int32)
     for i in range(b):
-        cand = torch.nonzero(scores[i].float() > score_threshold).flatten()
+        cand = torch.nonzero(scores[i].float() > spec.score_threshold).flatten()
         s = scores[i, cand].float()
         kept_mask = torch.zeros_like(cand, dtype=torch.bool)
         for g in torch.unique(groups[i, cand]):  # per group, as torchvision's vanilla batched_nms
             members = torch.nonzero(groups[i, cand] == g).flatten()
-            kept_mask[members[torchvision.ops.nms(boxes[i, cand[members]].float(), s[members], iou_threshold)]] = True
+            kept = torchvision.ops.nms(boxes[i, cand[members]].float(), s[members], spec.iou_threshold)
+            kept_mask[members[kept]] = True
         kept = torch.nonzero(kept_mask).flatten()
-        kept = cand[kept[torch.sort(s[kept], descending=True, stable=True).indices]][:max_output_boxes]
+        kept = cand[kept[torch.sort(s[kept], descending=True, stable=True).indices]][: spec.max_output_boxes]
         keep[i, : kept.numel()] = kept.to(torch.int32)
         count[i] = kept.numel()
     return keep, count
@@ -104,19 +105,14 @@ class _BatchedNMS(torch.autograd.Function):
     """Eager: torchvision batched_nms per image. ONNX: one maskrt::BatchedNMS node."""
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,  # type: ignore[override]
-                score_threshold: float, max_output_boxes: int) -> tuple[Tensor, Tensor]:
-        return batched_nms_reference(boxes, scores, groups, iou_threshold, score_threshold, max_output_boxes)
+    def forward(ctx, spec: NMSSpec, boxes: Tensor, scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return batched_nms_reference(boxes, scores, groups, spec)
 
     @staticmethod
-    def symbolic(g, boxes, scores, groups, iou_threshold, score_threshold, max_output_boxes):  # type: ignore[no-untyped-def]
-        keep, count = g.op(
-            "maskrt::BatchedNMS", boxes, scores, groups, outputs=2, **NMS_PLUGIN_ATTRS,
-            iou_threshold_f=float(iou_threshold), score_threshold_f=float(score_threshold),
-            max_output_boxes_i=int(max_output_boxes),
-        )
+    def symbolic(g, spec: NMSSpec, boxes, scores, groups):  # type: ignore[no-untyped-def]
+        keep, count = _plugin_node(g, spec, [boxes, scores, groups], outputs=2)
         b = groups.type().varyingSizes()[0]
-        keep.setType(groups.type().with_sizes([b, int(max_output_boxes)]))
+        keep.setType(groups.type().with_sizes([b, spec.max_output_boxes]))
         count.setType(groups.type().with_sizes([b]))
         return keep, count
 
@@ -172,8 +168,8 @@ def nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, num_groups: int, iou_t
     descending score order, -1 padded (torchvision.ops.batched_nms semantics, truncated).
     """
     if flavor == "trt":
-        keep, _ = _BatchedNMS.apply(boxes, scores, groups.to(torch.int32), iou_threshold, score_threshold,
-                                    max_output_boxes)
+        spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
+        keep, _ = _BatchedNMS.apply(spec, boxes, scores, groups.to(torch.int32))
         return keep.to(torch.int64)
     if num_groups <= 8:  # one ONNX class per group: exact group separation
         onehot = torch.nn.functional.one_hot(groups, num_groups).permute(0, 2, 1).to(torch.bool)

@@ -1,45 +1,41 @@
 """Backends: each turns a pre-processed batch into per-image RawOutput (fixed D slots).
 
+Every backend follows the `Backend` protocol: ``run(canvas, sizes)`` with canvas [B, 3, H, W] (normalised, resized,
+zero-padded) and sizes [B, 2] (each image's resized h, w), and ``close()``.
+
 - `torch`: torchvision's eager modules built from the checkpoint (the reference).
 - `onnxruntime`: model.onnx (portable) or model.trt.onnx (the TensorRT graph; its plugin ops run on
-  the CPU through the host build of plugins/, see runtime/trt_graph_ort.py).
+  the CPU through the host build of the plugins, see runtime/trt_graph_ort.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from maskrt.errors import MaskrtError
-from runtime.postprocess import RawOutput
-from runtime.reference import eager_detections
+from maskrt.core.artifacts import ExportInfo
+from maskrt.core.errors import MaskrtError
+from maskrt.runtime.postprocess import RawOutput
+from maskrt.runtime.reference import eager_detections
+from maskrt.runtime.trt_graph_ort import trt_graph_session
 
-EXPORT_FILES = ("export.json", "model.onnx", "model.trt.onnx")
 
+class Backend(Protocol):
+    """What the Predictor runs: a batch in, one RawOutput per image out."""
 
-def read_export_info(export_dir: str | Path) -> dict[str, Any]:
-    """Read and validate DIR/export.json; MaskrtError naming the file when missing or corrupt."""
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise MaskrtError(f"{export_dir}: export folder not found (make one with `maskrt export`)")
-    path = export_dir / "export.json"
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MaskrtError(f"{path}: missing (not an export folder?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MaskrtError(f"{path}: corrupt ({exc})") from None
-    needed = ("format_version", "classes", "input", "normalization", "resize", "limits", "graphs")
-    if not isinstance(info, dict) or any(k not in info for k in needed):
-        raise MaskrtError(f"{path}: incomplete (needs {', '.join(needed)})")
-    if info["format_version"] != 1:
-        raise MaskrtError(f"{path}: export format_version {info['format_version']} is not supported")
-    return info
+    name: str
+
+    def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
+        """canvas [B, 3, H, W] float32 and sizes [B, 2] int64 (resized h, w) -> B fixed-shape outputs."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources (sessions, engines); the backend is unusable afterwards."""
+        ...
 
 
 class TorchBackend:
@@ -51,7 +47,7 @@ class TorchBackend:
         self.model = model.eval()
         self.max_detections = max_detections
 
-    def run(self, resized: list[torch.Tensor], canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
+    def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
         outs = []
         d = self.max_detections
         for det in eager_detections(self.model, canvas, sizes):
@@ -66,28 +62,30 @@ class TorchBackend:
             outs.append(raw)
         return outs
 
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime on model.onnx or model.trt.onnx (static or dynamic batch)."""
+    """ONNX Runtime on model.onnx or model.trt.onnx (static or dynamic batch).
+
+    `threads` sets ONNX Runtime's intra-op threads; None uses its default, one per physical core.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, export_dir: str | Path, info: dict[str, Any], graph: str = "portable",
+    def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if graph not in info["graphs"]:
-            raise MaskrtError(f"{export_dir}/export.json: no '{graph}' graph (have {', '.join(info['graphs'])})")
-        path = Path(export_dir) / info["graphs"][graph]["file"]
+        if threads is not None and threads < 1:
+            raise MaskrtError(f"threads must be at least 1, got {threads}")
+        path = info.graph_path(export_dir, graph)
         if not path.is_file():
             raise MaskrtError(f"{path}: missing from the export folder")
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        so.intra_op_num_threads = threads or 0
         so.log_severity_level = 3
         try:
             if graph == "trt":
-                from runtime.trt_graph_ort import trt_graph_session
-
                 self.session = trt_graph_session(path, so)
             else:
                 self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -95,10 +93,10 @@ class OnnxRuntimeBackend:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise MaskrtError(f"{path}: cannot load ({str(exc).splitlines()[0]})") from None
-        self.batch = int(info["input"]["batch"])
-        self.dynamic = bool(info["input"]["dynamic_batch"])
+        self.batch = info.input.batch
+        self.dynamic = info.input.dynamic_batch
 
-    def run(self, resized: list[torch.Tensor], canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
+    def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
         n = canvas.shape[0]
         step = n if self.dynamic else self.batch
         outs: list[RawOutput] = []
@@ -114,3 +112,6 @@ class OnnxRuntimeBackend:
                 outs.append(RawOutput(num=int(num[i]), boxes=boxes[i], scores=scores[i],
                                       labels=labels[i].astype(np.int64), masks=masks[i]))
         return outs
+
+    def close(self) -> None:
+        self.session = None

@@ -1,4 +1,4 @@
-"""Parity: a deployed backend against the torch reference (ARCHITECTURE.md section 6).
+"""Parity: a deployed backend against the torch reference (docs/architecture.md section 7).
 
 Per image: reference detections above a score floor are greedily matched (highest score first) to
 candidate detections of the same label by box IoU; the report gives recall, box IoU (min / median),
@@ -23,12 +23,13 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from maskrt.images import load_rgb
-from runtime.backends import read_export_info
-from runtime.postprocess import Detections, RawOutput, to_detections
-from runtime.predictor import Predictor
-from training.coco import load_split
-from training.evaluate import coco_metrics, detections_to_coco
+from maskrt.core.artifacts import ExportInfo
+from maskrt.core.files import sha256
+from maskrt.core.images import load_rgb
+from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
+from maskrt.runtime.predictor import Predictor
+from maskrt.training.coco import load_split
+from maskrt.training.evaluate import coco_metrics, detections_to_coco
 
 
 @dataclass
@@ -101,18 +102,16 @@ def _raw_diff(acc: _Accumulator, ref: RawOutput, cand: RawOutput) -> None:
 
 def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, out: str | Path, *,
                backend: str = "onnxruntime", graph: str = "portable", split: str = "val", limit: int | None = None,
-               gates: Gates | None = None, progress: bool = True) -> dict[str, Any]:
+               gates: Gates | None = None, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Compare `backend` on the export against the torch reference; write report.json and report.md."""
-    from export.onnx_export import sha256
-
     gates = gates or Gates()
-    info = read_export_info(export_dir)
+    info = ExportInfo.read(export_dir)
     dataset = load_split(data, split, train=False)
     ref_pred = Predictor.from_export(export_dir, backend="torch", checkpoint=checkpoint)
-    cand_pred = Predictor.from_export(export_dir, backend=backend, graph=graph)
+    cand_pred = Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads)
     indices = list(range(len(dataset)))[: limit or None]
-    batch = int(info["input"]["batch"])
-    label_to_cat = {j + 1: c["id"] for j, c in enumerate(info["classes"])}
+    batch = info.input.batch
+    label_to_cat = {j + 1: c["id"] for j, c in enumerate(info.classes)}
     acc = _Accumulator()
     per_image, ref_results, cand_results = [], [], []
     for start in tqdm(range(0, len(indices), batch), desc=f"parity {backend}/{graph}", unit="batch",
@@ -175,7 +174,7 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
     report = {
         "passed": all(r["passed"] for r in results),
         "backend": backend, "graph": graph, "export": str(export_dir), "checkpoint": str(checkpoint),
-        "checkpoint_matches_export": sha256(checkpoint) == info.get("checkpoint", {}).get("sha256"),
+        "checkpoint_matches_export": sha256(checkpoint) == info.checkpoint.get("sha256"),
         "gates": results, "tolerances": asdict(gates), "summary": summary,
         "raw_outputs": {name: {"abs": _stats(acc.raw_abs[name]), "rel": _stats(acc.raw_rel[name])}
                         for name in acc.raw_abs},

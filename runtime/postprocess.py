@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from runtime.paste import paste_masks
+from maskrt.runtime.paste import paste_masks
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The Predictor: images -> Detections on the original images, with any backend.
 
-    from runtime.predictor import Predictor
+    from maskrt.runtime.predictor import Predictor
     predictor = Predictor.from_export("exports/slim", backend="onnxruntime", graph="portable")
     detections = predictor.predict([load_rgb("a.jpg")])
 
@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskrt.errors import MaskrtError
-from runtime.backends import OnnxRuntimeBackend, TorchBackend, read_export_info
-from runtime.postprocess import Detections, RawOutput, to_detections
-from runtime.preprocess import Preprocessor, to_tensor
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from maskrt.core.artifacts import ExportInfo
+from maskrt.core.errors import MaskrtError
+from maskrt.runtime.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
+from maskrt.runtime.preprocess import Preprocessor
+from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+from maskrt.training.models import default_canvas
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -27,8 +29,8 @@ BACKENDS = ("torch", "onnxruntime")
 class Predictor:
     """Runs one backend on batches of HxWx3 uint8 RGB images."""
 
-    def __init__(self, backend: TorchBackend | OnnxRuntimeBackend, preprocessor: Preprocessor,
-                 classes: list[dict], *, score_threshold: float = 0.0) -> None:
+    def __init__(self, backend: Backend, preprocessor: Preprocessor, classes: list[dict], *,
+                 score_threshold: float = 0.0) -> None:
         self.backend = backend
         self.preprocessor = preprocessor
         self.classes = classes
@@ -39,28 +41,23 @@ class Predictor:
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
                     threads: int | None = None) -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas."""
-        info = read_export_info(export_dir)
-        pre = Preprocessor(info["input"]["height"], info["input"]["width"], info["resize"]["min_size"],
-                           info["resize"]["max_size"], tuple(info["normalization"]["mean"]),
-                           tuple(info["normalization"]["std"]))
-        d = int(info["limits"]["max_detections"])
+        info = ExportInfo.read(export_dir)
+        pre = Preprocessor(info.input.height, info.input.width, info.min_size, info.max_size, info.mean, info.std)
         if backend == "torch":
             if checkpoint is None:
-                raise MaskrtError("the torch backend needs --checkpoint")
+                raise MaskrtError("the torch backend needs a checkpoint")
             ckpt = load_checkpoint(checkpoint)
-            impl: TorchBackend | OnnxRuntimeBackend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), d)
+            impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads)
         else:
             raise MaskrtError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
-        return cls(impl, pre, info["classes"], score_threshold=score_threshold)
+        return cls(impl, pre, info.classes, score_threshold=score_threshold)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
                         score_threshold: float = 0.0) -> Predictor:
         """The torch reference straight from a checkpoint (canvas from the model config by default)."""
-        from export.onnx_export import default_canvas
-
         ckpt = load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, source=checkpoint)
         h, w = default_canvas(ckpt["model_config"])
@@ -72,11 +69,10 @@ class Predictor:
 
     def raw(self, images: list[np.ndarray]) -> tuple[list[RawOutput], list[tuple[int, int]], list[tuple[int, int]]]:
         """Fixed-shape outputs of a batch, with each image's resized and original (h, w)."""
-        tensors = [to_tensor(img) for img in images]
-        resized = [self.preprocessor.resize(t) for t in tensors]
-        canvas, sizes = self.preprocessor(tensors)
-        outs = self.backend.run(resized, canvas, sizes)
-        return outs, [tuple(r.shape[-2:]) for r in resized], [tuple(t.shape[-2:]) for t in tensors]
+        canvas, sizes = self.preprocessor(images)
+        outs = self.backend.run(canvas, sizes)
+        resized = [(int(h), int(w)) for h, w in sizes.tolist()]
+        return outs, resized, [(int(img.shape[0]), int(img.shape[1])) for img in images]
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
@@ -84,3 +80,13 @@ class Predictor:
         outs, resized, original = self.raw(images)
         return [to_detections(o, r, s, score_threshold=self.score_threshold)
                 for o, r, s in zip(outs, resized, original, strict=True)]
+
+    def close(self) -> None:
+        """Release the backend (ONNX Runtime session, engine)."""
+        self.backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

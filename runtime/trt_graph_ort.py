@@ -1,10 +1,11 @@
 """Run model.trt.onnx (the exact TensorRT graph) on the CPU with ONNX Runtime.
 
 Its plugin nodes (maskrt::MultiLevelRoIAlign, maskrt::BatchedNMS) run the host build of the plugin
-kernel cores (plugins.roi_align.cpu, plugins.nms.cpu) as onnxruntime-extensions Python ops. Those
+kernel cores (maskrt.plugins.roi_align.cpu, maskrt.plugins.nms.cpu) as onnxruntime-extensions Python ops. Those
 bind only in the `ai.onnx.contrib` domain and take scalar or string attributes, so the session runs a
 rewritten copy of the graph: each plugin node becomes `ai.onnx.contrib::Maskrt<Op><n inputs>` with
-its attributes as one JSON string. Nothing else in the graph changes.
+its attributes as one JSON string, parsed back by the op's spec (maskrt.plugins.SPECS). Nothing else in the graph
+changes.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import helper
+from onnxruntime_extensions import PyOp, get_library_path, onnx_op
 
-from maskrt.errors import MaskrtError
+from maskrt.core.errors import MaskrtError
+from maskrt.plugins import SPECS, NMSSpec, RoIAlignSpec, nms, roi_align
+from maskrt.plugins.roi_align.spec import MAX_LEVELS
+from maskrt.plugins.spec import ONNX_DOMAIN
 
 CONTRIB = "ai.onnx.contrib"
 _registered = False
-MAX_LEVELS = 5
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -41,20 +46,28 @@ def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     nodes = []
     for node in model.graph.node:
-        if node.domain == "maskrt":
-            if node.op_type not in ("MultiLevelRoIAlign", "BatchedNMS"):
-                raise MaskrtError(f"unknown plugin op maskrt::{node.op_type}")
+        if node.domain == ONNX_DOMAIN:
+            if node.op_type not in SPECS:
+                raise MaskrtError(f"unknown plugin op {ONNX_DOMAIN}::{node.op_type} (known: {', '.join(SPECS)})")
+            try:
+                spec = SPECS[node.op_type].from_onnx_attributes(_attributes(node))
+            except ValueError as exc:
+                raise MaskrtError(f"plugin node '{node.name}': {exc}") from None
             new = helper.make_node(f"Maskrt{node.op_type}{len(node.input)}", list(node.input), list(node.output),
-                                   name=node.name, domain=CONTRIB, spec=json.dumps(_attributes(node)))
+                                   name=node.name, domain=CONTRIB, spec=json.dumps(spec.onnx_attributes()))
             nodes.append(new)
         else:
             nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    imports = [op for op in model.opset_import if op.domain not in ("maskrt", CONTRIB)]
+    imports = [op for op in model.opset_import if op.domain not in (ONNX_DOMAIN, CONTRIB)]
     del model.opset_import[:]
     model.opset_import.extend([*imports, helper.make_opsetid(CONTRIB, 1)])
     return model
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def register_ops() -> None:
@@ -62,43 +75,27 @@ def register_ops() -> None:
     global _registered
     if _registered:
         return
-    from onnxruntime_extensions import PyOp, onnx_op
-
-    from plugins import nms, roi_align
-    from plugins.roi_align.spec import RoIAlignSpec
 
     def roi_align_op(rois: np.ndarray, *features: np.ndarray, spec: str) -> np.ndarray:
         s = RoIAlignSpec.from_onnx_attributes(json.loads(spec))
-        out = roi_align.cpu([torch.from_numpy(np.ascontiguousarray(f)) for f in features],
-                            torch.from_numpy(np.ascontiguousarray(rois)), output_size=s.output_size,
-                            spatial_scales=s.spatial_scales, sampling_ratio=s.sampling_ratio, aligned=s.aligned,
-                            canonical_level=s.canonical_level, canonical_scale=s.canonical_scale,
-                            level_eps=s.level_eps)
-        return out.numpy()
+        return roi_align.cpu([_tensor(f) for f in features], _tensor(rois), **s.keywords()).numpy()
 
     for levels in range(1, MAX_LEVELS + 1):
-        onnx_op(op_type=f"MaskrtMultiLevelRoIAlign{levels + 1}", inputs=[PyOp.dt_float] * (levels + 1),
+        onnx_op(op_type=f"Maskrt{RoIAlignSpec.IDENTITY.name}{levels + 1}", inputs=[PyOp.dt_float] * (levels + 1),
                 outputs=[PyOp.dt_float], attrs={"spec": PyOp.dt_string})(roi_align_op)
 
-    @onnx_op(op_type="MaskrtBatchedNMS3", inputs=[PyOp.dt_float, PyOp.dt_float, PyOp.dt_int32],
+    @onnx_op(op_type=f"Maskrt{NMSSpec.IDENTITY.name}3", inputs=[PyOp.dt_float, PyOp.dt_float, PyOp.dt_int32],
              outputs=[PyOp.dt_int32, PyOp.dt_int32], attrs={"spec": PyOp.dt_string})
     def batched_nms_op(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, spec: str):  # noqa: ANN202
-        a = json.loads(spec)
-        keep, count = nms.cpu(torch.from_numpy(np.ascontiguousarray(boxes)),
-                              torch.from_numpy(np.ascontiguousarray(scores)),
-                              torch.from_numpy(np.ascontiguousarray(groups)),
-                              iou_threshold=float(a["iou_threshold"]), score_threshold=float(a["score_threshold"]),
-                              max_output_boxes=int(a["max_output_boxes"]))
+        s = NMSSpec.from_onnx_attributes(json.loads(spec))
+        keep, count = nms.cpu(_tensor(boxes), _tensor(scores), _tensor(groups), **s.keywords())
         return keep.numpy(), count.numpy()
 
     _registered = True
 
 
-def trt_graph_session(path: str | Path, options=None):  # noqa: ANN001, ANN201
+def trt_graph_session(path: str | Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An onnxruntime InferenceSession running model.trt.onnx with the plugin ops' host build."""
-    import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
-
     register_ops()
     model = rewrite_for_ort(onnx.load(str(path)))
     so = options or ort.SessionOptions()

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from training.trainer import Trainer, TrainOptions
+from maskrt.training.trainer import Trainer, TrainOptions
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrt.errors import MaskrtError
-from training.checkpoint import (
+from maskrt.core.errors import MaskrtError
+from maskrt.training.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
     load_checkpoint,
@@ -16,7 +16,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from training.models import build_model, default_model_config
+from maskrt.training.models import build_model, default_model_config
 
 CLASSES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 

@@ -32,6 +32,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -
         assert fragment in errors[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(tmp_path: Path, shapes_dir: Path) -> None:
     _assert_one_line_error(_run("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")),
                            "nope: dataset folder not found")
@@ -46,6 +47,7 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path, shapes_dir: Path) -> No
                            "--iters")
 
 
+@pytest.mark.slow
 def test_data_shapes_and_eval(tmp_path: Path) -> None:
     out = tmp_path / "d"
     proc = _run("data", "shapes", "--out", str(out), "--train", "5", "--val", "3", "--size", "64", "--seed", "1")

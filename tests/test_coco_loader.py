@@ -11,8 +11,8 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from maskrt.errors import MaskrtError
-from training.coco import load_split
+from maskrt.core.errors import MaskrtError
+from maskrt.training.coco import load_split
 
 
 def _write_dataset(root: Path, annotations: list[dict], images: list[dict] | None = None,

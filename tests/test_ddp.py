@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_two_process_torchrun(shapes_dir: Path, tmp_path: Path) -> None:
     dump = tmp_path / "dump"
     dump.mkdir()

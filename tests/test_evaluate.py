@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from training.coco import load_split
-from training.evaluate import coco_metrics, detections_to_coco
+from maskrt.training.coco import load_split
+from maskrt.training.evaluate import coco_metrics, detections_to_coco
 
 
 def _gt_as_outputs(ds, shift: float = 0.0, wrong_label: bool = False) -> list[dict]:

@@ -16,11 +16,11 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import FORBIDDEN_IN_TRT, export_checkpoint
-from runtime.parity import Gates, run_parity
-from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.models import build_model, default_model_config
-from training.trainer import Trainer, TrainOptions
+from maskrt.export.onnx_export import FORBIDDEN_IN_TRT, export_checkpoint
+from maskrt.runtime.parity import Gates, run_parity
+from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
+from maskrt.training.trainer import Trainer, TrainOptions
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 CLASSES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"}, {"id": 3, "name": "triangle"}]
@@ -45,6 +45,7 @@ def _graph_ops(path: Path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
+@pytest.mark.slow
 def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
     export = tmp_path / "export"
     proc = subprocess.run([*CLI, "export", "--checkpoint", str(trained_slim), "--out", str(export)],
@@ -79,6 +80,7 @@ def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, t
         assert (report_dir / "report.md").read_text().startswith("# Parity")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["r50-fpn", "r50-fpn-v2"])
 @pytest.mark.parametrize(("height", "width", "batch"), [(160, 160, 1), (128, 224, 2)])
 def test_random_r50_parity(config: str, height: int, width: int, batch: int, shapes_dir: Path,
@@ -95,6 +97,7 @@ def test_random_r50_parity(config: str, height: int, width: int, batch: int, sha
         assert report["raw_outputs"]["scores"]["abs"]["max"] < 1e-4
 
 
+@pytest.mark.slow
 def test_zero_detections(tmp_path: Path, shapes_dir: Path) -> None:
     torch.manual_seed(0)
     cfg = default_model_config("slim", 3)
@@ -114,6 +117,7 @@ def test_zero_detections(tmp_path: Path, shapes_dir: Path) -> None:
     assert len(list(out.glob("*.png"))) == 8
 
 
+@pytest.mark.slow
 def test_perturbed_model_is_rejected(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(trained_slim)
     key = "backbone.fpn.layer_blocks.0.0.weight"  # one conv of the FPN (P2 output)
@@ -130,13 +134,14 @@ def test_perturbed_model_is_rejected(trained_slim: Path, shapes_dir: Path, tmp_p
     assert not report["passed"] and not report["checkpoint_matches_export"]
 
 
+@pytest.mark.slow
 def test_dynamic_batch(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
-    from maskrt.images import load_rgb
-    from runtime.predictor import Predictor
-    from training.coco import load_split
+    from maskrt.core.images import load_rgb
+    from maskrt.runtime.predictor import Predictor
+    from maskrt.training.coco import load_split
 
     info = export_checkpoint(trained_slim, tmp_path / "export", dynamic_batch=True)
-    assert info["input"]["dynamic_batch"]
+    assert info.input.dynamic_batch
     dims = onnx.load(str(tmp_path / "export" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch"
     ds = load_split(shapes_dir, "val", train=False)

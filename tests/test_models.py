@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
-from maskrt.errors import MaskrtError
-from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.models import CONFIGS, build_model, default_model_config
-from training.torchvision_import import import_torchvision
+from maskrt.core.errors import MaskrtError
+from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+from maskrt.training.models import CONFIGS, build_model, default_model_config
+from maskrt.training.torchvision_import import import_torchvision
 
 
 @pytest.mark.parametrize(("name", "builder"), [("r50-fpn", maskrcnn_resnet50_fpn),
@@ -57,7 +57,7 @@ def _torchvision_like_file(tmp_path: Path, builder, num_classes: int, frozen: bo
     torch.manual_seed(0)
     if frozen:
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes)
-        from training.models import _freeze_backbone_bn
+        from maskrt.training.models import _freeze_backbone_bn
 
         _freeze_backbone_bn(model.backbone.body)
         for m in model.backbone.body.modules():  # non-trivial statistics, as in a trained model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from runtime.paste import paste_masks
+from maskrt.runtime.paste import paste_masks
 
 
 def test_paste_matches_torchvision() -> None:

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from export.onnx_export import export_checkpoint
-from maskrt.errors import MaskrtError
-from maskrt.images import load_rgb
-from runtime.predictor import Predictor
-from training.checkpoint import make_checkpoint, save_checkpoint
-from training.models import build_model, default_model_config
+from maskrt.core.errors import MaskrtError
+from maskrt.core.images import load_rgb
+from maskrt.export.onnx_export import export_checkpoint
+from maskrt.runtime.predictor import Predictor
+from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 
@@ -41,6 +41,12 @@ def _one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
     assert len(errors) == 1 and fragment in errors[0], proc.stderr
 
 
+def _edit_info(folder: Path, change) -> None:  # noqa: ANN001
+    info = json.loads((folder / "export.json").read_text())
+    change(info)
+    (folder / "export.json").write_text(json.dumps(info))
+
+
 def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN001
     bad = tmp_path / "bad"
     shutil.copytree(export_dir, bad)
@@ -56,7 +62,12 @@ def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN
         (lambda d: (d / "model.onnx").unlink(), "model.onnx: missing from the export folder"),
         (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:5000]),
          "model.onnx: cannot load"),
-        (lambda d: (d / "export.json").write_text(json.dumps({"format_version": 1})), "export.json: incomplete"),
+        (lambda d: (d / "export.json").write_text(json.dumps({"format_version": 1})), "export.json: input is missing"),
+        (lambda d: _edit_info(d, lambda i: i["input"].update(height="800")), "input.height must be an integer"),
+        (lambda d: _edit_info(d, lambda i: i.update(classes=[])), "classes must be a non-empty list"),
+        (lambda d: _edit_info(d, lambda i: i["graphs"]["portable"].update(file="../../x/model.onnx")),
+         "graphs.portable.file must be a file name inside the folder"),
+        (lambda d: _edit_info(d, lambda i: i.update(format_version=9)), "format_version 9 is not supported"),
     ],
 )
 def test_broken_export_folder(export_dir: Path, tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
@@ -68,6 +79,7 @@ def test_broken_export_folder(export_dir: Path, tmp_path: Path, mutate, fragment
     _one_line_error(proc, fragment)
 
 
+@pytest.mark.slow
 def test_unreadable_and_missing_images(export_dir: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
@@ -99,5 +111,28 @@ def test_image_modes_are_converted(export_dir: Path, tmp_path: Path) -> None:
 
 
 def test_torch_backend_needs_checkpoint(export_dir: Path) -> None:
-    with pytest.raises(MaskrtError, match="needs --checkpoint"):
+    with pytest.raises(MaskrtError, match="needs a checkpoint"):
         Predictor.from_export(export_dir, backend="torch")
+
+
+def test_onnxruntime_threads_default_to_onnxruntimes_choice_and_can_be_set(export_dir: Path) -> None:
+    for graph in ("portable", "trt"):
+        default = Predictor.from_export(export_dir, graph=graph)
+        assert default.backend.session.get_session_options().intra_op_num_threads == 0  # one per physical core
+        pinned = Predictor.from_export(export_dir, graph=graph, threads=3)
+        assert pinned.backend.session.get_session_options().intra_op_num_threads == 3
+        default.close()
+        pinned.close()
+    with pytest.raises(MaskrtError, match="threads must be at least 1"):
+        Predictor.from_export(export_dir, threads=0)
+
+
+def test_each_image_is_resized_once(export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = Predictor.from_export(export_dir)
+    calls = []
+    resize = predictor.preprocessor.resize
+    monkeypatch.setattr(type(predictor.preprocessor), "resize", lambda self, image: calls.append(1) or resize(image))
+    images = [np.zeros((40, 60, 3), np.uint8), np.zeros((90, 30, 3), np.uint8)]
+    outs, resized, original = predictor.raw(images)
+    assert len(calls) == 2 and len(outs) == 2
+    assert original == [(40, 60), (90, 30)] and all(r[0] > 0 and r[1] > 0 for r in resized)

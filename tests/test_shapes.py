@@ -11,8 +11,8 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from maskrt.errors import MaskrtError
-from training.shapes import generate, render_image
+from maskrt.core.errors import MaskrtError
+from maskrt.training.shapes import generate, render_image
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -91,7 +91,7 @@ def test_poses_vary_only_a_little() -> None:
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(MaskrtError, match="--size"):
+    with pytest.raises(MaskrtError, match="image size must be at least 32"):
         generate(tmp_path, train=1, val=1, size=8)
-    with pytest.raises(MaskrtError, match="--train"):
+    with pytest.raises(MaskrtError, match="train and val image counts"):
         generate(tmp_path, train=0, val=1)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
-from training.trainer import Trainer, TrainOptions, lr_factor
+from maskrt.training.checkpoint import load_checkpoint
+from maskrt.training.trainer import Trainer, TrainOptions, lr_factor
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 
@@ -58,6 +58,7 @@ def _train_cmd(data: Path, out: Path, iters: int, *extra: str) -> list[str]:
             "--eval-every", "1000", "--save-every", "0", "-q", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(shapes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -89,6 +90,7 @@ def test_sigkill_then_resume(shapes_dir: Path, tmp_path: Path) -> None:
     assert (out / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_config(shapes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     Trainer(TrainOptions(data=shapes_dir, out=out, iters=1, batch_size=2, progress=False)).train()

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from maskrt.errors import MaskrtError
-from maskrt.versions import versions
-from training.models import build_model
+from maskrt.core.errors import MaskrtError
+from maskrt.core.versions import versions
+from maskrt.training.models import build_model
 
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "model_config", "state_dict", "classes", "train_state", "metrics", "versions")

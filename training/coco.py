@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from maskrt.errors import MaskrtError
-from maskrt.images import load_rgb
+from maskrt.core.errors import MaskrtError
+from maskrt.core.images import load_rgb
 
 log = logging.getLogger("maskrt")
 

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from training.coco import CocoDataset
+from maskrt.training.coco import CocoDataset
 
 METRIC_NAMES = ("AP", "AP50", "AP75")
 

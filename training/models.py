@@ -29,7 +29,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, Mask
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from maskrt.errors import MaskrtError
+from maskrt.core.errors import MaskrtError
 
 CONFIGS = ("slim", "r50-fpn", "r50-fpn-v2")
 
@@ -58,6 +58,12 @@ def default_model_config(name: str, num_classes: int, **overrides: Any) -> dict[
     if unknown:
         raise MaskrtError(f"unknown option(s) for config '{name}': {', '.join(sorted(unknown))}")
     return {"name": name, "num_classes": num_classes, **_DEFAULTS[name], **overrides}
+
+
+def default_canvas(model_config: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of a static export canvas: min_size x max_size of the config, rounded up to /32."""
+    up = lambda v: int(-(-int(v) // 32) * 32)  # noqa: E731
+    return up(model_config["min_size"]), up(model_config["max_size"])
 
 
 def _freeze_backbone_bn(backbone_body: nn.Module) -> None:

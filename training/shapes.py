@@ -21,7 +21,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from maskrt.errors import MaskrtError
+from maskrt.core.errors import MaskrtError
 
 CATEGORIES = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -159,9 +159,9 @@ def generate(out: str | Path, *, train: int = 400, val: int = 100, size: int = 1
              progress: bool = True) -> Path:
     """Generate the shapes dataset (train and val splits) under `out`; returns `out`."""
     if train < 1 or val < 1:
-        raise MaskrtError("--train and --val must be at least 1")
+        raise MaskrtError("the train and val image counts must be at least 1")
     if size < 32:
-        raise MaskrtError("--size must be at least 32 pixels")
+        raise MaskrtError("the image size must be at least 32 pixels")
     out = Path(out)
     generate_split(out, "train", train, size, seed, progress)
     generate_split(out, "val", val, size, seed, progress)

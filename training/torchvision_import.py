@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from maskrt.errors import MaskrtError
-from training.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
-from training.models import default_model_config
+from maskrt.core.errors import MaskrtError
+from maskrt.training.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
+from maskrt.training.models import default_model_config
 
 
 def _coco_names() -> list[str]:

@@ -34,11 +34,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from maskrt.errors import MaskrtError
-from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.coco import CocoDataset, collate, load_split
-from training.evaluate import evaluate, format_metrics
-from training.models import build_model, default_model_config
+from maskrt.core.errors import MaskrtError
+from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from maskrt.training.coco import CocoDataset, collate, load_split
+from maskrt.training.evaluate import evaluate, format_metrics
+from maskrt.training.models import build_model, default_model_config
 
 log = logging.getLogger("maskrt")
 
@@ -157,11 +157,11 @@ class Trainer:
     def __init__(self, opts: TrainOptions) -> None:
         self.opts = opts
         if opts.iters is not None and opts.iters < 1:
-            raise MaskrtError(f"--iters must be at least 1, got {opts.iters}")
+            raise MaskrtError(f"iters must be at least 1, got {opts.iters}")
         if opts.max_minutes is not None and opts.max_minutes <= 0:
-            raise MaskrtError(f"--max-minutes must be positive, got {opts.max_minutes}")
+            raise MaskrtError(f"max_minutes must be positive, got {opts.max_minutes}")
         if opts.batch_size < 1:
-            raise MaskrtError(f"--batch-size must be at least 1, got {opts.batch_size}")
+            raise MaskrtError(f"batch_size must be at least 1, got {opts.batch_size}")
         if opts.iters is None and opts.max_minutes is None:
             opts.iters = 2000
         self.rank, self.world = setup_distributed()

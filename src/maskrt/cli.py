@@ -1,0 +1,345 @@
+"""The `maskrt` console script: one entry point, one subcommand per job.
+
+Every subcommand exits non-zero with a one-line `error: ...` message on bad input (no traceback;
+set MASKRT_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from maskrt.core.errors import MaskrtError
+
+log = logging.getLogger("maskrt")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _image_side(text: str) -> int:
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+# -- subcommands ---------------------------------------------------------------------------------------
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    from maskrt.training.shapes import generate
+
+    out = generate(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+                   progress=not args.quiet)
+    print(f"wrote shapes dataset to {out} ({args.train} train, {args.val} val, {args.size}px, seed {args.seed})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from maskrt.training.evaluate import format_metrics
+    from maskrt.training.trainer import Trainer, TrainOptions
+
+    opts = TrainOptions(data=Path(args.data), out=Path(args.out), config=args.config,
+                        max_minutes=args.max_minutes, iters=args.iters, batch_size=args.batch_size,
+                        lr=args.lr, eval_minutes=args.eval_minutes, eval_every=args.eval_every,
+                        resume=args.resume, seed=args.seed, workers=args.workers, progress=not args.quiet,
+                        save_every_s=args.save_every)
+    trainer = Trainer(opts)
+    result = trainer.train()
+    if trainer.rank == 0:
+        print(f"trained {result.step} steps; checkpoints in {opts.out} (last.pt, best.pt)")
+        print(format_metrics(result.metrics))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from maskrt.training.coco import load_split
+    from maskrt.training.evaluate import evaluate, format_metrics
+
+    ckpt = load_checkpoint(args.checkpoint)
+    dataset = load_split(args.data, args.split, train=False)
+    if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in dataset.classes]:
+        raise MaskrtError(f"{args.checkpoint}: its classes differ from those of {dataset.ann_file}")
+    model = model_from_checkpoint(ckpt, source=args.checkpoint)
+    metrics = evaluate(model, dataset, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(format_metrics(metrics))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from maskrt.training.torchvision_import import import_torchvision
+
+    names = None
+    if args.classes:
+        path = Path(args.classes)
+        if not path.is_file():
+            raise MaskrtError(f"{path}: class-names file not found")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ckpt = import_torchvision(args.weights, args.out, class_names=names, min_size=args.min_size,
+                              max_size=args.max_size)
+    cfg = ckpt["model_config"]
+    print(f"wrote {args.out}: config {cfg['name']}, {cfg['num_classes']} classes, norm {cfg['norm']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from maskrt.export.onnx_export import export_checkpoint
+
+    info = export_checkpoint(args.checkpoint, args.out, height=args.height, width=args.width, batch=args.batch,
+                             dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset)
+    h, w = info.input.height, info.input.width
+    print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({h}x{w}, batch "
+          f"{'dynamic' if args.dynamic_batch else args.batch}, {args.max_detections} detections, opset {args.opset})")
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise MaskrtError(f"{p}: image not found")
+    if not files:
+        raise MaskrtError("no images given")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from maskrt.core.images import load_rgb
+    from maskrt.runtime.predictor import Predictor
+    from maskrt.runtime.visualize import overlay
+    from maskrt.training.evaluate import detections_to_coco
+
+    model = Path(args.model)
+    if model.is_dir():
+        predictor = Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
+                                          checkpoint=args.checkpoint, score_threshold=args.score_threshold)
+    elif args.backend == "torch":
+        predictor = Predictor.from_checkpoint(model, score_threshold=args.score_threshold)
+    else:
+        raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in predictor.classes]
+    label_to_cat = {i + 1: c["id"] for i, c in enumerate(predictor.classes)}
+    results = []
+    files = _image_files(args.images)
+    for image_id, path in enumerate(tqdm(files, desc="predict", unit="img", disable=args.quiet), start=1):
+        image = load_rgb(path)
+        dets = predictor.predict([image])[0]
+        overlay(image, dets, names, out / f"{path.stem}.png")
+        for r in detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes),
+                                               "scores": torch.from_numpy(dets.scores),
+                                               "labels": torch.from_numpy(dets.labels),
+                                               "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat):
+            results.append({**r, "file_name": path.name})
+    (out / "results.json").write_text(json.dumps(results) + "\n")
+    print(f"wrote {len(results)} detections for {len(files)} image(s) to {out / 'results.json'} and overlays to {out}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from maskrt.runtime.parity import Gates, run_parity, summary_line
+
+    gates = Gates(score_floor=args.score_floor)
+    report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
+                        split=args.split, limit=args.limit, gates=gates, progress=not args.quiet,
+                        threads=args.threads)
+    print(summary_line(report))
+    print(f"wrote {Path(args.out) / 'report.json'} and report.md")
+    return 0 if report["passed"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from maskrt.export.onnx_export import export_checkpoint
+    from maskrt.runtime.parity import run_parity, summary_line
+    from maskrt.training.evaluate import format_metrics
+    from maskrt.training.shapes import generate
+    from maskrt.training.trainer import Trainer, TrainOptions
+
+    root = Path(args.out)
+    data, run, export = root / "data", root / "run", root / "export"
+    if not (data / "annotations" / "instances_val.json").is_file():
+        print(f"[1/4] generating the shapes dataset in {data}")
+        generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet)
+    else:
+        print(f"[1/4] using the shapes dataset in {data}")
+    print(f"[2/4] training the slim model for {args.minutes} minutes in {run}")
+    opts = TrainOptions(data=data, out=run, config="slim", max_minutes=args.minutes, progress=not args.quiet)
+    result = Trainer(opts).train()
+    print(f"slim Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
+    print(format_metrics(result.metrics))
+    print(f"[3/4] exporting {run / 'last.pt'} to {export}")
+    export_checkpoint(run / "last.pt", export)
+    print(f"[4/4] parity of both graphs against the torch reference ({args.parity_images} val images)")
+    failed = False
+    for graph in ("portable", "trt"):
+        report = run_parity(run / "last.pt", export, data, root / f"parity_{graph}", graph=graph,
+                            limit=args.parity_images, progress=not args.quiet)
+        print(summary_line(report))
+        failed |= not report["passed"]
+    print(f"reports: {root}/parity_*/report.md")
+    return 1 if failed else 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    data = sub.add_parser("data", help="generate datasets", description="generate datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+    shapes = data_sub.add_parser("shapes", help="a COCO-format shapes dataset (deterministic)",
+                                 description="Generate a COCO-format instance-segmentation dataset of shapes.")
+    shapes.add_argument("--out", required=True, help="output folder")
+    shapes.add_argument("--train", type=_positive_int, default=400, help="train images (default 400)")
+    shapes.add_argument("--val", type=_positive_int, default=100, help="val images (default 100)")
+    shapes.add_argument("--size", type=_image_side, default=128, help="image side in pixels (default 128, min 32)")
+    shapes.add_argument("--seed", type=int, default=0, help="seed; same seed => identical files (default 0)")
+    shapes.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    shapes.set_defaults(func=cmd_data_shapes)
+
+    train = add("train", "train Mask R-CNN on a COCO-format dataset")
+    train.add_argument("--data", required=True, help="dataset folder (annotations/instances_{train,val}.json)")
+    train.add_argument("--config", default="slim", choices=["slim", "r50-fpn", "r50-fpn-v2"])
+    train.add_argument("--out", required=True, help="run folder: last.pt, best.pt, metrics.json")
+    train.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget in minutes")
+    train.add_argument("--iters", type=_positive_int, help="total steps (default 2000 without --max-minutes)")
+    train.add_argument("--batch-size", type=_positive_int, default=2,
+                       help="images per step and process (default 2: more updates per minute on a CPU)")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate")
+    train.add_argument("--eval-minutes", type=float, default=3.0, help="evaluate every N minutes (default 3)")
+    train.add_argument("--eval-every", type=_positive_int, help="evaluate every N steps instead")
+    train.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+                       help="rewrite OUT/last.pt at most this often (default 30; 0 = every step)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    train.set_defaults(func=cmd_train)
+
+    ev = add("eval", "COCO box and mask AP of a checkpoint (pycocotools)")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", required=True, help="dataset folder")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--out", help="metrics JSON (default: eval_SPLIT.json beside the checkpoint)")
+    ev.set_defaults(func=cmd_eval)
+
+    imp = add("import", "convert a torchvision Mask R-CNN state_dict file into a maskrt checkpoint")
+    imp.add_argument("--weights", required=True, help="e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    imp.add_argument("--out", required=True, help="checkpoint to write")
+    imp.add_argument("--classes", help="text file, one class name per line (default: COCO names for 91 labels)")
+    imp.add_argument("--min-size", type=_positive_int, default=800)
+    imp.add_argument("--max-size", type=_positive_int, default=1333)
+    imp.set_defaults(func=cmd_import)
+
+    exp = add("export", "export a checkpoint: model.onnx (portable), model.trt.onnx (TensorRT plugins), export.json")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--out", required=True, help="export folder")
+    exp.add_argument("--height", type=_positive_int, help="canvas height, a multiple of 32 (default: from config)")
+    exp.add_argument("--width", type=_positive_int, help="canvas width, a multiple of 32 (default: from config)")
+    exp.add_argument("--batch", type=_positive_int, default=1, help="static batch size (default 1)")
+    exp.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    exp.add_argument("--max-detections", type=_positive_int, default=100)
+    exp.add_argument("--opset", type=int, default=17)
+    exp.set_defaults(func=cmd_export)
+
+    pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
+    pred.add_argument("--model", required=True, help="export folder (or a checkpoint for --backend torch)")
+    pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    pred.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
+    pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+    pred.add_argument("--score-threshold", type=float, default=0.5, help="drop detections below (default 0.5)")
+    pred.add_argument("--threads", type=_positive_int,
+                      help="ONNX Runtime intra-op threads (default: one per physical core)")
+    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.set_defaults(func=cmd_predict)
+
+    par = add("parity", "compare a deployed graph with the torch reference; exit 1 when a gate fails")
+    par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
+    par.add_argument("--model", required=True, help="export folder")
+    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    par.add_argument("--graph", default="portable", choices=["portable", "trt"])
+    par.add_argument("--data", required=True, help="COCO-format dataset folder")
+    par.add_argument("--split", default="val")
+    par.add_argument("--limit", type=_positive_int, help="first N images only")
+    par.add_argument("--score-floor", type=float, default=0.3,
+                     help="reference detections at or above this score must be matched (default 0.3)")
+    par.add_argument("--threads", type=_positive_int,
+                     help="ONNX Runtime intra-op threads (default: one per physical core)")
+    par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
+    par.set_defaults(func=cmd_parity)
+
+    demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
+    demo.add_argument("--out", default="demo", help="work folder (default ./demo)")
+    demo.add_argument("--minutes", type=_positive_float, default=4.0, help="training budget (default 4)")
+    demo.add_argument("--parity-images", type=_positive_int, default=50, help="val images checked (default 50)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    """maskrt's version and what its plugin build holds."""
+    from maskrt import __version__
+    from maskrt.plugins import build_info
+
+    info = build_info()
+    if info.get("cuda"):
+        plugins = f"CUDA plugin library for {', '.join(info['cuda_architectures'])} + CPU host library"
+    elif info:
+        plugins = f"CPU host library only ({info['cuda_skipped_because']}): no TensorRT engines"
+    else:
+        plugins = "no plugin build found"
+    return f"maskrt {__version__} (plugins: {plugins})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `maskrt` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MaskrtError as exc:
+        if os.environ.get("MASKRT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The schemas of the artifacts maskrt hands from one stage to the next: export.json and ENGINE.json.
+
+Each schema is a dataclass that both writes and reads its file, so the writer (export, engine build) and the readers
+(runtime, parity) cannot drift apart. Reading validates every field and raises a one-line MaskrtError naming the file
+and the field (e.g. ``export.json: input.height must be a positive integer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import read_json, write_json
+
+T = TypeVar("T")
+
+EXPORT_FILE = "export.json"
+EXPORT_FORMAT_VERSION = 1
+ENGINE_FORMAT_VERSION = 1
+#: The graph flavours of an export folder and their files (docs/architecture.md section 3).
+GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
+INPUT_NAMES = ("images", "image_sizes")
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
+
+
+class _Fields:
+    """Typed access to the fields of one JSON object; errors read 'FILE: path.to.field must be ...'."""
+
+    def __init__(self, value: Any, file: str, path: str = "") -> None:
+        self.value, self.file, self.path = value, file, path
+        if not isinstance(value, dict):
+            raise MaskrtError(f"{self.where} must be a JSON object")
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}: {self.path or 'the document'}"
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str, check: Callable[[Any], bool], expected: str) -> Any:
+        if key not in self.value:
+            raise MaskrtError(f"{self.file}: {self._name(key)} is missing")
+        value = self.value[key]
+        if not check(value):
+            raise MaskrtError(f"{self.file}: {self._name(key)} must be {expected}, got {value!r}"[:300])
+        return value
+
+    def int(self, key: str, minimum: int = 0) -> int:
+        ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum  # noqa: E731
+        return self._get(key, ok, f"an integer >= {minimum}")
+
+    def bool(self, key: str) -> bool:
+        return self._get(key, lambda v: isinstance(v, bool), "true or false")
+
+    def str(self, key: str) -> str:
+        return self._get(key, lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+    def list(self, key: str, item: Callable[[Any], bool], expected: str, min_len: int = 0) -> list[Any]:
+        ok = lambda v: isinstance(v, list) and len(v) >= min_len and all(item(x) for x in v)  # noqa: E731
+        return list(self._get(key, ok, expected))
+
+    def obj(self, key: str) -> _Fields:
+        return _Fields(self._get(key, lambda v: isinstance(v, dict), "a JSON object"), self.file, self._name(key))
+
+    def raw(self, key: str) -> dict[str, Any]:
+        return dict(self.obj(key).value)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _classes(fields: _Fields) -> list[dict[str, Any]]:
+    ok = lambda c: isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)  # noqa: E731
+    classes = fields.list("classes", ok, 'a non-empty list of {"id": int, "name": str}', min_len=1)
+    if len({c["id"] for c in classes}) != len(classes):
+        raise MaskrtError(f"{fields.file}: classes holds a category id twice")
+    return classes
+
+
+def _safe_file_name(fields: _Fields, key: str) -> str:
+    """A plain file name inside the artifact's folder (no path separators, no '..')."""
+    name = fields.str(key)
+    if Path(name).name != name or name in (".", ".."):
+        raise MaskrtError(f"{fields.file}: {fields._name(key)} must be a file name inside the folder, got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The deploy graph's input: canvas size (multiples of 32) and batch."""
+
+    height: int
+    width: int
+    batch: int = 1
+    dynamic_batch: bool = False
+    names: tuple[str, ...] = INPUT_NAMES
+    layout: str = "NCHW float32, RGB, normalised, zero-padded"
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One ONNX graph of an export folder: its file, content hash and op counts."""
+
+    file: str
+    sha256: str
+    ops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """export.json: everything a runtime needs to run an export folder without the checkpoint."""
+
+    model_config: dict[str, Any]
+    classes: list[dict[str, Any]]
+    input: InputSpec
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    min_size: int
+    max_size: int
+    limits: dict[str, Any]
+    roi_align: dict[str, dict[str, Any]]
+    opset: int
+    graphs: dict[str, GraphFile]
+    checkpoint: dict[str, str]
+    versions: dict[str, str]
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+
+    @property
+    def max_detections(self) -> int:
+        return int(self.limits["max_detections"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The export.json document."""
+        return {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "model_config": self.model_config,
+            "classes": self.classes,
+            "input": {**asdict(self.input), "names": list(self.input.names)},
+            "outputs": list(self.outputs),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "resize": {"min_size": self.min_size, "max_size": self.max_size},
+            "limits": self.limits,
+            "roi_align": self.roi_align,
+            "opset": self.opset,
+            "graphs": {name: asdict(graph) for name, graph in self.graphs.items()},
+            "checkpoint": self.checkpoint,
+            "versions": self.versions,
+        }
+
+    def write(self, folder: str | Path) -> Path:
+        """Write FOLDER/export.json atomically; returns its path."""
+        path = Path(folder) / EXPORT_FILE
+        write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, document: Any, where: str = EXPORT_FILE) -> ExportInfo:
+        """Validate an export.json document (MaskrtError naming the first bad field)."""
+        top = _Fields(document, where)
+        version = top.int("format_version")
+        if version != EXPORT_FORMAT_VERSION:
+            raise MaskrtError(f"{where}: export format_version {version} is not supported "
+                              f"(this maskrt reads {EXPORT_FORMAT_VERSION}); export the checkpoint again")
+        inp, norm, resize, limits = top.obj("input"), top.obj("normalization"), top.obj("resize"), top.obj("limits")
+        height, width = inp.int("height", 32), inp.int("width", 32)
+        if height % 32 or width % 32:
+            raise MaskrtError(f"{where}: input.height and input.width must be multiples of 32, got {height}x{width}")
+        three = lambda key: tuple(float(v) for v in norm.list(key, _is_number, "a list of 3 numbers", 3)[:3])  # noqa: E731
+        graphs: dict[str, GraphFile] = {}
+        graph_fields = top.obj("graphs")
+        for flavor in graph_fields.value:
+            if flavor not in GRAPH_FILES:
+                raise MaskrtError(f"{where}: graphs.{flavor} is not a graph maskrt knows ({', '.join(GRAPH_FILES)})")
+            g = graph_fields.obj(flavor)
+            graphs[flavor] = GraphFile(_safe_file_name(g, "file"), g.str("sha256"), dict(g.value.get("ops", {})))
+        if not graphs:
+            raise MaskrtError(f"{where}: graphs names no graph")
+        limits.int("max_detections", 1)
+        std = three("std")
+        if any(s <= 0 for s in std):
+            raise MaskrtError(f"{where}: normalization.std must be positive, got {list(std)}")
+        return cls(
+            model_config=top.raw("model_config"),
+            classes=_classes(top),
+            input=InputSpec(height, width, batch=inp.int("batch", 1), dynamic_batch=inp.bool("dynamic_batch")),
+            mean=three("mean"),
+            std=std,
+            min_size=resize.int("min_size", 1),
+            max_size=resize.int("max_size", 1),
+            limits=dict(limits.value),
+            roi_align={k: dict(v) for k, v in top.raw("roi_align").items()},
+            opset=top.int("opset", 1),
+            graphs=graphs,
+            checkpoint={k: str(v) for k, v in top.raw("checkpoint").items()},
+            versions={k: str(v) for k, v in top.raw("versions").items()},
+        )
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ExportInfo:
+        """Read and validate FOLDER/export.json; MaskrtError naming the folder, file or field."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MaskrtError(f"{folder}: export folder not found (make one with `maskrt export`)")
+        path = folder / EXPORT_FILE
+        return cls.from_json(read_json(path, "an export folder"), str(path))
+
+    def graph_path(self, folder: str | Path, flavor: str) -> Path:
+        """The file of graph `flavor` inside `folder`; MaskrtError when the export has no such graph."""
+        if flavor not in self.graphs:
+            raise MaskrtError(f"{Path(folder) / EXPORT_FILE}: no '{flavor}' graph (have {', '.join(self.graphs)})")
+        return Path(folder) / self.graphs[flavor].file
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile of an engine input: min / opt / max shapes."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """ENGINE.json, written beside a serialized TensorRT engine (docs/architecture.md section 3)."""
+
+    engine: str
+    builder: str  # "tensorrt" | "tensorrt-rtx"
+    builder_version: str
+    precision: str  # "fp32" | "fp16"
+    profiles: dict[str, Profile]
+    onnx_sha256: str
+    plugin_library_sha256: str
+    compute_capabilities: tuple[str, ...]
+    versions: dict[str, str] = field(default_factory=dict)
+
+    BUILDERS = ("tensorrt", "tensorrt-rtx")
+    PRECISIONS = ("fp32", "fp16")
+
+    @staticmethod
+    def path_for(engine: str | Path) -> Path:
+        """ENGINE.json beside ENGINE (model.fp16.engine -> model.fp16.engine.json)."""
+        engine = Path(engine)
+        return engine.with_name(engine.name + ".json")
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["profiles"] = {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
+                           for k, p in self.profiles.items()}
+        doc["compute_capabilities"] = list(self.compute_capabilities)
+        return {"format_version": ENGINE_FORMAT_VERSION, **doc}
+
+    def write(self, engine: str | Path) -> Path:
+        path = self.path_for(engine)
+        write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, document: Any, where: str = "ENGINE.json") -> EngineInfo:
+        top = _Fields(document, where)
+        version = top.int("format_version")
+        if version != ENGINE_FORMAT_VERSION:
+            raise MaskrtError(f"{where}: engine format_version {version} is not supported; build the engine again")
+        builder, precision = top.str("builder"), top.str("precision")
+        if builder not in cls.BUILDERS:
+            raise MaskrtError(f"{where}: builder must be one of {', '.join(cls.BUILDERS)}, got {builder!r}")
+        if precision not in cls.PRECISIONS:
+            raise MaskrtError(f"{where}: precision must be one of {', '.join(cls.PRECISIONS)}, got {precision!r}")
+        profiles = {}
+        profile_fields = top.obj("profiles")
+        dims = lambda p, k: tuple(p.list(k, lambda v: isinstance(v, int) and v >= 0, "a list of sizes"))  # noqa: E731
+        for name in profile_fields.value:
+            p = profile_fields.obj(name)
+            profile = Profile(dims(p, "min"), dims(p, "opt"), dims(p, "max"))
+            if not (len(profile.min) == len(profile.opt) == len(profile.max)) or any(
+                not lo <= mid <= hi for lo, mid, hi in zip(profile.min, profile.opt, profile.max, strict=True)
+            ):
+                raise MaskrtError(f"{p.where} must have min <= opt <= max, all of one rank")
+            profiles[name] = profile
+        return cls(
+            engine=_safe_file_name(top, "engine"),
+            builder=builder,
+            builder_version=top.str("builder_version"),
+            precision=precision,
+            profiles=profiles,
+            onnx_sha256=top.str("onnx_sha256"),
+            plugin_library_sha256=top.str("plugin_library_sha256"),
+            compute_capabilities=tuple(top.list("compute_capabilities", lambda v: isinstance(v, str), "a list of "
+                                                "strings such as '8.6'")),
+            versions={k: str(v) for k, v in top.raw("versions").items()},
+        )
+
+    @classmethod
+    def read(cls, engine: str | Path) -> EngineInfo:
+        path = cls.path_for(engine)
+        return cls.from_json(read_json(path, "an engine's description"), str(path))

@@ -1,0 +1,104 @@
+"""The artifact schemas of maskrt.core: export.json and ENGINE.json written and read back by one dataclass each, and
+every bad field named in a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maskrt.core.artifacts import EngineInfo, ExportInfo, GraphFile, InputSpec, Profile
+from maskrt.core.errors import MaskrtError
+
+
+def _export_info() -> ExportInfo:
+    return ExportInfo(
+        model_config={"name": "slim", "num_classes": 2}, classes=[{"id": 1, "name": "a"}, {"id": 7, "name": "b"}],
+        input=InputSpec(height=128, width=160, batch=2, dynamic_batch=True), mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.2, 0.2), min_size=128, max_size=160, limits={"max_detections": 50},
+        roi_align={"box": {"output_height": 7}}, opset=17,
+        graphs={"portable": GraphFile("model.onnx", "ab" * 32, {"Conv": 3}), "trt": GraphFile("model.trt.onnx", "cd")},
+        checkpoint={"file": "last.pt", "sha256": "ef"}, versions={"maskrt": "0.1.0"},
+    )  # fmt: skip
+
+
+def test_export_info_round_trips(tmp_path: Path) -> None:
+    info = _export_info()
+    path = info.write(tmp_path)
+    assert path == tmp_path / "export.json"
+    assert json.loads(path.read_text())["input"]["height"] == 128  # the documented layout
+    assert ExportInfo.read(tmp_path) == info
+    assert info.graph_path(tmp_path, "trt") == tmp_path / "model.trt.onnx"
+    with pytest.raises(MaskrtError, match="no 'int8' graph"):
+        info.graph_path(tmp_path, "int8")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("classes"), "export.json: classes is missing"),
+        (lambda d: d.update(classes=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]), "category id twice"),
+        (lambda d: d["input"].update(width=100), "multiples of 32"),
+        (lambda d: d["input"].update(batch=0), "input.batch must be an integer >= 1"),
+        (lambda d: d["input"].update(dynamic_batch="yes"), "input.dynamic_batch must be true or false"),
+        (lambda d: d["normalization"].update(std=[0.2, 0.0, 0.2]), "normalization.std must be positive"),
+        (lambda d: d["normalization"].update(mean=[0.5]), "normalization.mean must be a list of 3 numbers"),
+        (lambda d: d.update(model_config=[1, 2]), "model_config must be a JSON object"),
+        (lambda d: d["graphs"]["trt"].update(file="/etc/passwd"), "graphs.trt.file must be a file name"),
+        (lambda d: d["graphs"].update(onnx16={"file": "x.onnx", "sha256": "0"}), "graphs.onnx16 is not a graph"),
+        (lambda d: d.update(graphs={}), "graphs names no graph"),
+        (lambda d: d["limits"].pop("max_detections"), "limits.max_detections is missing"),
+        (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+    ],
+)
+def test_export_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
+    document = _export_info().to_json()
+    change(document)
+    (tmp_path / "export.json").write_text(json.dumps(document))
+    with pytest.raises(MaskrtError, match=message) as error:
+        ExportInfo.read(tmp_path)
+    assert "\n" not in str(error.value) and str(tmp_path / "export.json") in str(error.value)
+
+
+def test_export_info_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(MaskrtError, match="export folder not found"):
+        ExportInfo.read(tmp_path / "nowhere")
+    with pytest.raises(MaskrtError, match="export.json: missing"):
+        ExportInfo.read(tmp_path)
+    (tmp_path / "export.json").write_text("[1, 2")
+    with pytest.raises(MaskrtError, match="export.json: corrupt"):
+        ExportInfo.read(tmp_path)
+
+
+def _engine_info() -> EngineInfo:
+    return EngineInfo(
+        engine="model.fp16.engine", builder="tensorrt-rtx", builder_version="1.7.1", precision="fp16",
+        profiles={"images": Profile((1, 3, 320, 320), (1, 3, 800, 1216), (4, 3, 1344, 1344))},
+        onnx_sha256="01", plugin_library_sha256="02", compute_capabilities=("8.6", "8.9"), versions={"maskrt": "0.1"},
+    )  # fmt: skip
+
+
+def test_engine_info_round_trips(tmp_path: Path) -> None:
+    info = _engine_info()
+    path = info.write(tmp_path / "model.fp16.engine")
+    assert path.name == "model.fp16.engine.json"
+    assert EngineInfo.read(tmp_path / "model.fp16.engine") == info
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(builder="onnxruntime"), "builder must be one of tensorrt, tensorrt-rtx"),
+        (lambda d: d.update(precision="int4"), "precision must be one of fp32, fp16"),
+        (lambda d: d["profiles"]["images"].update(opt=[1, 3, 2000, 800]), "min <= opt <= max"),
+        (lambda d: d.update(engine="../model.engine"), "engine must be a file name"),
+        (lambda d: d.pop("plugin_library_sha256"), "plugin_library_sha256 is missing"),
+    ],
+)
+def test_engine_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
+    document = _engine_info().to_json()
+    change(document)
+    EngineInfo.path_for(tmp_path / "e.engine").write_text(json.dumps(document))
+    with pytest.raises(MaskrtError, match=message):
+        EngineInfo.read(tmp_path / "e.engine")
