@@ -81,6 +81,9 @@ class DeployMaskRCNN(nn.Module):
         self.post_nms_top_n = int(rpn._post_nms_top_n["testing"])
         self.rpn_nms_thresh, self.rpn_score_thresh = float(rpn.nms_thresh), float(rpn.score_thresh)
         self.rpn_min_size = float(rpn.min_size)
+        if max_detections > self.post_nms_top_n:
+            raise MaskrtError(f"max_detections {max_detections} exceeds the {self.post_nms_top_n} proposals the "
+                              "model keeps after its RPN NMS (at most that many detections can exist)")
         self.box_head, self.box_predictor = heads.box_head, heads.box_predictor
         self.mask_head, self.mask_predictor = heads.mask_head, heads.mask_predictor
         self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)

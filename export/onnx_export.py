@@ -7,7 +7,6 @@ onnx.checker (full shape inference) and verified to hold only the ops its flavor
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -17,12 +16,15 @@ import torch
 from maskrt.core.artifacts import GRAPH_FILES, INPUT_NAMES, OUTPUT_NAMES, ExportInfo, GraphFile, InputSpec
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
+from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.core.versions import versions
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
 
 FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
+#: Opsets the exporter supports: RoiAlign-16 and LayerNormalization need 17; torch's TorchScript exporter stops at 20.
+MIN_OPSET, MAX_OPSET = 17, 20
 
 
 def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,31 +88,41 @@ def check_graph(path: Path, flavor: str) -> dict[str, int]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | None = None,
                       width: int | None = None, batch: int = 1, dynamic_batch: bool = False,
-                      max_detections: int = 100, opset: int = 17) -> ExportInfo:
-    """Export both graphs of a checkpoint into `out`; returns what export.json holds."""
-    if opset < 17:
-        raise MaskrtError(f"opset must be 17 or newer (RoiAlign-16 and LayerNormalization), got {opset}")
+                      max_detections: int = 100, opset: int = 17, force: bool = False) -> ExportInfo:
+    """Export both graphs of a checkpoint as the folder `out`; returns what export.json holds.
+
+    A non-empty `out` is refused unless `force`; the folder is written under a temporary name and renamed when
+    complete, so an interrupted export leaves the previous folder (or none) intact."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise MaskrtError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
     if batch < 1:
         raise MaskrtError(f"batch must be at least 1, got {batch}")
+    out = check_output_dir(out, force=force)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, source=checkpoint)
     cfg = ckpt["model_config"]
     default_h, default_w = default_canvas(cfg)
     height, width = height or default_h, width or default_w
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    deploys = {flavor: DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections,
+                                      flavor=flavor) for flavor in GRAPH_FILES}
     graphs: dict[str, GraphFile] = {}
-    deploy = None
-    for flavor, name in GRAPH_FILES.items():
-        deploy = DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections, flavor=flavor)
-        tmp = out / f".{name}.tmp"
-        _export_one(deploy, tmp, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
-        _pin_io_shapes(tmp, deploy, batch, dynamic_batch)
-        counts = check_graph(tmp, flavor)
-        os.replace(tmp, out / name)
-        graphs[flavor] = GraphFile(file=name, sha256=sha256(out / name), ops=counts)
-    assert deploy is not None
-    info = ExportInfo(
+    with staged_dir(out) as staging:
+        for flavor, name in GRAPH_FILES.items():
+            path = staging / name
+            _export_one(deploys[flavor], path, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
+            _pin_io_shapes(path, deploys[flavor], batch, dynamic_batch)
+            graphs[flavor] = GraphFile(file=name, sha256=sha256(path), ops=check_graph(path, flavor))
+        info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, height=height, width=width, batch=batch,
+                            dynamic_batch=dynamic_batch, max_detections=max_detections, opset=opset)
+        info.write(staging)
+    return info
+
+
+def _export_info(ckpt: dict, model: torch.nn.Module, deploy: DeployMaskRCNN, checkpoint: str | Path,
+                 graphs: dict[str, GraphFile], *, height: int, width: int, batch: int, dynamic_batch: bool,
+                 max_detections: int, opset: int) -> ExportInfo:
+    cfg = ckpt["model_config"]
+    return ExportInfo(
         model_config=cfg,
         classes=ckpt["classes"],
         input=InputSpec(height=height, width=width, batch=batch, dynamic_batch=dynamic_batch),
@@ -127,5 +139,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         checkpoint={"file": Path(checkpoint).name, "sha256": sha256(checkpoint)},
         versions={**versions(), "onnx": onnx.__version__},
     )
-    info.write(out)
-    return info

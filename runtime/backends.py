@@ -19,6 +19,7 @@ import torch
 
 from maskrt.core.artifacts import ExportInfo
 from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256
 from maskrt.runtime.postprocess import RawOutput
 from maskrt.runtime.reference import eager_detections
 from maskrt.runtime.trt_graph_ort import trt_graph_session
@@ -81,6 +82,9 @@ class OnnxRuntimeBackend:
         path = info.graph_path(export_dir, graph)
         if not path.is_file():
             raise MaskrtError(f"{path}: missing from the export folder")
+        if sha256(path) != info.graphs[graph].sha256:
+            raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
+                              "the export); export the checkpoint again")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 0
         so.log_severity_level = 3

@@ -24,8 +24,10 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from maskrt.core.artifacts import ExportInfo
+from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import load_rgb
+from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
 from maskrt.runtime.predictor import Predictor
 from maskrt.training.coco import load_split
@@ -42,6 +44,15 @@ class Gates:
     max_score_diff: float = 0.01
     score_floor: float = 0.3
     match_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("score_floor", "match_iou", "min_recall", "min_median_box_iou"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # False for NaN
+                raise MaskrtError(f"{name} must be in [0, 1], got {value}")
+        for name in ("max_abs_dap", "max_score_diff"):
+            if not getattr(self, name) >= 0.0:
+                raise MaskrtError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -102,11 +113,17 @@ def _raw_diff(acc: _Accumulator, ref: RawOutput, cand: RawOutput) -> None:
 
 def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, out: str | Path, *,
                backend: str = "onnxruntime", graph: str = "portable", split: str = "val", limit: int | None = None,
-               gates: Gates | None = None, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Compare `backend` on the export against the torch reference; write report.json and report.md."""
+               gates: Gates | None = None, progress: bool = True, threads: int | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """Compare `backend` on the export against the torch reference; write the folder `out` with report.json and
+    report.md (a non-empty `out` is refused unless `force`; it is checked before any work)."""
     gates = gates or Gates()
+    out = check_output_dir(out, force=force)
     info = ExportInfo.read(export_dir)
     dataset = load_split(data, split, train=False)
+    if [c["id"] for c in dataset.classes] != [c["id"] for c in info.classes]:
+        raise MaskrtError(f"{dataset.ann_file}: its categories {[c['id'] for c in dataset.classes]} differ from the "
+                          f"classes of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
     ref_pred = Predictor.from_export(export_dir, backend="torch", checkpoint=checkpoint)
     cand_pred = Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads)
     indices = list(range(len(dataset)))[: limit or None]
@@ -180,10 +197,9 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
                         for name in acc.raw_abs},
         "per_image": per_image,
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(render_markdown(report))
+    with staged_dir(out) as staging:
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.md").write_text(render_markdown(report))
     return report
 
 

@@ -41,12 +41,17 @@ class Predictor:
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
                     threads: int | None = None) -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas."""
+        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
+            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         info = ExportInfo.read(export_dir)
         pre = Preprocessor(info.input.height, info.input.width, info.min_size, info.max_size, info.mean, info.std)
         if backend == "torch":
             if checkpoint is None:
                 raise MaskrtError("the torch backend needs a checkpoint")
             ckpt = load_checkpoint(checkpoint)
+            if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in info.classes]:
+                raise MaskrtError(f"{checkpoint}: its classes {[c['id'] for c in ckpt['classes']]} differ from "
+                                  f"those of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads)
@@ -58,6 +63,8 @@ class Predictor:
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
                         score_threshold: float = 0.0) -> Predictor:
         """The torch reference straight from a checkpoint (canvas from the model config by default)."""
+        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
+            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         ckpt = load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, source=checkpoint)
         h, w = default_canvas(ckpt["model_config"])

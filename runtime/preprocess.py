@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrt.core.errors import MaskrtError
+
 
 @dataclass(frozen=True)
 class Preprocessor:
@@ -38,7 +40,11 @@ class Preprocessor:
         std = torch.tensor(self.std, dtype=image.dtype)[:, None, None]
         image = (image - mean) / std
         h, w = image.shape[-2:]
-        out = F.interpolate(image[None], scale_factor=self.scale_for(h, w), mode="bilinear",
+        scale = self.scale_for(h, w)
+        if int(h * scale) < 1 or int(w * scale) < 1:
+            raise MaskrtError(f"an image of {w}x{h} pixels resizes to less than one pixel ({w * scale:.2f}x"
+                              f"{h * scale:.2f}): its aspect ratio is too extreme for this model")
+        out = F.interpolate(image[None], scale_factor=scale, mode="bilinear",
                             recompute_scale_factor=True, align_corners=False)[0]
         return out[:, : self.height, : self.width]
 

@@ -61,3 +61,35 @@ def test_data_shapes_and_eval(tmp_path: Path) -> None:
     proc = _run("eval", "--checkpoint", str(run / "last.pt"), "--data", str(out), "-q")
     assert proc.returncode == 0, proc.stderr
     assert (run / "eval_val.json").is_file() and "bbox  AP" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_during_export_leaves_the_previous_export_and_no_temporary_files(tmp_path: Path) -> None:
+    """An interrupted re-export (--force) into an existing folder keeps the old folder whole and cleans up."""
+    import signal
+    import time
+
+    import torch
+
+    from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+    from maskrt.training.models import build_model, default_model_config
+
+    cfg = default_model_config("r50-fpn", 2)  # its export takes long enough to be interrupted
+    ckpt = tmp_path / "r50.pt"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "export.json").write_text("the previous export")
+    proc = subprocess.Popen([*CLI, "export", "--checkpoint", str(ckpt), "--out", str(export), "--force",
+                             "--height", "320", "--width", "320"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".maskrt-staging-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)  # wait until the export has started writing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "r50.pt"]
+    assert [p.name for p in export.iterdir()] == ["export.json"]
+    assert (export / "export.json").read_text() == "the previous export"

@@ -101,8 +101,10 @@ def test_degenerate_annotations_are_skipped_with_a_warning(tmp_path: Path, caplo
     root = _write_dataset(tmp_path, anns)
     with caplog.at_level(logging.WARNING, logger="maskrt"):
         ds = load_split(root, "val2017", train=True)
-    assert "skipped 2 degenerate" in caplog.text and "7 (polygon" in caplog.text and "8 (box" in caplog.text
+    assert "skipped 2 annotation(s)" in caplog.text and "no polygon of 3 or more points with an area: id 7, 8" in \
+        caplog.text
     assert ds[0][1]["labels"].tolist() == [2, 3]
+    assert 7 not in ds.coco.anns and 8 not in ds.coco.anns  # evaluation scores the same cleaned set
 
 
 @pytest.mark.parametrize(
@@ -139,7 +141,9 @@ def test_zero_usable_annotations(tmp_path: Path) -> None:
 
 def test_missing_split(tmp_path: Path) -> None:
     root = _write_dataset(tmp_path, _annotations())
-    with pytest.raises(MaskrtError, match="no instances_train"):
+    with pytest.raises(MaskrtError, match=r"instances_train.json: no such annotation file \(splits here: val2017\)"):
         load_split(root, "train", train=True)
+    with pytest.raises(MaskrtError, match="instances_val.json: no such annotation file"):
+        load_split(root, "val", train=True)  # a prefix of val2017 is not val2017
     with pytest.raises(MaskrtError, match="dataset folder not found"):
         load_split(tmp_path / "nope", "val", train=True)

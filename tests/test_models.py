@@ -100,8 +100,10 @@ def test_import_reference_checkpoint_with_custom_classes(tmp_path: Path) -> None
     import_torchvision(path, out, class_names=["cat", "dog"])
     ckpt = load_checkpoint(out)
     assert ckpt["model_config"]["norm"] == "bn" and [c["name"] for c in ckpt["classes"]] == ["cat", "dog"]
+    with pytest.raises(MaskrtError, match="c.pt: exists"):
+        import_torchvision(path, out, class_names=["cat", "dog"])
     with pytest.raises(MaskrtError, match="2 classes but 3 names"):
-        import_torchvision(path, out, class_names=["a", "b", "c"])
+        import_torchvision(path, out, class_names=["a", "b", "c"], force=True)
 
 
 def test_import_rejects_non_mask_rcnn(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN
         (lambda d: (d / "export.json").unlink(), "export.json: missing"),
         (lambda d: (d / "model.onnx").unlink(), "model.onnx: missing from the export folder"),
         (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:5000]),
-         "model.onnx: cannot load"),
+         "model.onnx: its sha256 differs from the one in export.json"),
         (lambda d: (d / "export.json").write_text(json.dumps({"format_version": 1})), "export.json: input is missing"),
         (lambda d: _edit_info(d, lambda i: i["input"].update(height="800")), "input.height must be an integer"),
         (lambda d: _edit_info(d, lambda i: i.update(classes=[])), "classes must be a non-empty list"),

@@ -11,6 +11,7 @@ None or {step, optimizer, schedule, rng, ...} for --resume.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from maskrt.core.errors import MaskrtError
 from maskrt.core.versions import versions
-from maskrt.training.models import build_model
+from maskrt.training.models import CONFIGS, build_model
 
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "model_config", "state_dict", "classes", "train_state", "metrics", "versions")
@@ -78,6 +79,11 @@ def load_checkpoint(path: str | Path, *, expect_config: str | None = None) -> di
         raise MaskrtError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run the file's code: never give that advice.
+        raise MaskrtError(f"{path}: not a readable maskrt checkpoint (the safe loader rejects it: it is not a "
+                          "checkpoint, or it holds Python objects other than tensors and plain data, which maskrt "
+                          "refuses to load)") from None
     except Exception as exc:  # torch raises many types for truncated / foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaskrtError(f"{path}: not a readable maskrt checkpoint ({first})") from None
@@ -90,10 +96,40 @@ def load_checkpoint(path: str | Path, *, expect_config: str | None = None) -> di
     missing = [k for k in _KEYS if k not in ckpt]
     if missing:
         raise MaskrtError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    _validate(ckpt, path)
     name = ckpt["model_config"].get("name")
     if expect_config is not None and name != expect_config:
         raise MaskrtError(f"{path}: checkpoint is of config '{name}', not '{expect_config}'")
     return ckpt
+
+
+def _validate(ckpt: dict, path: Path) -> None:
+    """Types and ranges of the fields every command relies on; MaskrtError naming the field."""
+    cfg = ckpt["model_config"]
+    if not isinstance(cfg, dict):
+        raise MaskrtError(f"{path}: model_config must be a dict, got {type(cfg).__name__}")
+    if cfg.get("name") not in CONFIGS:
+        raise MaskrtError(f"{path}: model_config.name must be one of {', '.join(CONFIGS)}, got {cfg.get('name')!r}")
+    for key in ("num_classes", "min_size", "max_size"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MaskrtError(f"{path}: model_config.{key} must be a positive integer, got {value!r}")
+    classes = ckpt["classes"]
+    ok = isinstance(classes, list) and classes and all(
+        isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in classes)
+    if not ok:
+        raise MaskrtError(f"{path}: classes must be a non-empty list of {{id: int, name: str}}")
+    if len({c["id"] for c in classes}) != len(classes):
+        raise MaskrtError(f"{path}: classes holds a category id twice")
+    if len(classes) != cfg["num_classes"]:
+        raise MaskrtError(f"{path}: {len(classes)} classes but model_config.num_classes is {cfg['num_classes']}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MaskrtError(f"{path}: state_dict must be a dict of tensors")
+    if ckpt["train_state"] is not None and not isinstance(ckpt["train_state"], dict):
+        raise MaskrtError(f"{path}: train_state must be a dict or None")
+    if not isinstance(ckpt["metrics"], dict):
+        raise MaskrtError(f"{path}: metrics must be a dict")
 
 
 def model_from_checkpoint(ckpt: dict, *, source: str | Path = "checkpoint") -> torch.nn.Module:

@@ -4,8 +4,11 @@ Handles polygon, compressed-RLE and uncompressed-RLE segmentations, `iscrowd` (c
 for evaluation by pycocotools but never used as training targets), images without annotations and
 non-contiguous category ids, which are mapped to contiguous labels 1..K (0 is background) and back.
 
-Bad input gives a MaskrtError naming the file or annotation; degenerate annotations (a polygon with
-fewer than 3 points, a box or mask of no area) are skipped with one warning per file.
+Bad input gives a MaskrtError naming the file or annotation (duplicate image, annotation or category
+ids are errors). Annotations that cannot be used (no or malformed segmentation, polygons of fewer than 3
+points or no area, an RLE of another size, malformed or not covering the image, a box of no area) are
+skipped, all listed with their ids and reasons in one warning per file, and the SAME cleaned set is what
+training learns and what evaluation scores (pycocotools gets the cleaned ground truth).
 """
 
 from __future__ import annotations
@@ -26,8 +29,22 @@ from maskrt.core.images import load_rgb
 log = logging.getLogger("maskrt")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_unique(path: Path, items: list[dict], what: str) -> set:
+    ids: set = set()
+    for item in items:
+        if item["id"] in ids:
+            raise MaskrtError(f"{path}: {what} id {item['id']} appears twice (ids must be unique)")
+        ids.add(item["id"])
+    return ids
+
+
 def read_coco_json(path: str | Path) -> COCO:
-    """Load and validate a COCO instances file into a pycocotools COCO index (quietly)."""
+    """Load and validate a COCO instances file into a pycocotools COCO index (quietly): the structure, unique image /
+    annotation / category ids, image sizes, and references between them. Annotations are not cleaned here."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -42,27 +59,34 @@ def read_coco_json(path: str | Path) -> COCO:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise MaskrtError(f"{path}: missing or malformed '{key}' list")
-    image_ids = set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
             raise MaskrtError(f"{path}: images[{i}] needs id, file_name, height and width")
-        image_ids.add(img["id"])
-    cat_ids = set()
+        if not (_is_int(img["height"]) and _is_int(img["width"]) and img["height"] > 0 and img["width"] > 0):
+            raise MaskrtError(f"{path}: image {img['id']} needs positive integer height and width")
+        if not isinstance(img["file_name"], str) or not img["file_name"] or Path(img["file_name"]).is_absolute() \
+                or ".." in Path(img["file_name"]).parts:
+            raise MaskrtError(f"{path}: image {img['id']} file_name must be a path inside the image folder")
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             raise MaskrtError(f"{path}: categories[{i}] needs id and name")
-        cat_ids.add(cat["id"])
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not {"id", "image_id", "category_id"} <= ann.keys():
             raise MaskrtError(f"{path}: annotations[{i}] needs id, image_id and category_id")
+    image_ids = _check_unique(path, data["images"], "image")
+    cat_ids = _check_unique(path, data["categories"], "category")
+    _check_unique(path, data["annotations"], "annotation")
+    for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
             raise MaskrtError(f"{path}: annotation {ann['id']} points at image_id {ann['image_id']}, "
                               "which is not in 'images'")
         if ann["category_id"] not in cat_ids:
             raise MaskrtError(f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}")
         ann.setdefault("iscrowd", 0)
-        if "area" not in ann and "bbox" in ann:
-            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    return _index(data)
+
+
+def _index(data: dict) -> COCO:
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -71,17 +95,66 @@ def read_coco_json(path: str | Path) -> COCO:
 
 
 def _valid_polygon(poly: object) -> bool:
-    """A flat [x1, y1, x2, y2, ...] list of at least 3 finite points."""
+    """A flat [x1, y1, x2, y2, ...] list of at least 3 finite points enclosing some area."""
     if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
         return False
     try:
-        return bool(np.all(np.isfinite(np.asarray(poly, dtype=np.float64))))
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
         return False
+    if not np.all(np.isfinite(xy)):
+        return False
+    x, y = xy[:, 0], xy[:, 1]
+    return abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))) > 0  # shoelace: not all on a line
 
 
-def _usable(ann: dict, width: int, height: int) -> tuple[dict | None, str | None]:
-    """Return (cleaned annotation, None) or (None, reason it is degenerate)."""
+def rle_counts(counts: object) -> list[int] | None:
+    """The run lengths of an RLE's counts (a list of ints, or COCO's compressed string); None when malformed."""
+    if isinstance(counts, list):
+        return counts if all(_is_int(c) and c >= 0 for c in counts) else None
+    if not isinstance(counts, str):
+        return None
+    out: list[int] = []
+    p = 0
+    while p < len(counts):  # COCO's string format: 5 bits per char, continuation bit 0x20, deltas after the 2nd
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c <= 63:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if x < 0:
+            return None
+        out.append(x)
+    return out
+
+
+def _rle_problem(seg: dict, height: int, width: int) -> str | None:
+    if list(seg.get("size", [])) != [height, width]:
+        return f"RLE size {seg.get('size')} differs from the image size {[height, width]}"
+    counts = rle_counts(seg.get("counts"))
+    if counts is None:
+        return "malformed RLE counts"
+    if sum(counts) != height * width:
+        return f"RLE counts cover {sum(counts)} pixels, not {height * width}"
+    if sum(counts[1::2]) == 0:
+        return "empty mask"
+    return None
+
+
+def clean_annotation(ann: dict, width: int, height: int) -> tuple[dict | None, str | None]:
+    """(cleaned annotation, None), or (None, why it cannot be used). The same rules decide what training learns and
+    what evaluation scores: a segmentation (polygons with >= 3 points and some area, or a valid RLE of the image's
+    size), a finite box of positive size overlapping the image by at least a pixel each way."""
     seg = ann.get("segmentation")
     bbox = ann.get("bbox")
     if seg is None:
@@ -89,19 +162,26 @@ def _usable(ann: dict, width: int, height: int) -> tuple[dict | None, str | None
     if isinstance(seg, list):
         polys = [p for p in seg if _valid_polygon(p)]
         if not polys:
-            return None, "polygon with fewer than 3 points"
+            return None, "no polygon of 3 or more points with an area"
         ann = {**ann, "segmentation": polys}
-    elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+    elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        problem = _rle_problem(seg, height, width)
+        if problem:
+            return None, problem
+    else:
         return None, "malformed segmentation"
-    elif list(seg["size"]) != [height, width]:
-        return None, f"RLE size {seg['size']} differs from the image size {[height, width]}"
-    if bbox is None or len(bbox) != 4 or not np.all(np.isfinite(bbox)):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox) \
+            or not np.all(np.isfinite(bbox)):
         return None, "missing or malformed bbox"
     x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return None, "box of negative or zero size"
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(float(width), x + w), min(float(height), y + h)
     if x2 - x1 < 1 or y2 - y1 < 1:
-        return None, "box of no area"
+        return None, "box of no area inside the image"
+    if not isinstance(ann.get("area"), (int, float)) or not np.isfinite(ann["area"]):
+        ann = {**ann, "area": float(w * h)}
     return ann, None
 
 
@@ -116,28 +196,31 @@ class CocoDataset(torch.utils.data.Dataset):
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.train = train
-        self.coco = read_coco_json(self.ann_file)
-        cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        raw = read_coco_json(self.ann_file)
+        cats = sorted(raw.dataset["categories"], key=lambda c: c["id"])
         self.classes = [{"id": int(c["id"]), "name": str(c["name"])} for c in cats]
         self.cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self.classes)}
         self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
-        self.targets: dict[int, list[dict]] = {}
-        skipped: list[str] = []
-        for img_id, img in self.coco.imgs.items():
-            anns = []
-            for ann in self.coco.imgToAnns.get(img_id, []):
-                if ann.get("iscrowd", 0):
-                    continue
-                clean, why = _usable(ann, img["width"], img["height"])
-                if clean is None:
-                    skipped.append(f"{ann['id']} ({why})")
-                else:
-                    anns.append(clean)
-            self.targets[img_id] = anns
+        kept: list[dict] = []
+        skipped: dict[str, list] = {}
+        for ann in raw.dataset["annotations"]:
+            img = raw.imgs[ann["image_id"]]
+            clean, why = clean_annotation(ann, img["width"], img["height"])
+            if clean is None:
+                skipped.setdefault(str(why), []).append(ann["id"])
+            else:
+                kept.append(clean)
         if skipped:
-            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-            log.warning("%s: skipped %d degenerate annotation(s): %s%s", self.ann_file, len(skipped),
-                        ", ".join(skipped[:5]), more)
+            total = sum(len(ids) for ids in skipped.values())
+            log.warning("%s: skipped %d annotation(s) that cannot be used for training or evaluation: %s",
+                        self.ann_file, total, "; ".join(f"{why}: id {', '.join(map(str, ids))}"
+                                                        for why, ids in skipped.items()))
+        # One cleaned set: training learns from it and pycocotools scores against it.
+        self.coco = _index({**raw.dataset, "annotations": kept})
+        self.targets: dict[int, list[dict]] = {
+            img_id: [a for a in self.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
+            for img_id in self.coco.imgs
+        }
         if not any(self.targets.values()):
             raise MaskrtError(f"{self.ann_file}: zero usable annotations")
         ids = sorted(self.coco.imgs)
@@ -164,9 +247,7 @@ class CocoDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
         boxes, labels, masks = [], [], []
         for ann in self.targets[img_id]:
-            mask = self.coco.annToMask(ann)
-            if not mask.any():
-                continue
+            mask = self.coco.annToMask(ann)  # may be empty for a sliver polygon: kept, as evaluation keeps it
             x, y, bw, bh = ann["bbox"]
             boxes.append([max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)])
             labels.append(self.cat_to_label[ann["category_id"]])
@@ -181,15 +262,16 @@ class CocoDataset(torch.utils.data.Dataset):
 
 
 def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """The (image_dir, annotation_file) of a split in the COCO layout: root/{split}*/ + annotations/."""
+    """The (image_dir, annotation_file) of a split in the COCO layout: annotations/instances_{split}.json and
+    {split}/ (the split's exact name, e.g. "val" or "val2017")."""
     root = Path(root)
     if not root.is_dir():
         raise MaskrtError(f"{root}: dataset folder not found")
     ann_dir = root / "annotations"
-    candidates = [ann_dir / f"instances_{split}.json", *sorted(ann_dir.glob(f"instances_{split}*.json"))]
-    ann = next((p for p in candidates if p.is_file()), None)
-    if ann is None:
-        raise MaskrtError(f"{ann_dir}: no instances_{split}*.json annotation file")
+    ann = ann_dir / f"instances_{split}.json"
+    if not ann.is_file():
+        have = sorted(p.stem.removeprefix("instances_") for p in ann_dir.glob("instances_*.json"))
+        raise MaskrtError(f"{ann}: no such annotation file (splits here: {', '.join(have) or 'none'})")
     image_dir = root / ann.stem.removeprefix("instances_")
     if not image_dir.is_dir():
         raise MaskrtError(f"{image_dir}: image folder for {ann.name} not found")

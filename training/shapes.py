@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.outputs import check_output_dir, staged_dir
 
 CATEGORIES = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -156,13 +157,19 @@ def generate_split(out: Path, split: str, count: int, size: int, seed: int, prog
 
 
 def generate(out: str | Path, *, train: int = 400, val: int = 100, size: int = 128, seed: int = 0,
-             progress: bool = True) -> Path:
-    """Generate the shapes dataset (train and val splits) under `out`; returns `out`."""
+             progress: bool = True, force: bool = False) -> Path:
+    """Generate the shapes dataset (train and val splits) as the folder `out`; returns `out`.
+
+    A non-empty `out` is refused unless `force` (then it is replaced, never mixed with old files); the dataset is
+    written under a temporary name and renamed when complete."""
     if train < 1 or val < 1:
         raise MaskrtError("the train and val image counts must be at least 1")
     if size < 32:
         raise MaskrtError("the image size must be at least 32 pixels")
-    out = Path(out)
-    generate_split(out, "train", train, size, seed, progress)
-    generate_split(out, "val", val, size, seed, progress)
+    if seed < 0:
+        raise MaskrtError(f"the seed must be >= 0, got {seed}")
+    out = check_output_dir(out, force=force)
+    with staged_dir(out) as staging:
+        generate_split(staging, "train", train, size, seed, progress)
+        generate_split(staging, "val", val, size, seed, progress)
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.outputs import check_not_input, check_output_file
 from maskrt.training.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
 from maskrt.training.models import default_model_config
 
@@ -38,11 +39,16 @@ def detect_config(state_dict: dict) -> tuple[str, int]:
 
 
 def import_torchvision(weights: str | Path, out: str | Path, *, class_names: list[str] | None = None,
-                       min_size: int = 800, max_size: int = 1333) -> dict:
-    """Convert a torchvision Mask R-CNN weights file into a maskrt checkpoint at `out`; returns it."""
+                       min_size: int = 800, max_size: int = 1333, force: bool = False) -> dict:
+    """Convert a torchvision Mask R-CNN weights file into a maskrt checkpoint at `out` (an existing `out` is refused
+    unless `force`, and never the weights file itself); returns it."""
     weights = Path(weights)
     if not weights.is_file():
         raise MaskrtError(f"{weights}: weights file not found")
+    if min_size < 1 or max_size < min_size:
+        raise MaskrtError(f"min_size must be >= 1 and max_size >= min_size, got {min_size} and {max_size}")
+    check_not_input(out, [weights])
+    check_output_file(out, force=force)
     try:
         sd = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:

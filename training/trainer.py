@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.outputs import check_output_dir
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.coco import CocoDataset, collate, load_split
 from maskrt.training.evaluate import evaluate, format_metrics
@@ -62,6 +64,7 @@ class TrainOptions:
     eval_every: int | None = None
     save_every_s: float = 30.0
     resume: bool = False
+    force: bool = False  # a non-empty `out` without `resume`: delete its content and start over
     seed: int = 0
     workers: int = 0
     train_split: str = "train"
@@ -162,6 +165,12 @@ class Trainer:
             raise MaskrtError(f"max_minutes must be positive, got {opts.max_minutes}")
         if opts.batch_size < 1:
             raise MaskrtError(f"batch_size must be at least 1, got {opts.batch_size}")
+        if opts.seed < 0 or opts.workers < 0:
+            raise MaskrtError(f"seed and workers must be >= 0, got {opts.seed} and {opts.workers}")
+        if opts.resume and opts.force:
+            raise MaskrtError("resume and force exclude each other: resume continues the run, force starts over")
+        if not opts.resume:
+            check_output_dir(opts.out, force=opts.force, option="--resume to continue it, or --force")
         if opts.iters is None and opts.max_minutes is None:
             opts.iters = 2000
         self.rank, self.world = setup_distributed()
@@ -170,6 +179,8 @@ class Trainer:
         self.val_set: CocoDataset | None = None
         if self.rank == 0:
             self.val_set = load_split(opts.data, opts.val_split, train=False)
+            if opts.force and not opts.resume and self.out.is_dir():
+                shutil.rmtree(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(".*.pt.*.tmp"):  # left by a save that was killed mid-write
                 stale.unlink(missing_ok=True)
@@ -207,8 +218,12 @@ class Trainer:
             log.warning("%s: nothing to resume, starting from scratch", path)
             return None
         ckpt = load_checkpoint(path, expect_config=self.opts.config)
-        if ckpt["train_state"] is None:
+        state = ckpt["train_state"]
+        if state is None:
             raise MaskrtError(f"{path}: has no training state to resume from")
+        missing = [k for k in ("step", "elapsed_s", "optimizer", "rng") if k not in state]
+        if missing:
+            raise MaskrtError(f"{path}: train_state lacks {', '.join(missing)}; cannot resume from it")
         if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in self.classes]:
             raise MaskrtError(f"{path}: classes differ from those of {self.train_set.ann_file}")
         return ckpt

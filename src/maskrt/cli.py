@@ -7,13 +7,16 @@ set MASKRT_DEBUG=1 to see one).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.files import write_json
+from maskrt.core.outputs import check_not_input, check_output_dir, check_output_file, staged_dir
 
 log = logging.getLogger("maskrt")
 
@@ -39,12 +42,49 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # False for NaN
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _canvas_side(text: str) -> int:
+    value = int(text)
+    if value < 32 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32, got {text}")
+    return value
+
+
+def _opset(text: str) -> int:
+    from maskrt.export.onnx_export import MAX_OPSET, MIN_OPSET
+
+    value = int(text)
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"must be in [{MIN_OPSET}, {MAX_OPSET}], got {text}")
+    return value
+
+
 # -- subcommands ---------------------------------------------------------------------------------------
 def cmd_data_shapes(args: argparse.Namespace) -> int:
     from maskrt.training.shapes import generate
 
     out = generate(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
-                   progress=not args.quiet)
+                   progress=not args.quiet, force=args.force)
     print(f"wrote shapes dataset to {out} ({args.train} train, {args.val} val, {args.size}px, seed {args.seed})")
     return 0
 
@@ -56,8 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(data=Path(args.data), out=Path(args.out), config=args.config,
                         max_minutes=args.max_minutes, iters=args.iters, batch_size=args.batch_size,
                         lr=args.lr, eval_minutes=args.eval_minutes, eval_every=args.eval_every,
-                        resume=args.resume, seed=args.seed, workers=args.workers, progress=not args.quiet,
-                        save_every_s=args.save_every)
+                        resume=args.resume, force=args.force, seed=args.seed, workers=args.workers,
+                        progress=not args.quiet, save_every_s=args.save_every)
     trainer = Trainer(opts)
     result = trainer.train()
     if trainer.rank == 0:
@@ -71,14 +111,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from maskrt.training.coco import load_split
     from maskrt.training.evaluate import evaluate, format_metrics
 
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    check_not_input(out, [args.checkpoint])
+    check_output_file(out, force=args.force)
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_split(args.data, args.split, train=False)
     if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in dataset.classes]:
         raise MaskrtError(f"{args.checkpoint}: its classes differ from those of {dataset.ann_file}")
     model = model_from_checkpoint(ckpt, source=args.checkpoint)
     metrics = evaluate(model, dataset, progress=not args.quiet)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out, metrics)
     print(format_metrics(metrics))
     print(f"wrote {out}")
     return 0
@@ -92,9 +134,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         path = Path(args.classes)
         if not path.is_file():
             raise MaskrtError(f"{path}: class-names file not found")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MaskrtError(f"{path}: not a readable UTF-8 text file of class names ({exc})") from None
     ckpt = import_torchvision(args.weights, args.out, class_names=names, min_size=args.min_size,
-                              max_size=args.max_size)
+                              max_size=args.max_size, force=args.force)
     cfg = ckpt["model_config"]
     print(f"wrote {args.out}: config {cfg['name']}, {cfg['num_classes']} classes, norm {cfg['norm']}")
     return 0
@@ -104,7 +149,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
 
     info = export_checkpoint(args.checkpoint, args.out, height=args.height, width=args.width, batch=args.batch,
-                             dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset)
+                             dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset,
+                             force=args.force)
     h, w = info.input.height, info.input.width
     print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({h}x{w}, batch "
           f"{'dynamic' if args.dynamic_batch else args.batch}, {args.max_detections} detections, opset {args.opset})")
@@ -116,7 +162,7 @@ def _image_files(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in exts and f.is_file())
         elif p.exists():
             files.append(p)
         else:
@@ -124,6 +170,19 @@ def _image_files(paths: list[str]) -> list[Path]:
     if not files:
         raise MaskrtError("no images given")
     return files
+
+
+def _overlay_names(files: list[Path]) -> list[str]:
+    """One unique overlay file name per input: STEM.overlay.png, numbered when stems repeat (a/x.png, b/x.jpg)."""
+    names, seen = [], set()
+    for path in files:
+        name, n = f"{path.stem}.overlay.png", 1
+        while name in seen:
+            n += 1
+            name = f"{path.stem}.{n}.overlay.png"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -135,6 +194,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from maskrt.runtime.visualize import overlay
     from maskrt.training.evaluate import detections_to_coco
 
+    out = check_output_dir(args.out, force=args.force)
+    files = _image_files(args.images)
+    inside = [f for f in files if out.resolve() in f.resolve().parents]
+    if inside:
+        raise MaskrtError(f"{out}: holds input image {inside[0]}; choose an output folder outside the inputs")
     model = Path(args.model)
     if model.is_dir():
         predictor = Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
@@ -143,22 +207,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(model, score_threshold=args.score_threshold)
     else:
         raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in predictor.classes]
     label_to_cat = {i + 1: c["id"] for i, c in enumerate(predictor.classes)}
     results = []
-    files = _image_files(args.images)
-    for image_id, path in enumerate(tqdm(files, desc="predict", unit="img", disable=args.quiet), start=1):
-        image = load_rgb(path)
-        dets = predictor.predict([image])[0]
-        overlay(image, dets, names, out / f"{path.stem}.png")
-        for r in detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes),
-                                               "scores": torch.from_numpy(dets.scores),
-                                               "labels": torch.from_numpy(dets.labels),
-                                               "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat):
-            results.append({**r, "file_name": path.name})
-    (out / "results.json").write_text(json.dumps(results) + "\n")
+    with staged_dir(out) as staging:
+        for image_id, (path, overlay_name) in enumerate(
+            tqdm(list(zip(files, _overlay_names(files), strict=True)), desc="predict", unit="img",
+                 disable=args.quiet), start=1):
+            image = load_rgb(path)
+            try:
+                dets = predictor.predict([image])[0]
+            except MaskrtError as exc:
+                raise MaskrtError(f"{path}: {exc}") from None
+            overlay(image, dets, names, staging / overlay_name)
+            coco = detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes),
+                                                 "scores": torch.from_numpy(dets.scores),
+                                                 "labels": torch.from_numpy(dets.labels),
+                                                 "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat)
+            results += [{**r, "file_name": str(path), "overlay": overlay_name} for r in coco]
+        write_json(staging / "results.json", results)
     print(f"wrote {len(results)} detections for {len(files)} image(s) to {out / 'results.json'} and overlays to {out}")
     return 0
 
@@ -169,7 +236,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     gates = Gates(score_floor=args.score_floor)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
                         split=args.split, limit=args.limit, gates=gates, progress=not args.quiet,
-                        threads=args.threads)
+                        threads=args.threads, force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return 0 if report["passed"] else 1
@@ -186,21 +253,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data, run, export = root / "data", root / "run", root / "export"
     if not (data / "annotations" / "instances_val.json").is_file():
         print(f"[1/4] generating the shapes dataset in {data}")
-        generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet)
+        generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet, force=True)
     else:
         print(f"[1/4] using the shapes dataset in {data}")
     print(f"[2/4] training the slim model for {args.minutes} minutes in {run}")
-    opts = TrainOptions(data=data, out=run, config="slim", max_minutes=args.minutes, progress=not args.quiet)
+    opts = TrainOptions(data=data, out=run, config="slim", max_minutes=args.minutes, progress=not args.quiet,
+                        force=True)
     result = Trainer(opts).train()
     print(f"slim Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
     print(format_metrics(result.metrics))
     print(f"[3/4] exporting {run / 'last.pt'} to {export}")
-    export_checkpoint(run / "last.pt", export)
+    export_checkpoint(run / "last.pt", export, force=True)
     print(f"[4/4] parity of both graphs against the torch reference ({args.parity_images} val images)")
     failed = False
     for graph in ("portable", "trt"):
         report = run_parity(run / "last.pt", export, data, root / f"parity_{graph}", graph=graph,
-                            limit=args.parity_images, progress=not args.quiet)
+                            limit=args.parity_images, progress=not args.quiet, force=True)
         print(summary_line(report))
         failed |= not report["passed"]
     print(f"reports: {root}/parity_*/report.md")
@@ -208,9 +276,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with maskrt's error format: one line `error: ...` (and exit code 2), the usage left to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="maskrt", description=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -227,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--train", type=_positive_int, default=400, help="train images (default 400)")
     shapes.add_argument("--val", type=_positive_int, default=100, help="val images (default 100)")
     shapes.add_argument("--size", type=_image_side, default=128, help="image side in pixels (default 128, min 32)")
-    shapes.add_argument("--seed", type=int, default=0, help="seed; same seed => identical files (default 0)")
+    shapes.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed; same seed => identical files (default 0)")
+    shapes.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     shapes.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     shapes.set_defaults(func=cmd_data_shapes)
 
@@ -240,13 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=2,
                        help="images per step and process (default 2: more updates per minute on a CPU)")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate")
-    train.add_argument("--eval-minutes", type=float, default=3.0, help="evaluate every N minutes (default 3)")
+    train.add_argument("--eval-minutes", type=_positive_float, default=3.0,
+                       help="evaluate every N minutes (default 3)")
     train.add_argument("--eval-every", type=_positive_int, help="evaluate every N steps instead")
-    train.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+    train.add_argument("--save-every", type=_non_negative_float, default=30.0, metavar="SECONDS",
                        help="rewrite OUT/last.pt at most this often (default 30; 0 = every step)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    train.add_argument("--force", action="store_true",
+                       help="delete a non-empty --out run folder and start over (without it, such a folder is refused)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--workers", type=_non_negative_int, default=0, help="data-loader worker processes")
     train.set_defaults(func=cmd_train)
 
     ev = add("eval", "COCO box and mask AP of a checkpoint (pycocotools)")
@@ -254,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="dataset folder")
     ev.add_argument("--split", default="val")
     ev.add_argument("--out", help="metrics JSON (default: eval_SPLIT.json beside the checkpoint)")
+    ev.add_argument("--force", action="store_true", help="replace an existing metrics file")
     ev.set_defaults(func=cmd_eval)
 
     imp = add("import", "convert a torchvision Mask R-CNN state_dict file into a maskrt checkpoint")
@@ -262,17 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--classes", help="text file, one class name per line (default: COCO names for 91 labels)")
     imp.add_argument("--min-size", type=_positive_int, default=800)
     imp.add_argument("--max-size", type=_positive_int, default=1333)
+    imp.add_argument("--force", action="store_true", help="replace an existing --out checkpoint")
     imp.set_defaults(func=cmd_import)
 
     exp = add("export", "export a checkpoint: model.onnx (portable), model.trt.onnx (TensorRT plugins), export.json")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--out", required=True, help="export folder")
-    exp.add_argument("--height", type=_positive_int, help="canvas height, a multiple of 32 (default: from config)")
-    exp.add_argument("--width", type=_positive_int, help="canvas width, a multiple of 32 (default: from config)")
+    exp.add_argument("--height", type=_canvas_side, help="canvas height, a multiple of 32 (default: from config)")
+    exp.add_argument("--width", type=_canvas_side, help="canvas width, a multiple of 32 (default: from config)")
     exp.add_argument("--batch", type=_positive_int, default=1, help="static batch size (default 1)")
     exp.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
-    exp.add_argument("--max-detections", type=_positive_int, default=100)
-    exp.add_argument("--opset", type=int, default=17)
+    exp.add_argument("--max-detections", type=_positive_int, default=100,
+                     help="detection slots per image (default 100; at most the model's post-NMS proposals)")
+    exp.add_argument("--opset", type=_opset, default=17, help="ONNX opset, 17 to 20 (default 17)")
+    exp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     exp.set_defaults(func=cmd_export)
 
     pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
@@ -280,10 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
     pred.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
     pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
-    pred.add_argument("--score-threshold", type=float, default=0.5, help="drop detections below (default 0.5)")
+    pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
+                      help="drop detections below, in [0, 1] (default 0.5)")
     pred.add_argument("--threads", type=_positive_int,
                       help="ONNX Runtime intra-op threads (default: one per physical core)")
-    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("--out", required=True, help="output folder (results.json, STEM.overlay.png per image)")
+    pred.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     pred.add_argument("images", nargs="+", help="image files or folders")
     pred.set_defaults(func=cmd_predict)
 
@@ -295,11 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--data", required=True, help="COCO-format dataset folder")
     par.add_argument("--split", default="val")
     par.add_argument("--limit", type=_positive_int, help="first N images only")
-    par.add_argument("--score-floor", type=float, default=0.3,
-                     help="reference detections at or above this score must be matched (default 0.3)")
+    par.add_argument("--score-floor", type=_unit_float, default=0.3,
+                     help="reference detections at or above this score must be matched, in [0, 1] (default 0.3)")
     par.add_argument("--threads", type=_positive_int,
                      help="ONNX Runtime intra-op threads (default: one per physical core)")
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
+    par.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     par.set_defaults(func=cmd_parity)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
@@ -325,16 +412,30 @@ def _version() -> str:
     return f"maskrt {__version__} (plugins: {plugins})"
 
 
+def _one_line(exc: MaskrtError) -> str:
+    """The error's message on one line. An error raised in a data-loader worker comes back with the worker's
+    traceback in its message: keep only the original message (its last line)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return lines[-1].split("MaskrtError: ", 1)[-1]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maskrt` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: staged outputs and temporary files are cleaned up
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except MaskrtError as exc:
         if os.environ.get("MASKRT_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

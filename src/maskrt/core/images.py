@@ -1,27 +1,54 @@
-"""Image reading shared by training and the runtime: any PIL-readable file to 8-bit RGB."""
+"""Image reading shared by training and the runtime: any PIL-readable file to 8-bit RGB, upright.
 
+- EXIF orientation is applied, so pixels (and every box and mask) are in the orientation viewers show.
+- Images larger than MAX_IMAGE_PIXELS (default 100 megapixels; ``MASKRT_MAX_IMAGE_PIXELS`` changes it) are refused
+  before they are decoded, as are paths that are not regular files (folders, FIFOs, devices).
+"""
+
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from maskrt.core.errors import MaskrtError
 
-# Refuse decompression bombs but allow large real photos (e.g. 100 MP panoramas).
-Image.MAX_IMAGE_PIXELS = 200_000_000
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+# maskrt checks the size itself (max_image_pixels), before decoding; PIL's own bomb check would only warn first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: MASKRT_MAX_IMAGE_PIXELS if set (a positive integer), else DEFAULT_MAX_IMAGE_PIXELS."""
+    text = os.environ.get("MASKRT_MAX_IMAGE_PIXELS")
+    if text is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise MaskrtError(f"MASKRT_MAX_IMAGE_PIXELS={text!r}: must be a positive integer")
+    return int(text)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 RGB array.
+    """Read an image file as an HxWx3 uint8 RGB array, EXIF orientation applied.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit/float images are converted; 16-bit and
     float images are scaled by their maximum value. Raises MaskrtError naming the file when it is
-    missing, unreadable or too large.
+    missing, not a regular file, unreadable or larger than the pixel limit.
     """
     path = Path(path)
+    if not path.exists():
+        raise MaskrtError(f"{path}: image file not found")
+    if not path.is_file():
+        raise MaskrtError(f"{path}: not a regular file")
+    limit = max_image_pixels()
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise MaskrtError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the limit of "
+                                  f"{limit / 1e6:g} (set MASKRT_MAX_IMAGE_PIXELS to raise it)")
             im.load()
+            im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im, dtype=np.float64)
                 peak = float(arr.max()) if arr.size else 0.0
@@ -29,9 +56,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
                 arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise MaskrtError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MaskrtError(f"{path}: cannot read image ({exc})") from None
-    except Image.DecompressionBombError as exc:
-        raise MaskrtError(f"{path}: image too large ({exc})") from None
+    except MemoryError:
+        raise MaskrtError(f"{path}: not enough memory to decode it") from None

@@ -1,0 +1,264 @@
+"""The bad-input sweep, table-driven: each row feeds one bad input to one subcommand and checks that it exits with
+code 2 and one line `error: ...` naming the problem, no traceback, every input file byte-identical afterwards and no
+temporary file left behind. Rows run the CLI in-process (cli.main) for speed; test_cli.py runs it as a process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskrt.cli import main
+from maskrt.export.onnx_export import export_checkpoint
+from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
+    """Inputs every row may use (and must leave untouched): data/, ckpt.pt (with a training state), export/,
+    photo.png."""
+    root = tmp_path_factory.mktemp("world")
+    shutil.copytree(shapes_dir, root / "data")
+    torch.manual_seed(0)
+    cfg = default_model_config("slim", 3)
+    model = build_model(cfg)
+    classes = [{"id": i, "name": n} for i, n in ((1, "circle"), (2, "rectangle"), (3, "triangle"))]
+    state = {"step": 1, "elapsed_s": 1.0, "optimizer": {}, "rng": {}}
+    save_checkpoint(root / "ckpt.pt", make_checkpoint(model_config=cfg, state_dict=model.state_dict(),
+                                                      classes=classes, train_state=state))
+    export_checkpoint(root / "ckpt.pt", root / "export")
+    Image.fromarray(np.full((60, 80, 3), 120, np.uint8)).save(root / "photo.png")
+    return root
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _leftovers(*folders: Path) -> list[Path]:
+    return [p for f in folders for p in f.rglob("*") if ".maskrt-staging" in p.name or p.name.endswith(".tmp")]
+
+
+def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _copy_export(w: Path, t: Path, change: Callable[[dict], None]) -> Path:
+    shutil.copytree(w / "export", t / "bad_export")
+    _edit_json(t / "bad_export" / "export.json", change)
+    return t / "bad_export"
+
+
+def _copy_data(w: Path, t: Path, change: Callable[[dict], None], split: str = "val") -> Path:
+    shutil.copytree(w / "data", t / "bad_data")
+    _edit_json(t / "bad_data" / "annotations" / f"instances_{split}.json", change)
+    return t / "bad_data"
+
+
+def _checkpoint(w: Path, t: Path, change: Callable[[dict], None]) -> Path:
+    ckpt = torch.load(w / "ckpt.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, t / "bad.pt")
+    return t / "bad.pt"
+
+
+def _nonempty(t: Path, name: str) -> Path:
+    (t / name).mkdir()
+    (t / name / "keep.txt").write_text("earlier work")
+    return t / name
+
+
+def _pickle_with_code(t: Path) -> Path:
+    path = t / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format_version": 1, "x": os.getcwd}, f)  # a reference to a callable: refused by a safe load
+    return path
+
+
+def _fifo(t: Path) -> Path:
+    os.mkfifo(t / "x.png")
+    return t / "x.png"
+
+
+def _image(t: Path, w: int, h: int) -> Path:
+    Image.new("RGB", (w, h), (10, 200, 30)).save(t / f"img_{w}x{h}.png")
+    return t / f"img_{w}x{h}.png"
+
+
+def _unreadable_train_image(w: Path, t: Path) -> Path:
+    data = _copy_data(w, t, lambda d: None)
+    for image in sorted((data / "train").glob("*.png"))[:24]:
+        image.write_bytes(b"not an image")
+    return data
+
+
+def _other_classes(w: Path, t: Path) -> Path:
+    cfg = default_model_config("slim", 2)
+    save_checkpoint(t / "other.pt", make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                                    classes=[{"id": 5, "name": "a"}, {"id": 6, "name": "b"}]))
+    return t / "other.pt"
+
+
+def _tamper(w: Path, t: Path) -> Path:
+    shutil.copytree(w / "export", t / "tampered")
+    with open(t / "tampered" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    return t / "tampered"
+
+
+W, T = "W", "T"  # placeholders in argv templates for the world and the row's own folder
+
+# (row id, argv builder (world, row folder) -> argv, expected fragment of the error line, extra environment)
+ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] = [
+    # data loss
+    ("predict-out-holds-input", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{w}",
+                                              f"{w}/photo.png", "--force"], "holds input image", {}),
+    ("train-existing-run", lambda w, t: ["train", "--data", f"{w}/data", "--out", str(_nonempty(t, "run")),
+                                         "--iters", "1"], "exists and is not empty (pass --resume", {}),
+    ("shapes-existing-folder", lambda w, t: ["data", "shapes", "--out", str(_nonempty(t, "d"))],
+     "exists and is not empty (pass --force", {}),
+    ("export-existing-folder", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out",
+                                             str(_nonempty(t, "e"))], "exists and is not empty", {}),
+    ("parity-existing-folder", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export",
+                                             "--data", f"{w}/data", "--out", str(_nonempty(t, "p"))],
+     "exists and is not empty", {}),
+    ("eval-existing-file", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data",
+                                         "--out", f"{w}/photo.png"], "photo.png: exists", {}),
+    ("eval-out-is-the-checkpoint", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data",
+                                                 "--out", f"{w}/ckpt.pt", "--force"], "is an input", {}),
+    ("import-out-is-the-weights", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{w}/ckpt.pt",
+                                                "--force"], "is an input", {}),
+    # integrity and trust boundaries
+    ("tampered-graph", lambda w, t: ["predict", "--model", str(_tamper(w, t)), "--out", f"{t}/o",
+                                     f"{w}/photo.png"], "sha256 differs", {}),
+    ("graph-outside-folder", lambda w, t: ["predict", "--model", str(_copy_export(
+        w, t, lambda d: d["graphs"]["portable"].update(file="../../x/model.onnx"))), "--out", f"{t}/o",
+        f"{w}/photo.png"], "must be a file name inside the folder", {}),
+    ("export-json-empty-input", lambda w, t: ["predict", "--model", str(_copy_export(
+        w, t, lambda d: d.update(input={}))), "--out", f"{t}/o", f"{w}/photo.png"], "input.height is missing", {}),
+    ("export-json-no-classes", lambda w, t: ["predict", "--model", str(_copy_export(
+        w, t, lambda d: d.update(classes=[]))), "--out", f"{t}/o", f"{w}/photo.png"], "classes must be", {}),
+    ("ckpt-config-a-list", lambda w, t: ["export", "--checkpoint", str(_checkpoint(
+        w, t, lambda c: c.update(model_config=[1]))), "--out", f"{t}/e"], "model_config must be a dict", {}),
+    ("ckpt-min-size-0", lambda w, t: ["eval", "--checkpoint", str(_checkpoint(
+        w, t, lambda c: c["model_config"].update(min_size=0))), "--data", f"{w}/data", "--out", f"{t}/m.json"],
+     "model_config.min_size must be a positive integer", {}),
+    ("resume-without-optimizer", lambda w, t: ["train", "--data", f"{w}/data", "--out", str(_resume_run(w, t)),
+                                               "--resume", "--iters", "2"], "train_state lacks optimizer", {}),
+    ("parity-checkpoint-other-classes", lambda w, t: ["parity", "--checkpoint", str(_other_classes(w, t)),
+                                                      "--model", f"{w}/export", "--data", f"{w}/data", "--out",
+                                                      f"{t}/p"], "classes [5, 6] differ", {}),
+    ("parity-dataset-other-categories", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model",
+                                                      f"{w}/export", "--data", str(_copy_data(w, t, _renumber_3_as_9)),
+                                                      "--out", f"{t}/p"], "categories [1, 2, 9] differ", {}),
+    ("predict-checkpoint-other-classes", lambda w, t: ["predict", "--model", f"{w}/export", "--backend", "torch",
+                                                       "--checkpoint", str(_other_classes(w, t)), "--out", f"{t}/o",
+                                                       f"{w}/photo.png"], "differ from those of", {}),
+    # wrong numbers, silently
+    ("duplicate-image-ids", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(
+        w, t, lambda d: d["images"][1].update(id=d["images"][0]["id"]))), "--out", f"{t}/m.json"],
+     "image id 1 appears twice", {}),
+    ("duplicate-annotation-ids", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(
+        w, t, lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]))), "--out", f"{t}/m.json"],
+     "annotation id 1 appears twice", {}),
+    ("eval-split-prefix", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data", "--split",
+                                        "t", "--out", f"{t}/m.json"], "instances_t.json: no such annotation file", {}),
+    ("score-threshold-2", lambda w, t: ["predict", "--model", f"{w}/export", "--score-threshold", "2", "--out",
+                                        f"{t}/o", f"{w}/photo.png"], "must be in [0, 1], got 2", {}),
+    ("score-threshold-nan", lambda w, t: ["predict", "--model", f"{w}/export", "--score-threshold", "nan",
+                                          "--out", f"{t}/o", f"{w}/photo.png"], "must be in [0, 1], got nan", {}),
+    ("score-floor-2", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
+                                    f"{w}/data", "--score-floor", "2", "--out", f"{t}/p"], "got 2", {}),
+    # resources
+    ("max-detections-above-proposals", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
+                                                     "--max-detections", "100000"], "exceeds the 300 proposals", {}),
+    ("image-above-pixel-limit", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{t}/o",
+                                              str(_image(t, 300, 200))], "more than the limit",
+     {"MASKRT_MAX_IMAGE_PIXELS": "50000"}),
+    ("image-2x400", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{t}/o", str(_image(t, 400, 2))],
+     "resizes to less than one pixel", {}),
+    ("fifo-image", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{t}/o", str(_fifo(t))],
+     "not a regular file", {}),
+    # error hygiene
+    ("out-is-a-file", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{w}/photo.png"],
+     "exists and is not a folder", {}),
+    ("out-under-a-file", lambda w, t: ["data", "shapes", "--out", f"{w}/photo.png/sub"], "is a file", {}),
+    ("workers-negative", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--workers", "-1"],
+     "--workers: must be >= 0", {}),
+    ("seed-negative", lambda w, t: ["data", "shapes", "--out", f"{t}/d", "--seed", "-1"], "--seed: must be >= 0", {}),
+    ("opset-99", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--opset", "99"],
+     "--opset: must be in [17, 20]", {}),
+    ("height-not-multiple-of-32", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
+                                                "--height", "100"], "--height: must be a positive multiple of 32", {}),
+    ("binary-classes-file", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{t}/c.pt",
+                                          "--classes", _binary(t)], "not a readable UTF-8 text file", {}),
+    ("random-file-as-checkpoint", lambda w, t: ["eval", "--checkpoint", _random_file(t), "--data", f"{w}/data",
+                                                "--out", f"{t}/m.json"], "not a readable maskrt checkpoint", {}),
+    ("pickle-with-code-as-checkpoint", lambda w, t: ["eval", "--checkpoint", str(_pickle_with_code(t)), "--data",
+                                                     f"{w}/data", "--out", f"{t}/m.json"], "refuses to load", {}),
+    ("unreadable-image-in-a-worker", lambda w, t: ["train", "--data", str(_unreadable_train_image(w, t)), "--out",
+                                                   f"{t}/r", "--iters", "1", "--workers", "1", "-q"],
+     "cannot read image", {}),
+]
+
+
+def _renumber_3_as_9(dataset: dict) -> None:
+    for item in dataset["categories"] + dataset["annotations"]:
+        key = "id" if "supercategory" in item or "name" in item else "category_id"
+        if item.get(key) == 3:
+            item[key] = 9
+
+
+def _binary(t: Path) -> str:
+    (t / "classes.txt").write_bytes(bytes(range(256)))
+    return str(t / "classes.txt")
+
+
+def _random_file(t: Path) -> str:
+    (t / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    return str(t / "random.pt")
+
+
+def _resume_run(w: Path, t: Path) -> Path:
+    run = t / "run"
+    run.mkdir()
+    ckpt = torch.load(w / "ckpt.pt", weights_only=True)
+    del ckpt["train_state"]["optimizer"]
+    torch.save(ckpt, run / "last.pt")
+    return run
+
+
+@pytest.mark.parametrize(("argv", "fragment", "env"), [pytest.param(r[1], r[2], r[3], id=r[0]) for r in ROWS])
+def test_bad_input_is_one_clean_error(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv, fragment,
+                                      env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = argv(world, tmp_path)
+    before = _digest(world)
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "weights_only=False" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], err
+    assert _digest(world) == before, "an input file changed"
+    assert not _leftovers(world, tmp_path), _leftovers(world, tmp_path)
