@@ -197,6 +197,8 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     # error hygiene
     ("out-is-a-file", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{w}/photo.png"],
      "exists and is not a folder", {}),
+    ("train-resume-out-is-a-file", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{w}/photo.png",
+                                                 "--resume"], "is not a run folder", {}),
     ("out-under-a-file", lambda w, t: ["data", "shapes", "--out", f"{w}/photo.png/sub"], "is a file", {}),
     ("workers-negative", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--workers", "-1"],
      "--workers: must be >= 0", {}),

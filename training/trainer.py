@@ -171,6 +171,8 @@ class Trainer:
             raise MaskrtError("resume and force exclude each other: resume continues the run, force starts over")
         if not opts.resume:
             check_output_dir(opts.out, force=opts.force, option="--resume to continue it, or --force")
+        elif Path(opts.out).exists() and not Path(opts.out).is_dir():
+            raise MaskrtError(f"{opts.out}: exists and is not a run folder")
         if opts.iters is None and opts.max_minutes is None:
             opts.iters = 2000
         self.rank, self.world = setup_distributed()
