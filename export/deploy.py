@@ -29,6 +29,8 @@ from maskrt.export.ops import multi_level_roi_align, nms
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 FLAVORS = ("portable", "trt")
+#: Largest canvas side: far above any model's max_size (r50: 1333), low enough that export fits in memory.
+MAX_CANVAS_SIDE = 4096
 
 
 def _pool_spec(pool: nn.Module, scales: tuple[float, ...]) -> RoIAlignSpec:
@@ -67,8 +69,9 @@ class DeployMaskRCNN(nn.Module):
         super().__init__()
         if flavor not in FLAVORS:
             raise MaskrtError(f"unknown graph flavor '{flavor}' (choose from {', '.join(FLAVORS)})")
-        if height % 32 or width % 32 or height < 32 or width < 32:
-            raise MaskrtError(f"the canvas height and width must be positive multiples of 32, got {height}x{width}")
+        if height % 32 or width % 32 or not (32 <= height <= MAX_CANVAS_SIDE and 32 <= width <= MAX_CANVAS_SIDE):
+            raise MaskrtError(f"the canvas height and width must be multiples of 32 in [32, {MAX_CANVAS_SIDE}], got "
+                              f"{height}x{width}")
         if max_detections < 1:
             raise MaskrtError(f"max_detections must be at least 1, got {max_detections}")
         model = model.eval()

@@ -25,6 +25,8 @@ from maskrt.training.models import default_canvas
 FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
 #: Opsets the exporter supports: RoiAlign-16 and LayerNormalization need 17; torch's TorchScript exporter stops at 20.
 MIN_OPSET, MAX_OPSET = 17, 20
+#: Largest static batch (the example batch is traced through the whole model while exporting).
+MAX_EXPORT_BATCH = 64
 
 
 def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +97,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
     complete, so an interrupted export leaves the previous folder (or none) intact."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise MaskrtError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
-    if batch < 1:
-        raise MaskrtError(f"batch must be at least 1, got {batch}")
+    if not 1 <= batch <= MAX_EXPORT_BATCH:
+        raise MaskrtError(f"batch must be in [1, {MAX_EXPORT_BATCH}], got {batch}")
     out = check_output_dir(out, force=force)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, source=checkpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,8 +38,8 @@ def _image_side(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
     return value
 
 
@@ -51,8 +52,8 @@ def _non_negative_int(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
     return value
 
 
@@ -64,9 +65,20 @@ def _unit_float(text: str) -> float:
 
 
 def _canvas_side(text: str) -> int:
+    from maskrt.export.deploy import MAX_CANVAS_SIDE
+
     value = int(text)
-    if value < 32 or value % 32:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32, got {text}")
+    if value < 32 or value % 32 or value > MAX_CANVAS_SIDE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 in [32, {MAX_CANVAS_SIDE}], got {text}")
+    return value
+
+
+def _export_batch(text: str) -> int:
+    from maskrt.export.onnx_export import MAX_EXPORT_BATCH
+
+    value = int(text)
+    if not 1 <= value <= MAX_EXPORT_BATCH:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_EXPORT_BATCH}], got {text}")
     return value
 
 
@@ -351,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="export folder")
     exp.add_argument("--height", type=_canvas_side, help="canvas height, a multiple of 32 (default: from config)")
     exp.add_argument("--width", type=_canvas_side, help="canvas width, a multiple of 32 (default: from config)")
-    exp.add_argument("--batch", type=_positive_int, default=1, help="static batch size (default 1)")
+    exp.add_argument("--batch", type=_export_batch, default=1, help="static batch size, 1 to 64 (default 1)")
     exp.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     exp.add_argument("--max-detections", type=_positive_int, default=100,
                      help="detection slots per image (default 100; at most the model's post-NMS proposals)")
