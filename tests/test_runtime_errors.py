@@ -136,3 +136,22 @@ def test_each_image_is_resized_once(export_dir: Path, monkeypatch: pytest.Monkey
     outs, resized, original = predictor.raw(images)
     assert len(calls) == 2 and len(outs) == 2
     assert original == [(40, 60), (90, 30)] and all(r[0] > 0 and r[1] > 0 for r in resized)
+
+
+def test_predict_outputs_never_collide_or_touch_inputs(export_dir: Path, tmp_path: Path) -> None:
+    from maskrt.cli import main
+
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.png"]
+    for path in inputs:
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    before = {p: p.read_bytes() for p in inputs}
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(export_dir), "--out", str(out), "--score-threshold", "0", "-q",
+                 *map(str, inputs)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "x.2.overlay.png", "x.3.overlay.png",
+                                                     "x.overlay.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["file_name"] for r in results} <= set(map(str, inputs))
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert main(["predict", "--model", str(export_dir), "--out", str(out), "-q", str(inputs[0])]) == 2  # not empty
