@@ -24,13 +24,12 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
+from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
 from maskrt.export.ops import multi_level_roi_align, nms
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 FLAVORS = ("portable", "trt")
-#: Largest canvas side: far above any model's max_size (r50: 1333), low enough that export fits in memory.
-MAX_CANVAS_SIDE = 4096
 
 
 def _pool_spec(pool: nn.Module, scales: tuple[float, ...]) -> RoIAlignSpec:

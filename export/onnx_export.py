@@ -13,7 +13,17 @@ from pathlib import Path
 import onnx
 import torch
 
-from maskrt.core.artifacts import GRAPH_FILES, INPUT_NAMES, OUTPUT_NAMES, ExportInfo, GraphFile, InputSpec
+from maskrt.core.artifacts import (
+    GRAPH_FILES,
+    INPUT_NAMES,
+    MAX_EXPORT_BATCH,
+    MAX_OPSET,
+    MIN_OPSET,
+    OUTPUT_NAMES,
+    ExportInfo,
+    GraphFile,
+    InputSpec,
+)
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.outputs import check_output_dir, staged_dir
@@ -23,10 +33,6 @@ from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
 
 FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
-#: Opsets the exporter supports: RoiAlign-16 and LayerNormalization need 17; torch's TorchScript exporter stops at 20.
-MIN_OPSET, MAX_OPSET = 17, 20
-#: Largest static batch (the example batch is traced through the whole model while exporting).
-MAX_EXPORT_BATCH = 64
 
 
 def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -206,7 +206,7 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("opset-99", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--opset", "99"],
      "--opset: must be in [17, 20]", {}),
     ("height-not-multiple-of-32", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
-                                                "--height", "100"], "--height: must be a positive multiple of 32", {}),
+                                                "--height", "100"], "--height: must be a multiple of 32", {}),
     ("canvas-too-large", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--height",
                                        "99968"], "--height: must be a multiple of 32 in [32, 4096]", {}),
     ("export-batch-100000", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--batch",

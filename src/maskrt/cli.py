@@ -12,83 +12,42 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
+from maskrt.core.artifacts import MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_not_input, check_output_dir, check_output_file, staged_dir
 
 log = logging.getLogger("maskrt")
+T = TypeVar("T")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: str) -> Callable[[str], T]:
+    """An argparse type: `convert` the text, then refuse values that are not `ok` ("must be <requirement>")."""
+
+    def parse(text: str) -> T:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
-def _image_side(text: str) -> int:
-    value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be at least 32 pixels, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # False for NaN
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _canvas_side(text: str) -> int:
-    from maskrt.export.deploy import MAX_CANVAS_SIDE
-
-    value = int(text)
-    if value < 32 or value % 32 or value > MAX_CANVAS_SIDE:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 32 in [32, {MAX_CANVAS_SIDE}], got {text}")
-    return value
-
-
-def _export_batch(text: str) -> int:
-    from maskrt.export.onnx_export import MAX_EXPORT_BATCH
-
-    value = int(text)
-    if not 1 <= value <= MAX_EXPORT_BATCH:
-        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_EXPORT_BATCH}], got {text}")
-    return value
-
-
-def _opset(text: str) -> int:
-    from maskrt.export.onnx_export import MAX_OPSET, MIN_OPSET
-
-    value = int(text)
-    if not MIN_OPSET <= value <= MAX_OPSET:
-        raise argparse.ArgumentTypeError(f"must be in [{MIN_OPSET}, {MAX_OPSET}], got {text}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _checked(int, lambda v: v >= 0, ">= 0")
+_image_side = _checked(int, lambda v: v >= 32, "at least 32 pixels")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "positive and finite")
+_non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), ">= 0 and finite")
+_unit_float = _checked(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")  # NaN fails every comparison
+_canvas_side = _checked(int, lambda v: v % 32 == 0 and 32 <= v <= MAX_CANVAS_SIDE,
+                        f"a multiple of 32 in [32, {MAX_CANVAS_SIDE}]")
+_export_batch = _checked(int, lambda v: 1 <= v <= MAX_EXPORT_BATCH, f"in [1, {MAX_EXPORT_BATCH}]")
+_opset = _checked(int, lambda v: MIN_OPSET <= v <= MAX_OPSET, f"in [{MIN_OPSET}, {MAX_OPSET}]")
 
 
 # -- subcommands ---------------------------------------------------------------------------------------

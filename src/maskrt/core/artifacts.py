@@ -23,6 +23,12 @@ ENGINE_FORMAT_VERSION = 1
 #: The graph flavours of an export folder and their files (docs/architecture.md section 3).
 GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
 INPUT_NAMES = ("images", "image_sizes")
+#: Export limits. Opsets: RoiAlign-16 and LayerNormalization need 17, torch's TorchScript exporter stops at 20.
+MIN_OPSET, MAX_OPSET = 17, 20
+#: Largest canvas side: far above any model's max_size (r50: 1333), low enough that an export fits in memory.
+MAX_CANVAS_SIDE = 4096
+#: Largest static batch (the example batch is traced through the whole model while exporting).
+MAX_EXPORT_BATCH = 64
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
 
 
