@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.files import write_json
 from maskrt.core.outputs import check_output_dir
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.coco import CocoDataset, collate, load_split
@@ -352,7 +353,7 @@ class Trainer:
         else:
             self.save()
         if self.rank == 0:
-            (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+            write_json(self.out / "metrics.json", self.metrics)
         return TrainResult(step=self.step, metrics=self.metrics, model=self.model, seen_indices=seen,
                            resumed_from=self.resumed_from)
 
