@@ -203,6 +203,8 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("workers-negative", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--workers", "-1"],
      "--workers: must be >= 0", {}),
     ("seed-negative", lambda w, t: ["data", "shapes", "--out", f"{t}/d", "--seed", "-1"], "--seed: must be >= 0", {}),
+    ("threads-0", lambda w, t: ["predict", "--model", f"{w}/export", "--threads", "0", "--out", f"{t}/o",
+                                f"{w}/photo.png"], "--threads: must be a positive integer", {}),
     ("opset-99", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--opset", "99"],
      "--opset: must be in [17, 20]", {}),
     ("height-not-multiple-of-32", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
