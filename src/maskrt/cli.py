@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
 
+    def add_threads(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=_positive_int,
+                       help="ONNX Runtime intra-op threads (default: one per physical core)")
+
     data = sub.add_parser("data", help="generate datasets", description="generate datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
     shapes = data_sub.add_parser("shapes", help="a COCO-format shapes dataset (deterministic)",
@@ -337,8 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
                       help="drop detections below, in [0, 1] (default 0.5)")
-    pred.add_argument("--threads", type=_positive_int,
-                      help="ONNX Runtime intra-op threads (default: one per physical core)")
+    add_threads(pred)
     pred.add_argument("--out", required=True, help="output folder (results.json, STEM.overlay.png per image)")
     pred.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     pred.add_argument("images", nargs="+", help="image files or folders")
@@ -354,8 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--limit", type=_positive_int, help="first N images only")
     par.add_argument("--score-floor", type=_unit_float, default=0.3,
                      help="reference detections at or above this score must be matched, in [0, 1] (default 0.3)")
-    par.add_argument("--threads", type=_positive_int,
-                     help="ONNX Runtime intra-op threads (default: one per physical core)")
+    add_threads(par)
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     par.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     par.set_defaults(func=cmd_parity)
