@@ -50,9 +50,28 @@ inline bool differ(int64_t a, int64_t b)
     return a >= 0 && b >= 0 && a != b;
 }
 
+/// The op's identity, for both interfaces that report it (the plugin's core capability and its creator).
+template <typename Op, typename Interface>
+class WithIdentity : public Interface
+{
+public:
+    char const* getPluginName() const noexcept override
+    {
+        return Op::kName;
+    }
+    char const* getPluginVersion() const noexcept override
+    {
+        return kPluginVersion;
+    }
+    char const* getPluginNamespace() const noexcept override
+    {
+        return kPluginNamespace;
+    }
+};
+
 template <typename Plugin, typename Op>
 class PluginBase : public nvinfer1::IPluginV3,
-                   public nvinfer1::IPluginV3OneCore,
+                   public WithIdentity<Op, nvinfer1::IPluginV3OneCore>,
                    public nvinfer1::IPluginV3OneBuild,
                    public nvinfer1::IPluginV3OneRuntime
 {
@@ -65,7 +84,7 @@ public:
     }
     PluginBase(PluginBase const& other)
         : IPluginV3(other)
-        , IPluginV3OneCore(other)
+        , WithIdentity<Op, nvinfer1::IPluginV3OneCore>(other)
         , IPluginV3OneBuild(other)
         , IPluginV3OneRuntime(other)
         , mParams(other.mParams)
@@ -98,18 +117,6 @@ public:
         }
     }
 
-    char const* getPluginName() const noexcept override
-    {
-        return Op::kName;
-    }
-    char const* getPluginVersion() const noexcept override
-    {
-        return kPluginVersion;
-    }
-    char const* getPluginNamespace() const noexcept override
-    {
-        return kPluginNamespace;
-    }
     int32_t getNbOutputs() const noexcept override
     {
         return Op::kNbOutputs;
@@ -236,7 +243,7 @@ private:
 };
 
 template <typename Plugin, typename Op>
-class PluginCreator : public nvinfer1::IPluginCreatorV3One
+class PluginCreator : public WithIdentity<Op, nvinfer1::IPluginCreatorV3One>
 {
 public:
     nvinfer1::IPluginV3* createPlugin(
@@ -270,18 +277,6 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
     {
         return mNames.names();
-    }
-    char const* getPluginName() const noexcept override
-    {
-        return Op::kName;
-    }
-    char const* getPluginVersion() const noexcept override
-    {
-        return kPluginVersion;
-    }
-    char const* getPluginNamespace() const noexcept override
-    {
-        return kPluginNamespace;
     }
 
 private:
