@@ -1,18 +1,23 @@
-"""The deploy graph: torchvision Mask R-CNN inference with fixed shapes (docs/architecture.md section 6).
+"""The deploy graph: torchvision Mask R-CNN inference with fixed-size outputs (docs/architecture.md section 6).
 
 `DeployMaskRCNN` wraps a trained torchvision MaskRCNN and reproduces its eager inference -
-RPN per-level top-k, clip, small-box and score filters, per-level NMS, post-NMS top-N; box head,
-BoxCoder decode with its weights and clamp, softmax, clip, score threshold, small-box removal,
-class-wise NMS, top-D detections; mask head on the final boxes - with every data-dependent filter
+anchors from the feature-map shapes, RPN per-level top-k, clip, small-box and score filters, per-level NMS,
+post-NMS top-N; box head, BoxCoder decode with its weights and clamp, softmax, clip, score threshold, small-box
+removal, class-wise NMS, top-D detections; mask head on the final boxes - with every data-dependent filter
 turned into masking and fixed-size outputs padded with score 0.
 
 Inputs:  images [B, 3, H, W] float32, normalised and zero-padded (runtime/preprocess.py);
-         image_sizes [B, 2] int64, the (h, w) of each resized image inside the canvas (boxes are
+         image_sizes [B, 2] int64, the (h, w) of each resized image inside the batch (boxes are
          clipped to it, as torchvision clips to the resized image).
-Outputs: num_detections [B] int32, boxes [B, D, 4] (canvas pixels), scores [B, D], labels [B, D] int32,
+Outputs: num_detections [B] int32, boxes [B, D, 4] (resized-image pixels), scores [B, D], labels [B, D] int32,
          masks [B, D, 28, 28] (probabilities of the detected class).
 
-H and W must be multiples of 32; the FPN level scales, anchors and top-k sizes are fixed by them.
+H and W are any multiples of 32 (dynamic in the exported graphs unless a static canvas is asked for). Nothing in
+the graph depends on them being fixed: the anchors are made from the feature-map shapes exactly as torchvision's
+AnchorGenerator makes them (stride = image size // feature size, integer), and each FPN level's top-k keeps a
+fixed k = the RPN's pre-NMS top-N by padding the level's scores with -inf (padded entries are masked out, so a
+level with fewer anchors than k behaves as torchvision's min(k, anchors)). The RoIAlign level scales are powers of
+two fixed by the architecture (1/4 .. 1/32 for P2..P5), as torchvision infers them for any ordinary image size.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import math
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.image_list import ImageList
 
 from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
@@ -61,7 +65,10 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 
 class DeployMaskRCNN(nn.Module):
-    """Fixed-shape Mask R-CNN inference (see the module docstring)."""
+    """Mask R-CNN inference with fixed-size outputs (see the module docstring).
+
+    `height` x `width` is the size the module is traced at (the static canvas, or an example size of a dynamic
+    export); the graph itself works at any multiple of 32."""
 
     def __init__(self, model: MaskRCNN, *, height: int, width: int, max_detections: int = 100,
                  flavor: str = "portable") -> None:
@@ -93,29 +100,48 @@ class DeployMaskRCNN(nn.Module):
         with torch.no_grad():
             dummy = torch.zeros((1, 3, height, width))
             feats = list(self.backbone(dummy).values())
-            anchors = rpn.anchor_generator(ImageList(dummy, [(height, width)]), feats)[0]
-        self.register_buffer("anchors", anchors, persistent=False)
-        per_location = rpn.anchor_generator.num_anchors_per_location()
-        self.anchors_per_level = [f.shape[-2] * f.shape[-1] * a for f, a in zip(feats, per_location, strict=True)]
+        # torchvision's AnchorGenerator: per level, the rounded cell anchors shifted over the feature-map grid
+        self.cell_anchors = [a.to(torch.float32) for a in rpn.anchor_generator.cell_anchors]
+        if len(self.cell_anchors) != len(feats):
+            raise MaskrtError(f"the anchor generator has {len(self.cell_anchors)} levels but the backbone returns "
+                              f"{len(feats)} feature maps")
         scales = tuple(2.0 ** round(math.log2(f.shape[-2] / height)) for f in feats)
         self.box_spec = _pool_spec(heads.box_roi_pool, scales)
         self.mask_spec = _pool_spec(heads.mask_roi_pool, scales)
         self.num_pooled = len(heads.box_roi_pool.featmap_names)
 
+    @staticmethod
+    def level_anchors(cell: Tensor, image_hw: tuple, feat_hw: tuple) -> Tensor:
+        """The anchors [h*w*A, 4] of one level, ordered (y, x, a) like the RPN head's outputs.
+
+        torchvision's grid_anchors: stride = image size // feature size (integer division), shifts = grid index *
+        stride, anchors = shifts + the level's cell anchors. The sizes may be traced values (dynamic H/W)."""
+        stride_h, stride_w = image_hw[0] // feat_hw[0], image_hw[1] // feat_hw[1]
+        shifts_y = torch.arange(feat_hw[0], dtype=torch.int64) * stride_h
+        shifts_x = torch.arange(feat_hw[1], dtype=torch.int64) * stride_w
+        grid_y, grid_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+        grid_x, grid_y = grid_x.reshape(-1), grid_y.reshape(-1)
+        shifts = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=1).to(torch.float32)
+        return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4)
+
     # -- stages ----------------------------------------------------------------------------------------
-    def proposals(self, feats: list[Tensor], sizes: Tensor) -> tuple[Tensor, Tensor]:
+    def proposals(self, feats: list[Tensor], images: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
         """RPN: (proposals [B, P, 4], valid [B, P]) with P = post-NMS top-N."""
         batch = feats[0].shape[0]
         objectness, deltas = self.rpn_head(feats)
-        scores_l, boxes_l, levels_l = [], [], []
-        start = 0
-        for level, (obj, delta, count) in enumerate(zip(objectness, deltas, self.anchors_per_level, strict=True)):
+        image_hw = (images.shape[-2], images.shape[-1])
+        k = self.pre_nms_top_n
+        scores_l, boxes_l, levels_l, present_l = [], [], [], []
+        for level, (obj, delta, cell) in enumerate(zip(objectness, deltas, self.cell_anchors, strict=True)):
             a, h, w = obj.shape[1], obj.shape[2], obj.shape[3]
+            anchors = self.level_anchors(cell, image_hw, (h, w))
             obj = obj.permute(0, 2, 3, 1).reshape(batch, -1)
             delta = delta.reshape(batch, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
-            anchors = self.anchors[start:start + count]
-            start += count
-            k = min(self.pre_nms_top_n, count)
+            count = obj.shape[1]
+            # a fixed k for every level and size: pad with k entries that never win against a real anchor
+            obj = torch.cat([obj, torch.full_like(obj[:, :1], -math.inf).expand(batch, k)], dim=1)
+            delta = torch.cat([delta, torch.zeros_like(delta[:, :1]).expand(batch, k, 4)], dim=1)
+            anchors = torch.cat([anchors, torch.zeros_like(anchors[:1]).expand(k, 4)], dim=0)
             top, idx = obj.topk(k, dim=1)
             top_delta = _gather_rows(delta, idx)
             top_anchors = anchors[idx.reshape(-1)]
@@ -123,14 +149,15 @@ class DeployMaskRCNN(nn.Module):
             scores_l.append(top)
             boxes_l.append(boxes)
             levels_l.append(torch.zeros_like(top, dtype=torch.int64) + level)
+            present_l.append(idx < count)  # False on padding: the level had fewer than k anchors
         scores = torch.sigmoid(torch.cat(scores_l, dim=1))
         boxes = _clip(torch.cat(boxes_l, dim=1), sizes)
         levels = torch.cat(levels_l, dim=1)
         wh = boxes[..., 2:] - boxes[..., :2]
         valid = (wh[..., 0] >= self.rpn_min_size) & (wh[..., 1] >= self.rpn_min_size)
-        valid = valid & (scores >= self.rpn_score_thresh)
+        valid = valid & (scores >= self.rpn_score_thresh) & torch.cat(present_l, dim=1)
         masked = torch.where(valid, scores, torch.full_like(scores, -1.0))
-        keep = nms(boxes, masked, levels, num_groups=len(self.anchors_per_level), iou_threshold=self.rpn_nms_thresh,
+        keep = nms(boxes, masked, levels, num_groups=len(self.cell_anchors), iou_threshold=self.rpn_nms_thresh,
                    score_threshold=-0.5, max_output_boxes=self.post_nms_top_n, flavor=self.flavor)
         kept = keep >= 0
         props = _gather_rows(boxes, keep.clamp(min=0)) * kept[..., None].to(boxes.dtype)
@@ -173,7 +200,7 @@ class DeployMaskRCNN(nn.Module):
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         feats = list(self.backbone(images).values())
-        props, props_valid = self.proposals(feats, image_sizes)
+        props, props_valid = self.proposals(feats, images, image_sizes)
         boxes, scores, labels, valid = self.detections(feats, props, props_valid, image_sizes)
         masks = self.masks(feats, boxes, labels, valid)
         num = valid.sum(dim=1).to(torch.int32)

@@ -1,5 +1,8 @@
 """`maskrt export`: a checkpoint -> export dir with model.onnx, model.trt.onnx and export.json.
 
+The graphs take a dynamic height and width by default (docs/architecture.md section 6); `--height/--width` give a
+static canvas for targets that need one.
+
 Both graphs are traced from the same DeployMaskRCNN (export/deploy.py) with the legacy TorchScript
 exporter; they differ only in how RoIAlign and NMS are emitted (export/ops.py). Each is checked with
 onnx.checker (full shape inference) and verified to hold only the ops its flavor allows.
@@ -30,7 +33,7 @@ from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.core.versions import versions
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
-from maskrt.training.models import default_canvas
+from maskrt.training.models import default_canvas, size_range
 
 FORBIDDEN_IN_TRT = {"NonZero", "Loop", "NonMaxSuppression", "RoiAlign", "If", "Scan"}
 
@@ -42,10 +45,18 @@ def _example_inputs(deploy: DeployMaskRCNN, batch: int) -> tuple[torch.Tensor, t
     return images, sizes
 
 
-def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch: bool, opset: int) -> None:
+def _dynamic_axes(dynamic_batch: bool, dynamic_size: bool) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)} if dynamic_batch else {}
+    if dynamic_size:
+        axes["images"] = {**axes.get("images", {}), 2: "height", 3: "width"}
+    return axes
+
+
+def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch: bool, dynamic_size: bool,
+                opset: int) -> None:
     custom = {"maskrt": 1} if deploy.flavor == "trt" else None
     args = _example_inputs(deploy, batch)
-    axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)} if dynamic_batch else None
+    axes = _dynamic_axes(dynamic_batch, dynamic_size) or None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(deploy, args, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
@@ -53,13 +64,15 @@ def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch
                           do_constant_folding=True)
 
 
-def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch: bool) -> None:
-    """Write the known fixed shapes of every graph input and output (the exporter leaves symbolic names
-    where custom ops or data-dependent code sit upstream)."""
+def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch: bool, dynamic_size: bool) -> None:
+    """Write the known shapes of every graph input and output (the exporter leaves symbolic names where custom
+    ops or data-dependent code sit upstream): fixed sizes, and the names batch / height / width where dynamic."""
     model = onnx.load(str(path))
     b: int | str = "batch" if dynamic_batch else batch
+    h: int | str = "height" if dynamic_size else deploy.height
+    w: int | str = "width" if dynamic_size else deploy.width
     d, m = deploy.max_detections, deploy.mask_spec.output_size[0] * 2
-    shapes = {"images": [b, 3, deploy.height, deploy.width], "image_sizes": [b, 2], "num_detections": [b],
+    shapes = {"images": [b, 3, h, w], "image_sizes": [b, 2], "num_detections": [b],
               "boxes": [b, d, 4], "scores": [b, d], "labels": [b, d], "masks": [b, d, m, m]}
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
@@ -99,8 +112,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
                       max_detections: int = 100, opset: int = 17, force: bool = False) -> ExportInfo:
     """Export both graphs of a checkpoint as the folder `out`; returns what export.json holds.
 
-    A non-empty `out` is refused unless `force`; the folder is written under a temporary name and renamed when
-    complete, so an interrupted export leaves the previous folder (or none) intact."""
+    By default the graphs take a dynamic height and width: any multiple of 32 from 32 to the model's max_size
+    rounded up to 32, so each batch runs at the size torchvision pads it to. `height` and/or `width` ask for a
+    static canvas instead (the other side defaults to the config's). A non-empty `out` is refused unless `force`;
+    the folder is written under a temporary name and renamed when complete, so an interrupted export leaves the
+    previous folder (or none) intact."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise MaskrtError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
     if not 1 <= batch <= MAX_EXPORT_BATCH:
@@ -110,30 +126,37 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
     model = model_from_checkpoint(ckpt, source=checkpoint)
     cfg = ckpt["model_config"]
     default_h, default_w = default_canvas(cfg)
+    dynamic_size = height is None and width is None
     height, width = height or default_h, width or default_w
+    if dynamic_size:
+        lo, hi = size_range(cfg)
+        height, width = min(height, hi), min(width, hi)  # the traced example size lies inside the range
+        inp = InputSpec(height, width, batch, dynamic_batch, True, (lo, hi), (lo, hi))
+    else:
+        inp = InputSpec(height, width, batch, dynamic_batch)
     deploys = {flavor: DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections,
                                       flavor=flavor) for flavor in GRAPH_FILES}
     graphs: dict[str, GraphFile] = {}
     with staged_dir(out) as staging:
         for flavor, name in GRAPH_FILES.items():
             path = staging / name
-            _export_one(deploys[flavor], path, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
-            _pin_io_shapes(path, deploys[flavor], batch, dynamic_batch)
+            _export_one(deploys[flavor], path, batch=batch, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+                        opset=opset)
+            _pin_io_shapes(path, deploys[flavor], batch, dynamic_batch, dynamic_size)
             graphs[flavor] = GraphFile(file=name, sha256=sha256(path), ops=check_graph(path, flavor))
-        info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, height=height, width=width, batch=batch,
-                            dynamic_batch=dynamic_batch, max_detections=max_detections, opset=opset)
+        info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, inp, max_detections=max_detections,
+                            opset=opset)
         info.write(staging)
     return info
 
 
 def _export_info(ckpt: dict, model: torch.nn.Module, deploy: DeployMaskRCNN, checkpoint: str | Path,
-                 graphs: dict[str, GraphFile], *, height: int, width: int, batch: int, dynamic_batch: bool,
-                 max_detections: int, opset: int) -> ExportInfo:
+                 graphs: dict[str, GraphFile], inp: InputSpec, *, max_detections: int, opset: int) -> ExportInfo:
     cfg = ckpt["model_config"]
     return ExportInfo(
         model_config=cfg,
         classes=ckpt["classes"],
-        input=InputSpec(height=height, width=width, batch=batch, dynamic_batch=dynamic_batch),
+        input=inp,
         mean=tuple(model.transform.image_mean),
         std=tuple(model.transform.image_std),
         min_size=int(cfg["min_size"]),

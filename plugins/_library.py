@@ -160,3 +160,10 @@ def load_into(trt: ModuleType) -> Path:
             raise RuntimeError(f"{name} could not load {path}: creator(s) {missing or 'unknown'} not registered")
         _loaded[name] = (handle, logger, builder)
     return path
+
+
+def loaded_logger(trt: ModuleType) -> object:
+    """The logger `load_into` created for `trt`: TensorRT keeps the first logger it is given, so builders made
+    afterwards should use this one (a new one is ignored with a warning)."""
+    load_into(trt)
+    return _loaded[trt.__name__][1]

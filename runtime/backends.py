@@ -49,19 +49,8 @@ class TorchBackend:
         self.max_detections = max_detections
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
-        outs = []
-        d = self.max_detections
-        for det in eager_detections(self.model, canvas, sizes):
-            n = min(len(det["scores"]), d)
-            m = det["masks"].shape[-1] if len(det["masks"]) else 28
-            raw = RawOutput(num=n, boxes=np.zeros((d, 4), np.float32), scores=np.zeros(d, np.float32),
-                            labels=np.zeros(d, np.int64), masks=np.zeros((d, m, m), np.float32))
-            raw.boxes[:n] = det["boxes"][:n].numpy()
-            raw.scores[:n] = det["scores"][:n].numpy()
-            raw.labels[:n] = det["labels"][:n].numpy()
-            raw.masks[:n] = det["masks"][:n].numpy()
-            outs.append(raw)
-        return outs
+        return [RawOutput.from_torchvision(det, self.max_detections)
+                for det in eager_detections(self.model, canvas, sizes)]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -37,6 +37,22 @@ class RawOutput:
     labels: np.ndarray  # [D]
     masks: np.ndarray  # [D, M, M]
 
+    @classmethod
+    def from_torchvision(cls, det: dict[str, torch.Tensor], slots: int) -> RawOutput:
+        """torchvision's RoI-head result of one image (boxes in resized-image pixels, masks [N, 1|-, M, M]
+        probabilities) in `slots` fixed slots, truncated like a deploy graph with that many detections."""
+        n = min(len(det["scores"]), slots)
+        masks = det["masks"].reshape(len(det["scores"]), *det["masks"].shape[-2:]) if len(det["masks"]) else None
+        m = masks.shape[-1] if masks is not None else 28
+        raw = cls(num=n, boxes=np.zeros((slots, 4), np.float32), scores=np.zeros(slots, np.float32),
+                  labels=np.zeros(slots, np.int64), masks=np.zeros((slots, m, m), np.float32))
+        raw.boxes[:n] = det["boxes"][:n].numpy()
+        raw.scores[:n] = det["scores"][:n].numpy()
+        raw.labels[:n] = det["labels"][:n].numpy()
+        if masks is not None:
+            raw.masks[:n] = masks[:n].numpy()
+        return raw
+
 
 def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int, int], *,
                   score_threshold: float = 0.0) -> Detections:

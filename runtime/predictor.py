@@ -44,7 +44,10 @@ class Predictor:
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         info = ExportInfo.read(export_dir)
-        pre = Preprocessor(info.input.height, info.input.width, info.min_size, info.max_size, info.mean, info.std)
+        inp = info.input
+        pre = Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
+                           canvas=None if inp.dynamic_size else (inp.height, inp.width),
+                           max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]
         if backend == "torch":
             if checkpoint is None:
                 raise MaskrtError("the torch backend needs a checkpoint")
@@ -62,15 +65,17 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
                         score_threshold: float = 0.0) -> Predictor:
-        """The torch reference straight from a checkpoint (canvas from the model config by default)."""
+        """The torch reference straight from a checkpoint: each batch padded as torchvision pads it, or to a static
+        canvas when `height` and/or `width` are given (the other side from the model config)."""
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         ckpt = load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, source=checkpoint)
         h, w = default_canvas(ckpt["model_config"])
-        pre = Preprocessor(height or h, width or w, ckpt["model_config"]["min_size"],
-                           ckpt["model_config"]["max_size"], tuple(model.transform.image_mean),
-                           tuple(model.transform.image_std))
+        canvas = None if height is None and width is None else (height or h, width or w)
+        pre = Preprocessor(ckpt["model_config"]["min_size"], ckpt["model_config"]["max_size"],
+                           tuple(model.transform.image_mean), tuple(model.transform.image_std),  # type: ignore[arg-type]
+                           canvas=canvas)
         backend = TorchBackend(model, int(ckpt["model_config"].get("box_detections_per_img", 100)))
         return cls(backend, pre, ckpt["classes"], score_threshold=score_threshold)
 

@@ -15,7 +15,8 @@ from maskrt.core.errors import MaskrtError
 def _export_info() -> ExportInfo:
     return ExportInfo(
         model_config={"name": "slim", "num_classes": 2}, classes=[{"id": 1, "name": "a"}, {"id": 7, "name": "b"}],
-        input=InputSpec(height=128, width=160, batch=2, dynamic_batch=True), mean=(0.5, 0.4, 0.3),
+        input=InputSpec(height=128, width=160, batch=2, dynamic_batch=True, dynamic_size=True,
+                        height_range=(32, 192), width_range=(64, 192)), mean=(0.5, 0.4, 0.3),
         std=(0.2, 0.2, 0.2), min_size=128, max_size=160, limits={"max_detections": 50},
         roi_align={"box": {"output_height": 7}}, opset=17,
         graphs={"portable": GraphFile("model.onnx", "ab" * 32, {"Conv": 3}), "trt": GraphFile("model.trt.onnx", "cd")},
@@ -27,7 +28,8 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
     info = _export_info()
     path = info.write(tmp_path)
     assert path == tmp_path / "export.json"
-    assert json.loads(path.read_text())["input"]["height"] == 128  # the documented layout
+    written = json.loads(path.read_text())["input"]  # the documented layout
+    assert (written["height"], written["height_range"], written["width_range"]) == (128, [32, 192], [64, 192])
     assert ExportInfo.read(tmp_path) == info
     assert info.graph_path(tmp_path, "trt") == tmp_path / "model.trt.onnx"
     with pytest.raises(MaskrtError, match="no 'int8' graph"):
@@ -49,7 +51,13 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d["graphs"].update(onnx16={"file": "x.onnx", "sha256": "0"}), "graphs.onnx16 is not a graph"),
         (lambda d: d.update(graphs={}), "graphs names no graph"),
         (lambda d: d["limits"].pop("max_detections"), "limits.max_detections is missing"),
-        (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+        (lambda d: d.update(format_version=1), "format_version 1 is not supported"),
+        (lambda d: d["input"].update(height_range=[32]), r"input.height_range must be \[min, max\]"),
+        (lambda d: d["input"].update(width_range=[96, 64]), r"input.width_range must be \[min, max\]"),
+        (lambda d: d["input"].update(width_range=[64, 100]), "width_range must be"),
+        (lambda d: d["input"].update(height=256), "lies outside its ranges"),
+        (lambda d: d["input"].pop("dynamic_size"), "input.dynamic_size is missing"),
+        (lambda d: d["input"].update(dynamic_size=False), "a static input .* must have ranges equal to its size"),
     ],
 )
 def test_export_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from maskrt.core.artifacts import EXPORT_FORMAT_VERSION
 from maskrt.core.errors import MaskrtError
 from maskrt.core.images import load_rgb
 from maskrt.export.onnx_export import export_checkpoint
@@ -62,7 +63,8 @@ def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN
         (lambda d: (d / "model.onnx").unlink(), "model.onnx: missing from the export folder"),
         (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:5000]),
          "model.onnx: its sha256 differs from the one in export.json"),
-        (lambda d: (d / "export.json").write_text(json.dumps({"format_version": 1})), "export.json: input is missing"),
+        (lambda d: (d / "export.json").write_text(json.dumps({"format_version": EXPORT_FORMAT_VERSION})),
+         "export.json: input is missing"),
         (lambda d: _edit_info(d, lambda i: i["input"].update(height="800")), "input.height must be an integer"),
         (lambda d: _edit_info(d, lambda i: i.update(classes=[])), "classes must be a non-empty list"),
         (lambda d: _edit_info(d, lambda i: i["graphs"]["portable"].update(file="../../x/model.onnx")),

@@ -66,6 +66,13 @@ def default_canvas(model_config: dict[str, Any]) -> tuple[int, int]:
     return up(model_config["min_size"]), up(model_config["max_size"])
 
 
+def size_range(model_config: dict[str, Any]) -> tuple[int, int]:
+    """(min, max) side of a padded batch as torchvision makes it: 32 .. max_size rounded up to 32.
+
+    torchvision resizes so that the long side is at most max_size and pads each side up to a multiple of 32."""
+    return 32, int(-(-int(model_config["max_size"]) // 32) * 32)
+
+
 def _freeze_backbone_bn(backbone_body: nn.Module) -> None:
     """Replace every BatchNorm2d of the ResNet body by FrozenBatchNorm2d (torchvision's pretrained layout)."""
     for name, child in list(backbone_body.named_children()):

@@ -122,8 +122,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     info = export_checkpoint(args.checkpoint, args.out, height=args.height, width=args.width, batch=args.batch,
                              dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset,
                              force=args.force)
-    h, w = info.input.height, info.input.width
-    print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({h}x{w}, batch "
+    inp = info.input
+    (h0, h1), (w0, w1) = inp.height_range, inp.width_range  # type: ignore[misc]
+    size = f"dynamic height {h0}..{h1} x width {w0}..{w1}" if inp.dynamic_size else f"static {inp.height}x{inp.width}"
+    print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({size}, batch "
           f"{'dynamic' if args.dynamic_batch else args.batch}, {args.max_detections} detections, opset {args.opset})")
     return 0
 
@@ -206,11 +208,43 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     gates = Gates(score_floor=args.score_floor)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
-                        split=args.split, limit=args.limit, gates=gates, progress=not args.quiet,
-                        threads=args.threads, force=args.force)
+                        reference=args.reference, split=args.split, limit=args.limit, gates=gates,
+                        progress=not args.quiet, threads=args.threads, force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return 0 if report["passed"] else 1
+
+
+def _shape(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 800x1344, got {text}")
+    return int(parts[0]), int(parts[1])
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from maskrt.core.artifacts import ExportInfo
+    from maskrt.export.engine import ShapeRange, build_engine, default_shapes
+
+    info = ExportInfo.read(args.model)
+    shapes = default_shapes(info, args.max_batch)
+    if args.max_batch and not info.input.dynamic_batch:
+        raise MaskrtError(f"--max-batch needs an export with a dynamic batch ({args.model} has batch "
+                          f"{info.input.batch})")
+    pick = lambda given, default: (default[0], *given) if given else default  # noqa: E731
+    shapes = ShapeRange(pick(args.min_shape, shapes.min), pick(args.opt_shape, shapes.opt),
+                        pick(args.max_shape, shapes.max))
+    caps = tuple(c.strip() for c in args.compute_capabilities.split(",")) if args.compute_capabilities else None
+    print(f"building {Path(args.model) / 'model.trt.onnx'} with {args.builder}: batch {shapes.min[0]}..{shapes.max[0]}"
+          f", height {shapes.min[1]}..{shapes.max[1]} (opt {shapes.opt[1]}), width {shapes.min[2]}..{shapes.max[2]} "
+          f"(opt {shapes.opt[2]}); this takes a while")
+    result = build_engine(args.model, args.out, builder=args.builder, shapes=shapes, compute_capabilities=caps,
+                          force=args.force)
+    engine = Path(args.out) if args.out else Path(args.model) / result.engine
+    print(f"wrote {engine} and {engine.name}.json ({result.builder} {result.builder_version}, {result.precision}, "
+          f"compute capabilities {', '.join(result.compute_capabilities)})")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -324,8 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = add("export", "export a checkpoint: model.onnx (portable), model.trt.onnx (TensorRT plugins), export.json")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--out", required=True, help="export folder")
-    exp.add_argument("--height", type=_canvas_side, help="canvas height, a multiple of 32 (default: from config)")
-    exp.add_argument("--width", type=_canvas_side, help="canvas width, a multiple of 32 (default: from config)")
+    exp.add_argument("--height", type=_canvas_side,
+                     help="static canvas height, a multiple of 32 (default: dynamic height and width, each batch at "
+                     "the size torchvision pads it to; with --width only, the height comes from the config)")
+    exp.add_argument("--width", type=_canvas_side,
+                     help="static canvas width, a multiple of 32 (default: dynamic; see --height)")
     exp.add_argument("--batch", type=_export_batch, default=1, help="static batch size, 1 to 64 (default 1)")
     exp.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     exp.add_argument("--max-detections", type=_positive_int, default=100,
@@ -352,7 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--model", required=True, help="export folder")
     par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
     par.add_argument("--graph", default="portable", choices=["portable", "trt"])
-    par.add_argument("--data", required=True, help="COCO-format dataset folder")
+    par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
+                     help="plain: torchvision model(images) as its user runs it (default, the gate's reference); "
+                     "canvas: torchvision on the candidate's padded batch (diagnostic: export errors only)")
+    par.add_argument("--data", required=True,
+                     help="COCO-format dataset folder, or a folder of images (then no AP: detection gates only)")
     par.add_argument("--split", default="val")
     par.add_argument("--limit", type=_positive_int, help="first N images only")
     par.add_argument("--score-floor", type=_unit_float, default=0.3,
@@ -361,6 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     par.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     par.set_defaults(func=cmd_parity)
+
+    bld = add("build", "build model.trt.onnx of an export folder into a TensorRT / TensorRT-RTX engine")
+    bld.add_argument("--model", required=True, help="export folder")
+    bld.add_argument("--out", help="engine file (default: EXPORT/model.fp32.engine); ENGINE.json is written beside it")
+    bld.add_argument("--builder", default="tensorrt-rtx", choices=["tensorrt-rtx", "tensorrt"],
+                     help="tensorrt-rtx builds without a GPU, for RTX GPUs (default); tensorrt builds on a GPU")
+    defaults = (("min", "the export's smallest"), ("opt", "the traced size"), ("max", "the export's largest"))
+    for which, default in defaults:
+        bld.add_argument(f"--{which}-shape", type=_shape, metavar="HxW",
+                         help=f"{which} height x width of the optimization profile (default: {default})")
+    bld.add_argument("--max-batch", type=_positive_int, help="largest batch, for a dynamic-batch export (default 4)")
+    bld.add_argument("--compute-capabilities", help="tensorrt-rtx targets, e.g. 8.6,8.9 (default 8.6,8.9,12.0)")
+    bld.add_argument("--force", action="store_true", help="replace an existing engine")
+    bld.set_defaults(func=cmd_build)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

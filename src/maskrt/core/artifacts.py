@@ -18,7 +18,7 @@ from maskrt.core.files import read_json, write_json
 T = TypeVar("T")
 
 EXPORT_FILE = "export.json"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
 ENGINE_FORMAT_VERSION = 1
 #: The graph flavours of an export folder and their files (docs/architecture.md section 3).
 GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
@@ -98,14 +98,57 @@ def _safe_file_name(fields: _Fields, key: str) -> str:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The deploy graph's input: canvas size (multiples of 32) and batch."""
+    """The deploy graph's input. Sizes are multiples of 32.
+
+    A dynamic-size export (`dynamic_size`) takes any height in `height_range` and width in `width_range`: each
+    batch runs at its own padded size, as torchvision pads it. `height` x `width` is then the size the graph was
+    traced at (and a sensible optimization-profile optimum); a static export takes exactly `height` x `width`.
+    """
 
     height: int
     width: int
     batch: int = 1
     dynamic_batch: bool = False
+    dynamic_size: bool = False
+    height_range: tuple[int, int] | None = None  # (min, max); None = (height, height)
+    width_range: tuple[int, int] | None = None
     names: tuple[str, ...] = INPUT_NAMES
     layout: str = "NCHW float32, RGB, normalised, zero-padded"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "height_range", tuple(self.height_range or (self.height, self.height)))
+        object.__setattr__(self, "width_range", tuple(self.width_range or (self.width, self.width)))
+
+    def accepts(self, height: int, width: int) -> bool:
+        """Whether a padded batch of height x width can run on this graph."""
+        (h0, h1), (w0, w1) = self.height_range, self.width_range  # type: ignore[misc]
+        return h0 <= height <= h1 and w0 <= width <= w1 and height % 32 == 0 and width % 32 == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "height_range": list(self.height_range or ()), "width_range":
+                list(self.width_range or ()), "names": list(self.names)}
+
+    @classmethod
+    def from_fields(cls, inp: _Fields) -> InputSpec:
+        """Validate the `input` object of export.json."""
+        height, width = inp.int("height", 32), inp.int("width", 32)
+        side = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 32 and v % 32 == 0  # noqa: E731
+        what = "[min, max], multiples of 32 with min <= max"
+        h_range = tuple(inp.list("height_range", side, what, 2))
+        w_range = tuple(inp.list("width_range", side, what, 2))
+        spec = cls(height, width, batch=inp.int("batch", 1), dynamic_batch=inp.bool("dynamic_batch"),
+                   dynamic_size=inp.bool("dynamic_size"), height_range=h_range, width_range=w_range)  # type: ignore[arg-type]
+        if height % 32 or width % 32:
+            raise MaskrtError(f"{inp.file}: input.height and input.width must be multiples of 32, got {height}x{width}")
+        for name, rng in (("height_range", h_range), ("width_range", w_range)):
+            if len(rng) != 2 or rng[0] > rng[1]:
+                raise MaskrtError(f"{inp.file}: input.{name} must be {what}, got {list(rng)}")
+        if not spec.accepts(height, width):
+            raise MaskrtError(f"{inp.file}: input.height x width {height}x{width} lies outside its ranges "
+                              f"{list(h_range)} x {list(w_range)}")
+        if not spec.dynamic_size and (h_range != (height, height) or w_range != (width, width)):
+            raise MaskrtError(f"{inp.file}: a static input (dynamic_size false) must have ranges equal to its size")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -146,7 +189,7 @@ class ExportInfo:
             "format_version": EXPORT_FORMAT_VERSION,
             "model_config": self.model_config,
             "classes": self.classes,
-            "input": {**asdict(self.input), "names": list(self.input.names)},
+            "input": self.input.to_json(),
             "outputs": list(self.outputs),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "resize": {"min_size": self.min_size, "max_size": self.max_size},
@@ -173,9 +216,6 @@ class ExportInfo:
             raise MaskrtError(f"{where}: export format_version {version} is not supported "
                               f"(this maskrt reads {EXPORT_FORMAT_VERSION}); export the checkpoint again")
         inp, norm, resize, limits = top.obj("input"), top.obj("normalization"), top.obj("resize"), top.obj("limits")
-        height, width = inp.int("height", 32), inp.int("width", 32)
-        if height % 32 or width % 32:
-            raise MaskrtError(f"{where}: input.height and input.width must be multiples of 32, got {height}x{width}")
         three = lambda key: tuple(float(v) for v in norm.list(key, _is_number, "a list of 3 numbers", 3)[:3])  # noqa: E731
         graphs: dict[str, GraphFile] = {}
         graph_fields = top.obj("graphs")
@@ -193,7 +233,7 @@ class ExportInfo:
         return cls(
             model_config=top.raw("model_config"),
             classes=_classes(top),
-            input=InputSpec(height, width, batch=inp.int("batch", 1), dynamic_batch=inp.bool("dynamic_batch")),
+            input=InputSpec.from_fields(inp),
             mean=three("mean"),
             std=std,
             min_size=resize.int("min_size", 1),

@@ -34,11 +34,16 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 def write_json(path: str | Path, document: Any) -> None:
     """Write a JSON document atomically (temporary file in the same folder, then rename)."""
+    write_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically: a temporary file in the same folder, renamed over `path` when complete."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(document, indent=2) + "\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

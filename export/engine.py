@@ -1,0 +1,165 @@
+"""`maskrt build`: model.trt.onnx of an export folder -> a serialized TensorRT / TensorRT-RTX engine + ENGINE.json.
+
+The engine carries one optimization profile for `images` [B, 3, H, W] and `image_sizes` [B, 2]: batch and H/W
+ranges (min / opt / max). By default they are the export's own: its batch (1..4 for a dynamic batch, optimum 1)
+and, for a dynamic-size export, its height/width ranges with the traced size as optimum, so every batch runs at
+the size torchvision pads it to. A static export gives a fixed profile.
+
+Builders: `tensorrt-rtx` (pip tensorrt-rtx; builds on a machine without a GPU, for RTX-class GPUs: compute
+capabilities 8.6, 8.9 and 12.0 by default - 7.5 has no fp32 GEMM there) and `tensorrt` (full TensorRT; builds for
+the GPU it runs on). The plugin library is loaded into the builder first (maskrt.plugins.load_into) and its sha256
+is recorded in ENGINE.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from maskrt.core.artifacts import EngineInfo, ExportInfo, Profile
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256, write_atomic
+from maskrt.core.outputs import check_output_file
+from maskrt.core.versions import versions
+
+BUILDERS = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
+#: The GPUs TensorRT-RTX runs engines on; an RTX engine is built for all of them unless told otherwise.
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9", "12.0")
+#: Built for by default: Turing (7.5) has no fp32 GEMM in TensorRT-RTX, so fp32 engines leave it out.
+DEFAULT_RTX_CAPABILITIES = ("8.6", "8.9", "12.0")
+DEFAULT_MAX_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """min / opt / max of the dynamic input dimensions: batch, height, width."""
+
+    min: tuple[int, int, int]
+    opt: tuple[int, int, int]
+    max: tuple[int, int, int]
+
+
+def default_shapes(info: ExportInfo, max_batch: int | None = None) -> ShapeRange:
+    """The export's own ranges: batch (static, or 1..max_batch), height/width ranges with the traced optimum."""
+    inp = info.input
+    if inp.dynamic_batch:
+        top = max_batch or DEFAULT_MAX_BATCH
+        batch = (1, 1, top)
+    else:
+        batch = (inp.batch, inp.batch, inp.batch)
+    (h0, h1), (w0, w1) = inp.height_range, inp.width_range  # type: ignore[misc]
+    return ShapeRange((batch[0], h0, w0), (batch[1], inp.height, inp.width), (batch[2], h1, w1))
+
+
+def check_shapes(info: ExportInfo, shapes: ShapeRange) -> None:
+    """MaskrtError unless min <= opt <= max, sizes are multiples of 32 inside the export's ranges, and the batch
+    fits the export (static: exactly its batch)."""
+    inp = info.input
+    for name, shape in (("min", shapes.min), ("opt", shapes.opt), ("max", shapes.max)):
+        b, h, w = shape
+        if not inp.accepts(h, w):
+            raise MaskrtError(f"the {name} shape {h}x{w} is outside the export's inputs: multiples of 32 in height "
+                              f"{list(inp.height_range or ())} x width {list(inp.width_range or ())}")
+        if b < 1 or (not inp.dynamic_batch and b != inp.batch):
+            raise MaskrtError(f"the {name} batch {b} does not fit the export (batch "
+                              f"{'dynamic' if inp.dynamic_batch else inp.batch})")
+    for i, dim in enumerate(("batch", "height", "width")):
+        if not shapes.min[i] <= shapes.opt[i] <= shapes.max[i]:
+            raise MaskrtError(f"the profile's {dim} must satisfy min <= opt <= max, got "
+                              f"{shapes.min[i]} / {shapes.opt[i]} / {shapes.max[i]}")
+
+
+def import_builder(builder: str) -> ModuleType:
+    """The `tensorrt_rtx` or `tensorrt` module, or a MaskrtError saying how to get it."""
+    if builder not in BUILDERS:
+        raise MaskrtError(f"unknown builder '{builder}' (choose from {', '.join(BUILDERS)})")
+    try:
+        return importlib.import_module(BUILDERS[builder])
+    except ImportError:
+        hint = "pip install tensorrt-rtx-cu13==1.7.1.116" if builder == "tensorrt-rtx" else \
+            "install NVIDIA TensorRT 10 with its Python bindings (it needs a GPU machine)"
+        raise MaskrtError(f"the {builder} builder is not installed ({hint})") from None
+
+
+def _profiles(shapes: ShapeRange) -> dict[str, Profile]:
+    dims = lambda s: {"images": (s[0], 3, s[1], s[2]), "image_sizes": (s[0], 2)}  # noqa: E731
+    lo, mid, hi = dims(shapes.min), dims(shapes.opt), dims(shapes.max)
+    return {name: Profile(lo[name], mid[name], hi[name]) for name in lo}
+
+
+def _compute_capabilities(trt: ModuleType, builder: str, config: object, wanted: tuple[str, ...] | None
+                          ) -> tuple[str, ...]:
+    """Set (RTX) or report (TensorRT: the build GPU's) the compute capabilities the engine runs on."""
+    if builder == "tensorrt-rtx":
+        wanted = wanted or DEFAULT_RTX_CAPABILITIES
+        members = {cc: getattr(trt.ComputeCapability, "SM" + cc.replace(".", ""), None) for cc in wanted}
+        unknown = [cc for cc, m in members.items() if m is None]
+        if unknown:
+            raise MaskrtError(f"TensorRT-RTX cannot build for compute capability {', '.join(unknown)} "
+                              f"(it supports {', '.join(RTX_COMPUTE_CAPABILITIES)} and newer)")
+        config.num_compute_capabilities = len(members)  # type: ignore[attr-defined]
+        for i, member in enumerate(members.values()):
+            config.set_compute_capability(member, i)  # type: ignore[attr-defined]
+        return tuple(wanted)
+    if wanted:
+        raise MaskrtError("TensorRT builds for the GPU it runs on; --compute-capabilities is for tensorrt-rtx")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MaskrtError("TensorRT builds engines on a GPU and none is visible (use --builder tensorrt-rtx to "
+                          "build without one)")
+    major, minor = torch.cuda.get_device_capability()
+    return (f"{major}.{minor}",)
+
+
+def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str = "tensorrt-rtx",
+                 shapes: ShapeRange | None = None, compute_capabilities: tuple[str, ...] | None = None,
+                 force: bool = False) -> EngineInfo:
+    """Build model.trt.onnx of `export_dir` into `engine` (default EXPORT/model.fp32.engine) and ENGINE.json.
+
+    Both files are written atomically; an existing engine is refused unless `force`."""
+    from maskrt.plugins._library import load_into, loaded_logger
+
+    info = ExportInfo.read(export_dir)
+    onnx_path = info.graph_path(export_dir, "trt")
+    if not onnx_path.is_file():
+        raise MaskrtError(f"{onnx_path}: missing from the export folder")
+    if sha256(onnx_path) != info.graphs["trt"].sha256:
+        raise MaskrtError(f"{onnx_path}: its sha256 differs from the one in export.json; export the checkpoint again")
+    engine = Path(engine) if engine is not None else Path(export_dir) / "model.fp32.engine"
+    check_output_file(engine, force=force)
+    check_output_file(EngineInfo.path_for(engine), force=force)
+    shapes = shapes or default_shapes(info)
+    check_shapes(info, shapes)
+    trt = import_builder(builder)
+    try:
+        plugin_library = load_into(trt)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise MaskrtError(f"cannot load the plugin library into {builder}: {exc}") from None
+    logger = loaded_logger(trt)
+    trt_builder = trt.Builder(logger)
+    network = trt_builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+        raise MaskrtError(f"{onnx_path}: {builder}'s ONNX parser refuses it ({errors})")
+    config = trt_builder.create_builder_config()
+    profiles = _profiles(shapes)
+    profile = trt_builder.create_optimization_profile()
+    for name, p in profiles.items():
+        profile.set_shape(name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    capabilities = _compute_capabilities(trt, builder, config, compute_capabilities)
+    plan = trt_builder.build_serialized_network(network, config)
+    if plan is None:
+        raise MaskrtError(f"{builder} could not build {onnx_path} (see its messages above)")
+    result = EngineInfo(engine=engine.name, builder=builder, builder_version=trt.__version__, precision="fp32",
+                        profiles=profiles, onnx_sha256=info.graphs["trt"].sha256,
+                        plugin_library_sha256=sha256(plugin_library), compute_capabilities=capabilities,
+                        versions=versions())
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(engine, bytes(plan))
+    result.write(engine)
+    return result
