@@ -78,7 +78,7 @@ def main() -> int:
                                           classes=[{"id": i, "name": str(i)} for i in range(1, 91)]))
     print(f"exporting ours ({size}x{size}) ...", file=sys.stderr)
     t0 = time.perf_counter()
-    export_checkpoint(ckpt, work / "ours", height=size, width=size)
+    export_checkpoint(ckpt, work / "ours")  # dynamic height/width: each image at its own padded size
     export_s = time.perf_counter() - t0
     gen = np.random.default_rng(0)
     image = gen.integers(0, 255, (size, size, 3), dtype=np.uint8)
@@ -110,7 +110,7 @@ def main() -> int:
     canvas, sizes = ours.preprocessor([image])
     with torch.no_grad():
         feats = list(deploy.backbone(canvas).values())
-        props, _ = deploy.proposals(feats, sizes)
+        props, _ = deploy.proposals(feats, canvas, sizes)
     d = deploy.max_detections
 
     class Heads(nn.Module):

@@ -213,6 +213,18 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                        "99968"], "--height: must be a multiple of 32 in [32, 4096]", {}),
     ("export-batch-100000", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e", "--batch",
                                           "100000"], "--batch: must be in [1, 64]", {}),
+    ("parity-data-no-images", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export",
+                                            "--data", str(_empty_dir(t)), "--out", f"{t}/p"],
+     "neither a COCO-format dataset", {}),
+    ("parity-reference-unknown", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export",
+                                               "--data", f"{w}/data", "--reference", "eager", "--out", f"{t}/p"],
+     "invalid choice: 'eager'", {}),
+    ("build-shape-not-hxw", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/m.engine",
+                                          "--max-shape", "128"], "must be HEIGHTxWIDTH", {}),
+    ("build-shape-outside-range", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/m.engine",
+                                                "--max-shape", "100x128"], "outside the export's inputs", {}),
+    ("build-max-batch-on-static", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/m.engine",
+                                                "--max-batch", "4"], "needs an export with a dynamic batch", {}),
     ("max-minutes-inf", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--max-minutes", "inf"],
      "must be positive and finite", {}),
     ("binary-classes-file", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{t}/c.pt",
@@ -232,6 +244,12 @@ def _renumber_3_as_9(dataset: dict) -> None:
         key = "id" if "supercategory" in item or "name" in item else "category_id"
         if item.get(key) == 3:
             item[key] = 9
+
+
+def _empty_dir(t: Path) -> Path:
+    (t / "empty").mkdir()
+    (t / "empty" / "notes.txt").write_text("no images here")
+    return t / "empty"
 
 
 def _binary(t: Path) -> str:

@@ -82,15 +82,19 @@ def test_trained_slim_parity_both_graphs(trained_slim: Path, shapes_dir: Path, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["r50-fpn", "r50-fpn-v2"])
-@pytest.mark.parametrize(("height", "width", "batch"), [(160, 160, 1), (128, 224, 2)])
-def test_random_r50_parity(config: str, height: int, width: int, batch: int, shapes_dir: Path,
+@pytest.mark.parametrize(("height", "width", "batch", "static"),
+                         [(160, 160, 1, False), (128, 224, 2, False), (128, 224, 2, True)])
+def test_random_r50_parity(config: str, height: int, width: int, batch: int, static: bool, shapes_dir: Path,
                            tmp_path: Path) -> None:
+    """Dynamic-size exports against plain model(images); a static canvas larger than torchvision's padding against
+    the same-canvas reference (the export itself is exact; its canvas effect is test_static_canvas_effect's)."""
     ckpt = _random_checkpoint(tmp_path / "r50.pt", config, height, width)
-    export_checkpoint(ckpt, tmp_path / "export", height=height, width=width, batch=batch, max_detections=50)
+    size = {"height": height, "width": width} if static else {}
+    export_checkpoint(ckpt, tmp_path / "export", batch=batch, **size)
     gates = Gates(score_floor=0.05)
     for graph in ("portable", "trt"):
         report = run_parity(ckpt, tmp_path / "export", shapes_dir, tmp_path / graph, graph=graph, limit=2,
-                            gates=gates, progress=False)
+                            gates=gates, progress=False, reference="canvas" if static else "plain")
         assert report["passed"], (graph, report["gates"])
         assert report["summary"]["reference_detections_above_floor"] > 0
         assert report["raw_outputs"]["num_detections"]["abs"]["max"] == 0
@@ -115,6 +119,26 @@ def test_zero_detections(tmp_path: Path, shapes_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "results.json").read_text()) == []
     assert len(list(out.glob("*.png"))) == 8
+
+
+@pytest.mark.slow
+def test_static_canvas_effect(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    """A static canvas wider than torchvision's padding (96 px images -> 128x128) is measured, not hidden: against
+    the plain reference its outputs differ more than against the same-canvas reference, which it matches exactly."""
+    info = export_checkpoint(trained_slim, tmp_path / "export", height=128, width=192)
+    assert not info.input.dynamic_size and info.input.height_range == (128, 128)
+    dims = onnx.load(str(tmp_path / "export" / "model.trt.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 128, 192]
+    reports = {}
+    for reference in ("plain", "canvas"):
+        reports[reference] = run_parity(trained_slim, tmp_path / "export", shapes_dir, tmp_path / reference,
+                                        graph="trt", reference=reference, gates=Gates(score_floor=0.05),
+                                        progress=False)
+        assert f"vs {reference} reference" in (tmp_path / reference / "report.md").read_text()
+    plain, canvas = reports["plain"], reports["canvas"]
+    assert canvas["passed"] and canvas["raw_outputs"]["scores"]["abs"]["max"] < 1e-4
+    assert plain["summary"]["coco"]["delta"].keys() == {"bbox", "segm"}  # the canvas effect, in dAP
+    assert plain["raw_outputs"]["scores"]["abs"]["max"] > 10 * canvas["raw_outputs"]["scores"]["abs"]["max"]
 
 
 @pytest.mark.slow
@@ -143,7 +167,7 @@ def test_dynamic_batch(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> 
     info = export_checkpoint(trained_slim, tmp_path / "export", dynamic_batch=True)
     assert info.input.dynamic_batch
     dims = onnx.load(str(tmp_path / "export" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param == "batch"
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
     ds = load_split(shapes_dir, "val", train=False)
     images = [load_rgb(ds.image_path(i)) for i in range(3)]
     ref = Predictor.from_export(tmp_path / "export", backend="torch", checkpoint=trained_slim)

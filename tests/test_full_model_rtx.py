@@ -1,13 +1,20 @@
-"""The whole exported model.trt.onnx (both plugin ops inside Mask R-CNN) builds with TensorRT-RTX on the CPU."""
+"""The whole exported model.trt.onnx (both plugin ops inside Mask R-CNN) builds with TensorRT-RTX on the CPU:
+`maskrt build` with a batch and height/width optimization profile (dynamic-size export) and with a static canvas."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from maskrt.core.artifacts import EngineInfo
+from maskrt.core.errors import MaskrtError
+from maskrt.export.engine import ShapeRange, build_engine
 from maskrt.export.onnx_export import export_checkpoint
 from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
 from maskrt.training.models import build_model, default_model_config
@@ -19,29 +26,76 @@ except ImportError:  # pragma: no cover - the test extras install it
         pytest.fail("tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116", pytrace=False)
     pytest.skip("tensorrt_rtx not installed", allow_module_level=True)
 
+CLI = [sys.executable, "-m", "maskrt.cli"]
 
-@pytest.mark.slow
-def test_full_slim_model_builds_a_serialized_engine(tmp_path: Path, plugin_library: Path) -> None:
+
+@pytest.fixture(scope="module")
+def slim_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = default_model_config("slim", 3, min_size=96, max_size=160)
+    ckpt = tmp_path_factory.mktemp("slim") / "slim.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    return ckpt
+
+
+def _parse(path: Path):  # noqa: ANN202
     from maskrt.plugins import load_into
 
     load_into(trt)
-    torch.manual_seed(0)
-    cfg = default_model_config("slim", 3)
-    ckpt = tmp_path / "slim.pt"
-    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
-    export_checkpoint(ckpt, tmp_path / "export", batch=2, max_detections=50)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = trt.Builder(logger).create_network(0)
     parser = trt.OnnxParser(network, logger)
-    ok = parser.parse((tmp_path / "export" / "model.trt.onnx").read_bytes())
-    assert ok, [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    assert parser.parse_from_file(str(path)), [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    return network
+
+
+@pytest.mark.slow
+def test_dynamic_size_engine_with_a_height_width_profile(slim_checkpoint: Path, tmp_path: Path,
+                                                         plugin_library: Path) -> None:
+    export = tmp_path / "export"
+    export_checkpoint(slim_checkpoint, export, dynamic_batch=True, max_detections=50)
+    network = _parse(export / "model.trt.onnx")
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     assert sum(layer.type == trt.LayerType.PLUGIN_V3 for layer in layers) == 4  # 2 RoIAlign + 2 NMS
+    assert tuple(network.get_input(0).shape) == (-1, 3, -1, -1)  # batch, height and width all dynamic
     shapes = {network.get_output(i).name: tuple(network.get_output(i).shape) for i in range(network.num_outputs)}
-    assert shapes == {"num_detections": (2,), "boxes": (2, 50, 4), "scores": (2, 50), "labels": (2, 50),
-                      "masks": (2, 50, 28, 28)}
-    plan = builder.build_serialized_network(network, builder.create_builder_config())
-    assert plan is not None and plan.nbytes > 1_000_000
-    assert b"MultiLevelRoIAlign" in bytes(plan) and b"BatchedNMS" in bytes(plan)
+    assert shapes == {"num_detections": (-1,), "boxes": (-1, 50, 4), "scores": (-1, 50), "labels": (-1, 50),
+                      "masks": (-1, 50, 28, 28)}
+    engine = tmp_path / "engines" / "slim.engine"
+    proc = subprocess.run([*CLI, "build", "--model", str(export), "--out", str(engine), "--min-shape", "64x64",
+                           "--opt-shape", "96x160", "--max-batch", "2"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    info = EngineInfo.read(engine)
+    assert info.builder == "tensorrt-rtx" and info.precision == "fp32" and info.engine == "slim.engine"
+    assert info.profiles["images"].min == (1, 3, 64, 64) and info.profiles["images"].opt == (1, 3, 96, 160)
+    assert info.profiles["images"].max == (2, 3, 160, 160) and info.profiles["image_sizes"].max == (2, 2)
+    assert info.onnx_sha256 == json.loads((export / "export.json").read_text())["graphs"]["trt"]["sha256"]
+    assert info.compute_capabilities == ("8.6", "8.9", "12.0")
+    plan = engine.read_bytes()
+    assert len(plan) > 1_000_000 and b"MultiLevelRoIAlign" in plan and b"BatchedNMS" in plan
+    # the profile must lie inside the export's ranges; an existing engine needs --force
+    other = tmp_path / "other.engine"
+    for args, message in ((["--out", str(other), "--max-shape", "192x160"], "outside the export's inputs"),
+                          (["--out", str(other), "--max-shape", "100x160"], "outside the export's inputs"),
+                          (["--out", str(other), "--min-shape", "128x128", "--opt-shape", "96x96"], "min <= opt"),
+                          (["--out", str(other), "--max-shape", "128"], "must be HEIGHTxWIDTH"),
+                          (["--out", str(engine)], "exists")):
+        proc = subprocess.run([*CLI, "build", "--model", str(export), *args],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not other.exists()
+
+
+@pytest.mark.slow
+def test_static_canvas_engine(slim_checkpoint: Path, tmp_path: Path, plugin_library: Path) -> None:
+    export = tmp_path / "export"
+    export_checkpoint(slim_checkpoint, export, height=96, width=128, batch=2, max_detections=20)
+    network = _parse(export / "model.trt.onnx")
+    assert tuple(network.get_input(0).shape) == (2, 3, 96, 128)
+    info = build_engine(export, compute_capabilities=("8.9",))
+    assert (export / "model.fp32.engine").stat().st_size > 1_000_000
+    assert info.profiles["images"].min == info.profiles["images"].max == (2, 3, 96, 128)
+    assert info.compute_capabilities == ("8.9",)
+    with pytest.raises(MaskrtError, match="batch 1 does not fit"):
+        build_engine(export, tmp_path / "b1.engine", shapes=ShapeRange((1, 96, 128), (2, 96, 128), (2, 96, 128)))

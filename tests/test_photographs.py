@@ -1,0 +1,155 @@
+"""Parity against plain torchvision on real photographs at odd sizes and modes (issue 11).
+
+A torchvision Mask R-CNN R50-FPN state_dict (seeded random init, 3 classes) is written by the test, imported with
+`maskrt import` and exported with dynamic height/width. The photographs are the ones scikit-image ships
+(skimage/data): a 451x300 RGB PNG, a 640x427 JPEG, a 512x512 grayscale PNG, a 500x500 RGBA PNG and a portrait JPEG
+made from a 600x400 photograph rotated by 90 degrees. The reference is plain `model([image])` (and `model([a, b])`
+for a mixed batch); the matching below is the test's own, not maskrt's parity code.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.ops import box_iou
+
+from maskrt.core.images import load_rgb
+from maskrt.export.onnx_export import FORBIDDEN_IN_TRT
+from maskrt.runtime.predictor import Predictor
+from maskrt.runtime.preprocess import to_tensor
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+SKIMAGE_PHOTOS = {"chelsea.png": ("RGB", (451, 300)), "rocket.jpg": ("RGB", (640, 427)),
+                  "camera.png": ("L", (512, 512)), "logo.png": ("RGBA", (500, 500))}
+SCORE_FLOOR, MATCH_IOU = 0.1, 0.9
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photographs, copied into one folder (plus the portrait JPEG), their modes and sizes checked."""
+    data = importlib.resources.files("skimage") / "data"
+    folder = tmp_path_factory.mktemp("photos")
+    for name, (mode, size) in SKIMAGE_PHOTOS.items():
+        with Image.open(data / name) as im:  # type: ignore[arg-type]
+            assert (im.mode, im.size) == (mode, size), name  # the odd sizes and modes this test is about
+            (folder / name).write_bytes((data / name).read_bytes())
+    with Image.open(data / "coffee.png") as im:  # type: ignore[arg-type]
+        im.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(folder / "coffee_portrait.jpg", quality=92)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint imported from a torchvision state_dict, dynamic-size export with a dynamic batch)."""
+    root = tmp_path_factory.mktemp("r50")
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
+    torch.save(model.state_dict(), root / "maskrcnn_r50_fpn.pth")
+    (root / "classes.txt").write_text("cat\nrocket\nperson\n")
+    for cmd in (["import", "--weights", str(root / "maskrcnn_r50_fpn.pth"), "--classes", str(root / "classes.txt"),
+                 "--out", str(root / "r50.pt")],
+                ["export", "--checkpoint", str(root / "r50.pt"), "--out", str(root / "export"), "--dynamic-batch"]):
+        proc = subprocess.run([*CLI, *cmd, "-q"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((root / "export" / "export.json").read_text())["input"]
+    assert info["dynamic_size"] and info["height_range"] == [32, 1344] and info["width_range"] == [32, 1344]
+    for name in ("model.onnx", "model.trt.onnx"):  # full shape inference passes with symbolic height/width
+        onnx.checker.check_model(onnx.load(str(root / "export" / name)), full_check=True)
+    return root / "r50.pt", root / "export"
+
+
+def _plain_model(checkpoint: Path) -> torch.nn.Module:
+    """The imported weights in a model built by torchvision itself (not by maskrt)."""
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4).eval()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    return model
+
+
+def _compare(ref: dict[str, torch.Tensor], cand, found: list[bool], score_diffs: list[float],  # noqa: ANN001
+             mask_ious: list[float]) -> None:
+    """Greedy same-label matching (box IoU >= MATCH_IOU) of the reference's detections with score >= SCORE_FLOOR."""
+    keep = ref["scores"] >= SCORE_FLOOR
+    boxes, scores, labels = ref["boxes"][keep], ref["scores"][keep], ref["labels"][keep]
+    masks = ref["masks"][keep][:, 0] > 0.5
+    ious = box_iou(boxes, torch.from_numpy(cand.boxes)) if len(cand) else torch.zeros((len(boxes), 0))
+    used = torch.zeros(len(cand), dtype=torch.bool)
+    for i in torch.argsort(scores, descending=True).tolist():
+        ok = (torch.from_numpy(cand.labels) == labels[i]) & ~used & (ious[i] >= MATCH_IOU) if len(cand) else used
+        found.append(bool(ok.any()))
+        if ok.any():
+            j = int(torch.where(ok, ious[i], torch.tensor(-1.0)).argmax())
+            used[j] = True
+            score_diffs.append(abs(float(scores[i]) - float(cand.scores[j])))
+            a, b = masks[i].numpy(), cand.masks[j]
+            union = np.logical_or(a, b).sum()
+            mask_ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["portable", "trt"])
+def test_both_graphs_find_what_plain_torchvision_finds(graph: str, photos: Path, r50: tuple[Path, Path]) -> None:
+    checkpoint, export = r50
+    model = _plain_model(checkpoint)
+    files = sorted(photos.iterdir())
+    images = [load_rgb(f) for f in files]
+    batches = [[i] for i in range(len(images))] + [[0, len(images) - 1]]  # one mixed landscape + portrait batch
+    found: list[bool] = []
+    score_diffs: list[float] = []
+    mask_ious: list[float] = []
+    with Predictor.from_export(export, graph=graph) as predictor, torch.no_grad():
+        for batch in batches:
+            refs = model([to_tensor(images[i]) for i in batch])
+            cands = predictor.predict([images[i] for i in batch])
+            for ref, cand in zip(refs, cands, strict=True):
+                _compare(ref, cand, found, score_diffs, mask_ious)
+    assert len(found) >= 100, "the reference must have detections above the floor for this test to mean anything"
+    assert np.mean(found) >= 0.99, f"{graph}: found {np.mean(found):.4f} of plain torchvision's detections"
+    assert np.median(score_diffs) <= 1e-4, np.median(score_diffs)
+    assert np.median(mask_ious) >= 0.95, np.median(mask_ious)
+
+
+@pytest.mark.slow
+def test_parity_gate_passes_on_the_photographs(photos: Path, r50: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, export = r50
+    for graph in ("portable", "trt"):
+        out = tmp_path / graph
+        proc = subprocess.run([*CLI, "parity", "--checkpoint", str(checkpoint), "--model", str(export), "--graph",
+                               graph, "--data", str(photos), "--score-floor", str(SCORE_FLOOR), "--out", str(out),
+                               "-q"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+        report = json.loads((out / "report.json").read_text())
+        assert report["passed"] and report["reference"] == "plain" and report["summary"]["images"] == 5
+        assert report["summary"]["reference_detections_above_floor"] >= 100
+        markdown = (out / "report.md").read_text()
+        assert "vs plain reference" in markdown and "plain torchvision model(images)" in markdown
+        for figure in [report["figures"]["matches"], *(f["file"] for f in report["figures"]["worst"])]:
+            assert f"]({figure})" in markdown
+            with Image.open(out / figure) as im:
+                assert im.format == "PNG" and im.width > 100
+        assert len(report["figures"]["worst"]) == 4
+
+
+@pytest.mark.slow
+def test_r50_trt_graph_builds_a_dynamic_size_engine(r50: tuple[Path, Path], plugin_library: Path) -> None:
+    """The dynamic-size r50-fpn model.trt.onnx holds no op TensorRT-RTX cannot build and builds with an H/W
+    optimization profile (32..1344 per side, optimum 800x1344) on this GPU-less machine."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed (pip install tensorrt-rtx-cu13)")
+    from maskrt.export.engine import build_engine
+
+    _, export = r50
+    ops = {node.op_type for node in onnx.load(str(export / "model.trt.onnx")).graph.node}
+    assert not ops & FORBIDDEN_IN_TRT and {"MultiLevelRoIAlign", "BatchedNMS"} <= ops
+    info = build_engine(export, compute_capabilities=("8.9",))
+    assert info.profiles["images"].min == (1, 3, 32, 32) and info.profiles["images"].opt == (1, 3, 800, 1344)
+    assert info.profiles["images"].max == (4, 3, 1344, 1344)
+    assert (export / "model.fp32.engine").stat().st_size > 100_000_000  # the r50-fpn weights are inside
