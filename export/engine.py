@@ -24,7 +24,7 @@ from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
 from maskrt.core.versions import versions
 
-BUILDERS = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
+BUILDERS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # the default is the first one installed
 #: The GPUs TensorRT-RTX runs engines on; an RTX engine is built for all of them unless told otherwise.
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9", "12.0")
 #: Built for by default: Turing (7.5) has no fp32 GEMM in TensorRT-RTX, so fp32 engines leave it out.
@@ -41,12 +41,11 @@ class ShapeRange:
     max: tuple[int, int, int]
 
 
-def default_shapes(info: ExportInfo, max_batch: int | None = None) -> ShapeRange:
-    """The export's own ranges: batch (static, or 1..max_batch), height/width ranges with the traced optimum."""
+def default_shapes(info: ExportInfo) -> ShapeRange:
+    """The export's own ranges: batch (static, or 1:1:4), height/width ranges with the traced size as optimum."""
     inp = info.input
     if inp.dynamic_batch:
-        top = max_batch or DEFAULT_MAX_BATCH
-        batch = (1, 1, top)
+        batch = (1, 1, DEFAULT_MAX_BATCH)
     else:
         batch = (inp.batch, inp.batch, inp.batch)
     (h0, h1), (w0, w1) = inp.height_range, inp.width_range  # type: ignore[misc]
@@ -69,6 +68,18 @@ def check_shapes(info: ExportInfo, shapes: ShapeRange) -> None:
         if not shapes.min[i] <= shapes.opt[i] <= shapes.max[i]:
             raise MaskrtError(f"the profile's {dim} must satisfy min <= opt <= max, got "
                               f"{shapes.min[i]} / {shapes.opt[i]} / {shapes.max[i]}")
+
+
+def installed_builder() -> str:
+    """The builder to use when none is named: full TensorRT where it is installed, else TensorRT-RTX."""
+    for name, module in BUILDERS.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return name
+    raise MaskrtError("no TensorRT builder is installed (pip install tensorrt-rtx-cu13==1.7.1.116 builds engines "
+                      "without a GPU; full TensorRT needs a GPU machine)")
 
 
 def import_builder(builder: str) -> ModuleType:
@@ -114,12 +125,13 @@ def _compute_capabilities(trt: ModuleType, builder: str, config: object, wanted:
     return (f"{major}.{minor}",)
 
 
-def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str = "tensorrt-rtx",
+def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str | None = None,
                  shapes: ShapeRange | None = None, compute_capabilities: tuple[str, ...] | None = None,
                  force: bool = False) -> EngineInfo:
     """Build model.trt.onnx of `export_dir` into `engine` (default EXPORT/model.fp32.engine) and ENGINE.json.
 
-    Both files are written atomically; an existing engine is refused unless `force`."""
+    `builder` None: whichever is installed (tensorrt first). Both files are written atomically; an existing engine is
+    refused unless `force`."""
     from maskrt.plugins._library import load_into, loaded_logger
 
     info = ExportInfo.read(export_dir)
@@ -133,6 +145,7 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     check_output_file(EngineInfo.path_for(engine), force=force)
     shapes = shapes or default_shapes(info)
     check_shapes(info, shapes)
+    builder = builder or installed_builder()
     trt = import_builder(builder)
     try:
         plugin_library = load_into(trt)

@@ -63,8 +63,9 @@ def test_dynamic_size_engine_with_a_height_width_profile(slim_checkpoint: Path, 
     assert shapes == {"num_detections": (-1,), "boxes": (-1, 50, 4), "scores": (-1, 50), "labels": (-1, 50),
                       "masks": (-1, 50, 28, 28)}
     engine = tmp_path / "engines" / "slim.engine"
-    proc = subprocess.run([*CLI, "build", "--model", str(export), "--out", str(engine), "--min-shape", "64x64",
-                           "--opt-shape", "96x160", "--max-batch", "2"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([*CLI, "build", "--model", str(export), "--out", str(engine), "--builder", "tensorrt-rtx",
+                           "--size", "64x64:96x160:160x160", "--batch", "1:1:2"], capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     info = EngineInfo.read(engine)
     assert info.builder == "tensorrt-rtx" and info.precision == "fp32" and info.engine == "slim.engine"
@@ -76,10 +77,10 @@ def test_dynamic_size_engine_with_a_height_width_profile(slim_checkpoint: Path, 
     assert len(plan) > 1_000_000 and b"MultiLevelRoIAlign" in plan and b"BatchedNMS" in plan
     # the profile must lie inside the export's ranges; an existing engine needs --force
     other = tmp_path / "other.engine"
-    for args, message in ((["--out", str(other), "--max-shape", "192x160"], "outside the export's inputs"),
-                          (["--out", str(other), "--max-shape", "100x160"], "outside the export's inputs"),
-                          (["--out", str(other), "--min-shape", "128x128", "--opt-shape", "96x96"], "min <= opt"),
-                          (["--out", str(other), "--max-shape", "128"], "must be HEIGHTxWIDTH"),
+    for args, message in ((["--out", str(other), "--size", "32x32:64x64:192x160"], "outside the export's inputs"),
+                          (["--out", str(other), "--size", "100x160"], "outside the export's inputs"),
+                          (["--out", str(other), "--size", "128x128:96x96:160x160"], "min <= opt"),
+                          (["--out", str(other), "--batch", "2:1:2"], "min <= opt"),
                           (["--out", str(engine)], "exists")):
         proc = subprocess.run([*CLI, "build", "--model", str(export), *args],
                               capture_output=True, text=True, timeout=300)
@@ -93,9 +94,10 @@ def test_static_canvas_engine(slim_checkpoint: Path, tmp_path: Path, plugin_libr
     export_checkpoint(slim_checkpoint, export, height=96, width=128, batch=2, max_detections=20)
     network = _parse(export / "model.trt.onnx")
     assert tuple(network.get_input(0).shape) == (2, 3, 96, 128)
-    info = build_engine(export, compute_capabilities=("8.9",))
+    info = build_engine(export, builder="tensorrt-rtx", compute_capabilities=("8.9",))
     assert (export / "model.fp32.engine").stat().st_size > 1_000_000
     assert info.profiles["images"].min == info.profiles["images"].max == (2, 3, 96, 128)
     assert info.compute_capabilities == ("8.9",)
     with pytest.raises(MaskrtError, match="batch 1 does not fit"):
-        build_engine(export, tmp_path / "b1.engine", shapes=ShapeRange((1, 96, 128), (2, 96, 128), (2, 96, 128)))
+        build_engine(export, tmp_path / "b1.engine", builder="tensorrt-rtx",
+                     shapes=ShapeRange((1, 96, 128), (2, 96, 128), (2, 96, 128)))

@@ -149,7 +149,7 @@ def test_r50_trt_graph_builds_a_dynamic_size_engine(r50: tuple[Path, Path], plug
     _, export = r50
     ops = {node.op_type for node in onnx.load(str(export / "model.trt.onnx")).graph.node}
     assert not ops & FORBIDDEN_IN_TRT and {"MultiLevelRoIAlign", "BatchedNMS"} <= ops
-    info = build_engine(export, compute_capabilities=("8.9",))
+    info = build_engine(export, builder="tensorrt-rtx", compute_capabilities=("8.9",))
     assert info.profiles["images"].min == (1, 3, 32, 32) and info.profiles["images"].opt == (1, 3, 800, 1344)
     assert info.profiles["images"].max == (4, 3, 1344, 1344)
     assert (export / "model.fp32.engine").stat().st_size > 100_000_000  # the r50-fpn weights are inside

@@ -215,12 +215,40 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-def _shape(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W)."""
+def _triple(text: str, parse: Callable[[str], T], example: str) -> tuple[T, T, T]:
+    """'MIN:OPT:MAX' (or one value for all three) -> (min, opt, max)."""
+    parts = text.split(":")
+    if len(parts) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"must be MIN:OPT:MAX or one value, e.g. {example}, got {text}")
+    values = [parse(p) for p in parts]
+    return (values[0],) * 3 if len(values) == 1 else tuple(values)  # type: ignore[return-value]
+
+
+def _hw(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 800x1344, got {text}")
     return int(parts[0]), int(parts[1])
+
+
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    def one(part: str) -> int:
+        if not part.strip().isdigit() or int(part) < 1:
+            raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text}")
+        return int(part)
+
+    return _triple(text, one, "1:1:4")
+
+
+def _size_profile(text: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    try:
+        return _triple(text, _hw, "32x32:800x1344:1344x1344")
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (in --size MINHxMINW:OPTHxOPTW:MAXHxMAXW)") from None
+
+
+_batch_profile.__name__ = "batch profile"
+_size_profile.__name__ = "size profile"
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -228,17 +256,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from maskrt.export.engine import ShapeRange, build_engine, default_shapes
 
     info = ExportInfo.read(args.model)
-    shapes = default_shapes(info, args.max_batch)
-    if args.max_batch and not info.input.dynamic_batch:
-        raise MaskrtError(f"--max-batch needs an export with a dynamic batch ({args.model} has batch "
-                          f"{info.input.batch})")
-    pick = lambda given, default: (default[0], *given) if given else default  # noqa: E731
-    shapes = ShapeRange(pick(args.min_shape, shapes.min), pick(args.opt_shape, shapes.opt),
-                        pick(args.max_shape, shapes.max))
+    shapes = default_shapes(info)
+    batch = args.batch or (shapes.min[0], shapes.opt[0], shapes.max[0])
+    size = args.size or ((shapes.min[1], shapes.min[2]), (shapes.opt[1], shapes.opt[2]), (shapes.max[1], shapes.max[2]))
+    shapes = ShapeRange(*((b, *hw) for b, hw in zip(batch, size, strict=True)))  # type: ignore[arg-type]
     caps = tuple(c.strip() for c in args.compute_capabilities.split(",")) if args.compute_capabilities else None
-    print(f"building {Path(args.model) / 'model.trt.onnx'} with {args.builder}: batch {shapes.min[0]}..{shapes.max[0]}"
-          f", height {shapes.min[1]}..{shapes.max[1]} (opt {shapes.opt[1]}), width {shapes.min[2]}..{shapes.max[2]} "
-          f"(opt {shapes.opt[2]}); this takes a while")
+    print(f"building {Path(args.model) / 'model.trt.onnx'}: batch {shapes.min[0]}:{shapes.opt[0]}:{shapes.max[0]}, "
+          f"size {shapes.min[1]}x{shapes.min[2]}:{shapes.opt[1]}x{shapes.opt[2]}:{shapes.max[1]}x{shapes.max[2]} "
+          "(min:opt:max); this takes a while")
     result = build_engine(args.model, args.out, builder=args.builder, shapes=shapes, compute_capabilities=caps,
                           force=args.force)
     engine = Path(args.out) if args.out else Path(args.model) / result.engine
@@ -406,13 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     bld = add("build", "build model.trt.onnx of an export folder into a TensorRT / TensorRT-RTX engine")
     bld.add_argument("--model", required=True, help="export folder")
     bld.add_argument("--out", help="engine file (default: EXPORT/model.fp32.engine); ENGINE.json is written beside it")
-    bld.add_argument("--builder", default="tensorrt-rtx", choices=["tensorrt-rtx", "tensorrt"],
-                     help="tensorrt-rtx builds without a GPU, for RTX GPUs (default); tensorrt builds on a GPU")
-    defaults = (("min", "the export's smallest"), ("opt", "the traced size"), ("max", "the export's largest"))
-    for which, default in defaults:
-        bld.add_argument(f"--{which}-shape", type=_shape, metavar="HxW",
-                         help=f"{which} height x width of the optimization profile (default: {default})")
-    bld.add_argument("--max-batch", type=_positive_int, help="largest batch, for a dynamic-batch export (default 4)")
+    bld.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"],
+                     help="default: whichever is installed, tensorrt first (tensorrt-rtx builds without a GPU, for "
+                     "RTX GPUs; tensorrt builds on a GPU, for that GPU)")
+    bld.add_argument("--batch", type=_batch_profile, metavar="MIN:OPT:MAX",
+                     help="batch profile of a dynamic-batch export (default 1:1:4; a static batch is fixed)")
+    bld.add_argument("--size", type=_size_profile, metavar="MINHxMINW:OPTHxOPTW:MAXHxMAXW",
+                     help="height x width profile, multiples of 32 inside the export's ranges (default: the whole "
+                     "range, optimum the traced size; one HxW fixes it)")
     bld.add_argument("--compute-capabilities", help="tensorrt-rtx targets, e.g. 8.6,8.9 (default 8.6,8.9,12.0)")
     bld.add_argument("--force", action="store_true", help="replace an existing engine")
     bld.set_defaults(func=cmd_build)
