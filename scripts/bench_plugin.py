@@ -168,7 +168,7 @@ def main() -> int:
             feats, rois = make_inputs(num_rois, dtype)
             pooler = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], out_size, 2)
             named = {str(i): f for i, f in enumerate(feats)}
-            boxes = [rois[0]]
+            boxes = [rois[0].to(dtype)]  # torchvision's roi_align wants the RoIs in the features' dtype
 
             def ours(feats=feats, rois=rois, out_size=out_size):
                 return roi_align.cuda(feats, rois, output_size=out_size, spatial_scales=P2_P5, sampling_ratio=2)
