@@ -13,16 +13,19 @@ is recorded in ENGINE.json.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from maskrt.core.artifacts import EngineInfo, ExportInfo, Profile
+from maskrt.core.artifacts import EngineInfo, ExportInfo, Profile, TensorSpec
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
 from maskrt.core.versions import versions
+from maskrt.export.onnx_export import check_graph
 
 BUILDERS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # the default is the first one installed
 #: The GPUs TensorRT-RTX runs engines on; an RTX engine is built for all of them unless told otherwise.
@@ -125,13 +128,53 @@ def _compute_capabilities(trt: ModuleType, builder: str, config: object, wanted:
     return (f"{major}.{minor}",)
 
 
+class _Progress:
+    """A TensorRT IProgressMonitor as tqdm bars: one per build phase, nested phases indented."""
+
+    def __init__(self, trt: ModuleType) -> None:
+        from tqdm import tqdm
+
+        base = trt.IProgressMonitor
+        bars: dict[str, tqdm] = {}
+
+        class Monitor(base):  # type: ignore[misc, valid-type]
+            def __init__(self) -> None:
+                base.__init__(self)
+
+            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+                depth = len(bars)  # nested phases below their parents
+                bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=depth == 0,
+                                        unit="step")
+
+            def step_complete(self, phase_name: str, step: int) -> bool:
+                if phase_name in bars:
+                    bars[phase_name].n = step + 1
+                    bars[phase_name].refresh()
+                return True  # False would cancel the build
+
+            def phase_finish(self, phase_name: str) -> None:
+                bar = bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+        self.monitor = Monitor()
+
+
+def _tensors(network: object, count: str, get: str) -> tuple[TensorSpec, ...]:
+    """The network's inputs or outputs as TensorSpecs (shape -1 where dynamic)."""
+    items = [getattr(network, get)(i) for i in range(getattr(network, count))]
+    return tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype.name) for t in items)
+
+
 def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str | None = None,
                  shapes: ShapeRange | None = None, compute_capabilities: tuple[str, ...] | None = None,
+                 workspace_mib: int | None = None, timing_cache: str | Path | None = None, progress: bool = False,
                  force: bool = False) -> EngineInfo:
     """Build model.trt.onnx of `export_dir` into `engine` (default EXPORT/model.fp32.engine) and ENGINE.json.
 
-    `builder` None: whichever is installed (tensorrt first). Both files are written atomically; an existing engine is
-    refused unless `force`."""
+    `builder` None: whichever is installed (tensorrt first). `workspace_mib` caps the builder's scratch memory;
+    `timing_cache` is read when it exists and written back after the build (later builds reuse its kernel timings).
+    Both files are written atomically; an existing engine is refused unless `force`."""
     from maskrt.plugins._library import load_into, loaded_logger
 
     info = ExportInfo.read(export_dir)
@@ -140,9 +183,15 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
         raise MaskrtError(f"{onnx_path}: missing from the export folder")
     if sha256(onnx_path) != info.graphs["trt"].sha256:
         raise MaskrtError(f"{onnx_path}: its sha256 differs from the one in export.json; export the checkpoint again")
+    check_graph(onnx_path, "trt")  # onnx.checker + no op TensorRT cannot build (a portable graph is refused here)
     engine = Path(engine) if engine is not None else Path(export_dir) / "model.fp32.engine"
     check_output_file(engine, force=force)
     check_output_file(EngineInfo.path_for(engine), force=force)
+    if workspace_mib is not None and workspace_mib < 1:
+        raise MaskrtError(f"the workspace must be at least 1 MiB, got {workspace_mib}")
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    if cache_path is not None and cache_path.is_dir():
+        raise MaskrtError(f"{cache_path}: is a folder, expected a timing-cache file")
     shapes = shapes or default_shapes(info)
     check_shapes(info, shapes)
     builder = builder or installed_builder()
@@ -151,6 +200,7 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
         plugin_library = load_into(trt)
     except (FileNotFoundError, RuntimeError) as exc:
         raise MaskrtError(f"cannot load the plugin library into {builder}: {exc}") from None
+    started = time.perf_counter()
     logger = loaded_logger(trt)
     trt_builder = trt.Builder(logger)
     network = trt_builder.create_network(0)
@@ -165,14 +215,28 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
         profile.set_shape(name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
     capabilities = _compute_capabilities(trt, builder, config, compute_capabilities)
+    if workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    if progress:
+        monitor = _Progress(trt).monitor
+        config.progress_monitor = monitor
     plan = trt_builder.build_serialized_network(network, config)
     if plan is None:
         raise MaskrtError(f"{builder} could not build {onnx_path} (see its messages above)")
-    result = EngineInfo(engine=engine.name, builder=builder, builder_version=trt.__version__, precision="fp32",
-                        profiles=profiles, onnx_sha256=info.graphs["trt"].sha256,
-                        plugin_library_sha256=sha256(plugin_library), compute_capabilities=capabilities,
-                        versions=versions())
+    data = bytes(plan)
+    result = EngineInfo(engine=engine.name, engine_sha256=hashlib.sha256(data).hexdigest(), builder=builder,
+                        builder_version=trt.__version__, precision="fp32", profiles=profiles,
+                        inputs=_tensors(network, "num_inputs", "get_input"),
+                        outputs=_tensors(network, "num_outputs", "get_output"),
+                        onnx_sha256=info.graphs["trt"].sha256, plugin_library_sha256=sha256(plugin_library),
+                        compute_capabilities=capabilities, build_seconds=round(time.perf_counter() - started, 2),
+                        export=info, versions=versions())
     engine.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(engine, bytes(plan))
+    write_atomic(engine, data)
     result.write(engine)
+    if cache_path is not None:
+        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return result

@@ -30,13 +30,14 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from maskrt.core.artifacts import ExportInfo
+from maskrt.core.artifacts import EngineInfo, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import load_rgb
 from maskrt.core.outputs import check_output_dir, staged_dir
+from maskrt.runtime.backends import TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
-from maskrt.runtime.predictor import Predictor
+from maskrt.runtime.predictor import Predictor, preprocessor_for
 from maskrt.runtime.reference import REFERENCES, PlainReference
 from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -159,13 +160,14 @@ def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: 
     """The reference as a function: batch of images -> (raw outputs, detections on the original images)."""
     if name not in REFERENCES:
         raise MaskrtError(f"unknown reference '{name}' (choose from {', '.join(REFERENCES)})")
+    ckpt = load_checkpoint(checkpoint)
+    if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in info.classes]:
+        raise MaskrtError(f"{checkpoint}: its classes {[c['id'] for c in ckpt['classes']]} differ from those of "
+                          f"{export_dir} {[c['id'] for c in info.classes]}")
+    model = model_from_checkpoint(ckpt, source=checkpoint)
     if name == "plain":
-        ckpt = load_checkpoint(checkpoint)
-        if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in info.classes]:
-            raise MaskrtError(f"{checkpoint}: its classes {[c['id'] for c in ckpt['classes']]} differ from those of "
-                              f"{Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
-        return PlainReference(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
-    predictor = Predictor.from_export(export_dir, backend="torch", checkpoint=checkpoint)
+        return PlainReference(model, info.max_detections)
+    predictor = Predictor(TorchBackend(model, info.max_detections), preprocessor_for(info), info.classes)
     return lambda images: _run(predictor, images)
 
 
@@ -183,10 +185,15 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
     checked before any work). `data` is a COCO-format dataset folder (split `split`) or a folder of images."""
     gates = gates or Gates()
     out = check_output_dir(out, force=force)
-    info = ExportInfo.read(export_dir)
+    if backend == "tensorrt":  # `export_dir` is an engine file; its ENGINE.json carries the export's record
+        info = EngineInfo.read(export_dir).export
+        graph = "engine"
+    else:
+        info = ExportInfo.read(export_dir)
     inputs = _Inputs.load(data, split, info, export_dir)
     ref_fn = _reference(reference, checkpoint, export_dir, info)
-    cand_pred = Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads)
+    cand_pred = (Predictor.from_engine(export_dir) if backend == "tensorrt" else
+                 Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads))
     indices = list(range(len(inputs.files)))[: limit or None]
     batch = info.input.batch
     label_to_cat = {j + 1: c["id"] for j, c in enumerate(info.classes)}

@@ -23,7 +23,15 @@ from maskrt.runtime.preprocess import Preprocessor
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def preprocessor_for(info: ExportInfo) -> Preprocessor:
+    """The pre-processing an export's graphs expect: torchvision's transform, padded per batch or to its canvas."""
+    inp = info.input
+    return Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
+                        canvas=None if inp.dynamic_size else (inp.height, inp.width),
+                        max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]
 
 
 class Predictor:
@@ -44,10 +52,7 @@ class Predictor:
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         info = ExportInfo.read(export_dir)
-        inp = info.input
-        pre = Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
-                           canvas=None if inp.dynamic_size else (inp.height, inp.width),
-                           max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]
+        pre = preprocessor_for(info)
         if backend == "torch":
             if checkpoint is None:
                 raise MaskrtError("the torch backend needs a checkpoint")
@@ -58,9 +63,24 @@ class Predictor:
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads)
+        elif backend == "tensorrt":
+            raise MaskrtError(f"{export_dir}: the tensorrt backend runs an engine file: build one with `maskrt build "
+                              f"--model {export_dir}` and pass it as the model")
         else:
             raise MaskrtError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
         return cls(impl, pre, info.classes, score_threshold=score_threshold)
+
+    @classmethod
+    def from_engine(cls, engine: str | Path, *, score_threshold: float = 0.0) -> Predictor:
+        """A predictor on a TensorRT engine built by `maskrt build` (its ENGINE.json carries the export's record)."""
+        from maskrt.core.artifacts import EngineInfo
+        from maskrt.runtime.trt_backend import TensorRTBackend
+
+        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
+            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        info = EngineInfo.read(engine)
+        return cls(TensorRTBackend(engine, info), preprocessor_for(info.export), info.export.classes,
+                   score_threshold=score_threshold)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from maskrt.core.artifacts import EngineInfo, ExportInfo, GraphFile, InputSpec, Profile
+from maskrt.core.artifacts import EngineInfo, ExportInfo, GraphFile, InputSpec, Profile, TensorSpec
 from maskrt.core.errors import MaskrtError
 
 
@@ -81,9 +81,11 @@ def test_export_info_file_errors(tmp_path: Path) -> None:
 
 def _engine_info() -> EngineInfo:
     return EngineInfo(
-        engine="model.fp16.engine", builder="tensorrt-rtx", builder_version="1.7.1", precision="fp16",
-        profiles={"images": Profile((1, 3, 320, 320), (1, 3, 800, 1216), (4, 3, 1344, 1344))},
-        onnx_sha256="01", plugin_library_sha256="02", compute_capabilities=("8.6", "8.9"), versions={"maskrt": "0.1"},
+        engine="model.fp16.engine", engine_sha256="00", builder="tensorrt-rtx", builder_version="1.7.1",
+        precision="fp16", profiles={"images": Profile((1, 3, 320, 320), (1, 3, 800, 1216), (4, 3, 1344, 1344))},
+        inputs=(TensorSpec("images", (-1, 3, -1, -1), "FLOAT"), TensorSpec("image_sizes", (-1, 2), "INT64")),
+        outputs=(TensorSpec("num_detections", (-1,), "INT32"),), onnx_sha256="01", plugin_library_sha256="02",
+        compute_capabilities=("8.6", "8.9"), build_seconds=4.5, export=_export_info(), versions={"maskrt": "0.1"},
     )  # fmt: skip
 
 
@@ -102,6 +104,10 @@ def test_engine_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d["profiles"]["images"].update(opt=[1, 3, 2000, 800]), "min <= opt <= max"),
         (lambda d: d.update(engine="../model.engine"), "engine must be a file name"),
         (lambda d: d.pop("plugin_library_sha256"), "plugin_library_sha256 is missing"),
+        (lambda d: d.update(format_version=1), "format_version 1 is not supported; build the engine again"),
+        (lambda d: d.update(inputs=[{"name": "images", "shape": "?", "dtype": "FLOAT"}]), "inputs must be a list"),
+        (lambda d: d.update(build_seconds=-1), "build_seconds must be a number >= 0"),
+        (lambda d: d["export"].pop("classes"), "export: classes is missing"),
     ],
 )
 def test_engine_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001

@@ -173,7 +173,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if inside:
         raise MaskrtError(f"{out}: holds input image {inside[0]}; choose an output folder outside the inputs")
     model = Path(args.model)
-    if model.is_dir():
+    if args.backend == "tensorrt":
+        if model.is_dir():
+            raise MaskrtError(f"{model}: --backend tensorrt takes an engine file (see `maskrt build`)")
+        predictor = Predictor.from_engine(model, score_threshold=args.score_threshold)
+    elif model.is_dir():
         predictor = Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
                                           checkpoint=args.checkpoint, score_threshold=args.score_threshold)
     elif args.backend == "torch":
@@ -265,6 +269,7 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"size {shapes.min[1]}x{shapes.min[2]}:{shapes.opt[1]}x{shapes.opt[2]}:{shapes.max[1]}x{shapes.max[2]} "
           "(min:opt:max); this takes a while")
     result = build_engine(args.model, args.out, builder=args.builder, shapes=shapes, compute_capabilities=caps,
+                          workspace_mib=args.workspace, timing_cache=args.timing_cache, progress=not args.quiet,
                           force=args.force)
     engine = Path(args.out) if args.out else Path(args.model) / result.engine
     print(f"wrote {engine} and {engine.name}.json ({result.builder} {result.builder_version}, {result.precision}, "
@@ -397,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
-    pred.add_argument("--model", required=True, help="export folder (or a checkpoint for --backend torch)")
-    pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    pred.add_argument("--model", required=True,
+                      help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
+    pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
     pred.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
     pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
@@ -411,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     par = add("parity", "compare a deployed graph with the torch reference; exit 1 when a gate fails")
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
-    par.add_argument("--model", required=True, help="export folder")
-    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
+    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     par.add_argument("--graph", default="portable", choices=["portable", "trt"])
     par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
                      help="plain: torchvision model(images) as its user runs it (default, the gate's reference); "
@@ -440,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="height x width profile, multiples of 32 inside the export's ranges (default: the whole "
                      "range, optimum the traced size; one HxW fixes it)")
     bld.add_argument("--compute-capabilities", help="tensorrt-rtx targets, e.g. 8.6,8.9 (default 8.6,8.9,12.0)")
+    bld.add_argument("--workspace", type=_positive_int, metavar="MiB", help="cap on the builder's scratch memory")
+    bld.add_argument("--timing-cache", metavar="FILE",
+                     help="kernel timing cache: read when it exists, written after the build (faster rebuilds)")
     bld.add_argument("--force", action="store_true", help="replace an existing engine")
     bld.set_defaults(func=cmd_build)
 

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
-ENGINE_FORMAT_VERSION = 1
+ENGINE_FORMAT_VERSION = 2  # 2: I/O tensors, build time, engine sha256, the export's export.json
 #: The graph flavours of an export folder and their files (docs/architecture.md section 3).
 GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
 INPUT_NAMES = ("images", "image_sizes")
@@ -272,17 +272,34 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One engine input or output: name, shape (-1 where dynamic) and TensorRT data type (e.g. "FLOAT")."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class EngineInfo:
-    """ENGINE.json, written beside a serialized TensorRT engine (docs/architecture.md section 3)."""
+    """ENGINE.json, written beside a serialized TensorRT engine (docs/architecture.md section 3).
+
+    It carries the export.json of the export the engine was built from, so an engine runs without its export
+    folder, and the sha256 of the engine, so a corrupt or replaced engine file is refused before it is loaded."""
 
     engine: str
+    engine_sha256: str
     builder: str  # "tensorrt" | "tensorrt-rtx"
     builder_version: str
     precision: str  # "fp32" | "fp16"
     profiles: dict[str, Profile]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     onnx_sha256: str
     plugin_library_sha256: str
     compute_capabilities: tuple[str, ...]
+    build_seconds: float
+    export: ExportInfo
     versions: dict[str, str] = field(default_factory=dict)
 
     BUILDERS = ("tensorrt", "tensorrt-rtx")
@@ -295,11 +312,17 @@ class EngineInfo:
         return engine.with_name(engine.name + ".json")
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["profiles"] = {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
-                           for k, p in self.profiles.items()}
-        doc["compute_capabilities"] = list(self.compute_capabilities)
-        return {"format_version": ENGINE_FORMAT_VERSION, **doc}
+        tensors = lambda ts: [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]  # noqa: E731
+        return {
+            "format_version": ENGINE_FORMAT_VERSION, "engine": self.engine, "engine_sha256": self.engine_sha256,
+            "builder": self.builder, "builder_version": self.builder_version, "precision": self.precision,
+            "profiles": {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
+                         for k, p in self.profiles.items()},
+            "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
+            "onnx_sha256": self.onnx_sha256, "plugin_library_sha256": self.plugin_library_sha256,
+            "compute_capabilities": list(self.compute_capabilities), "build_seconds": self.build_seconds,
+            "export": self.export.to_json(), "versions": self.versions,
+        }
 
     def write(self, engine: str | Path) -> Path:
         path = self.path_for(engine)
@@ -328,20 +351,31 @@ class EngineInfo:
             ):
                 raise MaskrtError(f"{p.where} must have min <= opt <= max, all of one rank")
             profiles[name] = profile
+        ok_tensor = lambda t: (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(  # noqa: E731
+            t.get("dtype"), str) and isinstance(t.get("shape"), list) and all(isinstance(d, int) for d in t["shape"]))
+        tensors = lambda key: tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in top.list(  # noqa: E731
+            key, ok_tensor, 'a list of {"name", "shape", "dtype"}', 1))
+        seconds = top._get("build_seconds", lambda v: _is_number(v) and v >= 0, "a number >= 0")
         return cls(
             engine=_safe_file_name(top, "engine"),
+            engine_sha256=top.str("engine_sha256"),
             builder=builder,
             builder_version=top.str("builder_version"),
             precision=precision,
             profiles=profiles,
+            inputs=tensors("inputs"),
+            outputs=tensors("outputs"),
             onnx_sha256=top.str("onnx_sha256"),
             plugin_library_sha256=top.str("plugin_library_sha256"),
             compute_capabilities=tuple(top.list("compute_capabilities", lambda v: isinstance(v, str), "a list of "
                                                 "strings such as '8.6'")),
+            build_seconds=float(seconds),
+            export=ExportInfo.from_json(top.obj("export").value, f"{where}: export"),
             versions={k: str(v) for k, v in top.raw("versions").items()},
         )
 
     @classmethod
     def read(cls, engine: str | Path) -> EngineInfo:
+        """Read and validate ENGINE.json beside `engine`; MaskrtError naming the file or field."""
         path = cls.path_for(engine)
         return cls.from_json(read_json(path, "an engine's description"), str(path))
