@@ -33,7 +33,7 @@ from tqdm import tqdm
 from maskrt.core.artifacts import EngineInfo, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.images import load_rgb
+from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
 from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.runtime.backends import TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
@@ -44,7 +44,6 @@ from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.coco import load_split
 from maskrt.training.evaluate import coco_metrics, detections_to_coco
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 WORST_SHOWN = 4
 REFERENCE_TITLES = {"plain": "plain torchvision model(images)",
                     "canvas": "torchvision modules on the candidate's padded batch (diagnostic)"}

@@ -16,7 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["export"],
-                                 ["predict"], ["parity"], ["build"], ["demo"]])
+                                 ["predict"], ["parity"], ["build"], ["bench"],
+                                 ["demo"]])
 def test_help(sub: list[str]) -> None:
     proc = _run(*sub, "--help")
     assert proc.returncode == 0 and "usage: maskrt" in proc.stdout

@@ -131,11 +131,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _image_files(paths: list[str]) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    from maskrt.core.images import IMAGE_SUFFIXES
+
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in exts and f.is_file())
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif p.exists():
             files.append(p)
         else:
@@ -163,7 +164,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from maskrt.core.images import load_rgb
-    from maskrt.runtime.predictor import Predictor
     from maskrt.runtime.visualize import overlay
     from maskrt.training.evaluate import detections_to_coco
 
@@ -172,18 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inside = [f for f in files if out.resolve() in f.resolve().parents]
     if inside:
         raise MaskrtError(f"{out}: holds input image {inside[0]}; choose an output folder outside the inputs")
-    model = Path(args.model)
-    if args.backend == "tensorrt":
-        if model.is_dir():
-            raise MaskrtError(f"{model}: --backend tensorrt takes an engine file (see `maskrt build`)")
-        predictor = Predictor.from_engine(model, score_threshold=args.score_threshold)
-    elif model.is_dir():
-        predictor = Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
-                                          checkpoint=args.checkpoint, score_threshold=args.score_threshold)
-    elif args.backend == "torch":
-        predictor = Predictor.from_checkpoint(model, score_threshold=args.score_threshold)
-    else:
-        raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
+    predictor = _predictor_for_model(args)
     names = [c["name"] for c in predictor.classes]
     label_to_cat = {i + 1: c["id"] for i, c in enumerate(predictor.classes)}
     results = []
@@ -277,6 +266,45 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor_for_model(args: argparse.Namespace):  # noqa: ANN202
+    """The Predictor of --model / --backend (an export folder, an engine file, or a checkpoint for torch)."""
+    from maskrt.runtime.predictor import Predictor
+
+    model = Path(args.model)
+    threshold = getattr(args, "score_threshold", 0.0)
+    if args.backend == "tensorrt":
+        if model.is_dir():
+            raise MaskrtError(f"{model}: --backend tensorrt takes an engine file (see `maskrt build`)")
+        return Predictor.from_engine(model, score_threshold=threshold)
+    if model.is_dir():
+        return Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
+                                     checkpoint=args.checkpoint, score_threshold=threshold)
+    if args.backend == "torch":
+        return Predictor.from_checkpoint(model, score_threshold=threshold)
+    raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from maskrt.runtime.bench import format_bench, load_images, run_bench, synthetic_images
+
+    if args.json:
+        check_output_file(args.json, force=args.force)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    predictor = _predictor_for_model(args)
+    images = load_images(args.images) if args.images else synthetic_images(args.batch)
+    result = run_bench(predictor, images, batch=args.batch, warmup=args.warmup, iters=args.iters,
+                       threads=args.threads, progress=not args.quiet)
+    result["model"] = str(args.model)
+    print(format_bench(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
     from maskrt.runtime.parity import run_parity, summary_line
@@ -299,7 +327,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_metrics(result.metrics))
     print(f"[3/4] exporting {run / 'last.pt'} to {export}")
     export_checkpoint(run / "last.pt", export, force=True)
-    print(f"[4/4] parity of both graphs against the torch reference ({args.parity_images} val images)")
+    print(f"[4/4] parity of both graphs against plain torchvision model(images) ({args.parity_images} val images)")
     failed = False
     for graph in ("portable", "trt"):
         report = run_parity(run / "last.pt", export, data, root / f"parity_{graph}", graph=graph,
@@ -451,6 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="kernel timing cache: read when it exists, written after the build (faster rebuilds)")
     bld.add_argument("--force", action="store_true", help="replace an existing engine")
     bld.set_defaults(func=cmd_build)
+
+    bench = add("bench", "latency (p50/p90/p99) and images/s of a backend, end to end and per stage")
+    bench.add_argument("--model", required=True,
+                       help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
+    bench.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
+    bench.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
+    bench.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+    bench.add_argument("--images", help="folder of images (default: seeded random 640x480 images)")
+    bench.add_argument("--batch", type=_positive_int, default=1, help="images per run (default 1)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
+    bench.add_argument("--iters", type=_positive_int, default=20, help="timed runs (default 20)")
+    add_threads(bench)
+    bench.add_argument("--json", help="also write the result (with machine and versions) to this JSON file")
+    bench.add_argument("--force", action="store_true", help="replace an existing --json file")
+    bench.set_defaults(func=cmd_bench)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

@@ -17,6 +17,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 # maskrt checks the size itself (max_image_pixels), before decoding; PIL's own bomb check would only warn first.
 Image.MAX_IMAGE_PIXELS = None
 
+#: The file suffixes read as images when a folder is given.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
 
 def max_image_pixels() -> int:
     """The pixel limit: MASKRT_MAX_IMAGE_PIXELS if set (a positive integer), else DEFAULT_MAX_IMAGE_PIXELS."""
