@@ -56,6 +56,18 @@ def test_library_holds_every_architecture_and_ptx(library: Path) -> None:
     assert set(re.findall(r"\.(sm_\d+)\.ptx", ptx)) == {"sm_120"}, ptx
 
 
+def test_no_arithmetic_of_ours_is_contracted_into_fma(library: Path) -> None:
+    """The CUDA build rounds like the host build (-ffp-contract=off): nvcc must not contract a*b+c into FMA
+    (-fmad=false). In the library's PTX, the only fma.rn.f32 left are the CUDA math library's polynomials (log2f of
+    the level mapping), whose coefficients are immediates; a contracted product-sum of ours has registers only (22
+    of them in the RoIAlign kernels with nvcc's default -fmad=true)."""
+    ptx = subprocess.run([_cuobjdump(), "-ptx", str(library)], capture_output=True, text=True, check=True).stdout
+    fmas = [line.strip() for line in ptx.splitlines() if line.strip().startswith("fma.rn.f32")]
+    assert fmas, "expected log2f's polynomial in the RoIAlign kernels"
+    contracted = [line for line in fmas if not re.search(r"\b0f[0-9A-F]{8}\b", line)]
+    assert not contracted, contracted[:5]
+
+
 def test_library_exports_entry_points_and_links_no_tensorrt_or_cudart(library: Path) -> None:
     dynamic = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
     exported = {line.split()[-1] for line in dynamic.stdout.splitlines() if line.strip()}
