@@ -18,10 +18,17 @@ AnchorGenerator makes them (stride = image size // feature size, integer), and e
 fixed k = the RPN's pre-NMS top-N by padding the level's scores with -inf (padded entries are masked out, so a
 level with fewer anchors than k behaves as torchvision's min(k, anchors)). The RoIAlign level scales are powers of
 two fixed by the architecture (1/4 .. 1/32 for P2..P5), as torchvision infers them for any ordinary image size.
+
+fp16 (TensorRT graph only, model.trt.fp16.onnx): the networks - backbone, FPN, RPN head, box and mask heads - and the
+feature maps and pooled RoIs are fp16; everything whose rounding decides which boxes survive stays fp32: anchors and
+box decoding (exp of deltas, pixel coordinates up to ~1344 where fp16 steps are 0.5-1 px), the RPN top-k and
+score sigmoid/softmax, NMS inputs (boxes, scores, IoU), clipping, the RoIAlign coordinate math and FPN level mapping
+(the plugin takes fp32 RoIs), and the mask sigmoid. Inputs and outputs are fp32 in both precisions.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -34,6 +41,7 @@ from maskrt.export.ops import multi_level_roi_align, nms
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 FLAVORS = ("portable", "trt")
+PRECISIONS = ("fp32", "fp16")
 
 
 def _pool_spec(pool: nn.Module, scales: tuple[float, ...]) -> RoIAlignSpec:
@@ -71,10 +79,17 @@ class DeployMaskRCNN(nn.Module):
     export); the graph itself works at any multiple of 32."""
 
     def __init__(self, model: MaskRCNN, *, height: int, width: int, max_detections: int = 100,
-                 flavor: str = "portable") -> None:
+                 flavor: str = "portable", precision: str = "fp32") -> None:
         super().__init__()
         if flavor not in FLAVORS:
             raise MaskrtError(f"unknown graph flavor '{flavor}' (choose from {', '.join(FLAVORS)})")
+        if precision not in PRECISIONS:
+            raise MaskrtError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+        if precision == "fp16" and flavor != "trt":
+            raise MaskrtError("an fp16 graph exists only for TensorRT (flavor 'trt')")
+        if precision == "fp16":  # a half copy of the networks; the caller's model stays fp32
+            model = copy.deepcopy(model).half()
+        self.precision, self.dtype = precision, torch.float16 if precision == "fp16" else torch.float32
         if height % 32 or width % 32 or not (32 <= height <= MAX_CANVAS_SIDE and 32 <= width <= MAX_CANVAS_SIDE):
             raise MaskrtError(f"the canvas height and width must be multiples of 32 in [32, {MAX_CANVAS_SIDE}], got "
                               f"{height}x{width}")
@@ -98,7 +113,7 @@ class DeployMaskRCNN(nn.Module):
         self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)
         self.num_classes = int(heads.box_predictor.cls_score.out_features)  # incl. background
         with torch.no_grad():
-            dummy = torch.zeros((1, 3, height, width))
+            dummy = torch.zeros((1, 3, height, width), dtype=self.dtype)
             feats = list(self.backbone(dummy).values())
         # torchvision's AnchorGenerator: per level, the rounded cell anchors shifted over the feature-map grid
         self.cell_anchors = [a.to(torch.float32) for a in rpn.anchor_generator.cell_anchors]
@@ -129,6 +144,7 @@ class DeployMaskRCNN(nn.Module):
         """RPN: (proposals [B, P, 4], valid [B, P]) with P = post-NMS top-N."""
         batch = feats[0].shape[0]
         objectness, deltas = self.rpn_head(feats)
+        objectness, deltas = [o.float() for o in objectness], [d.float() for d in deltas]  # decoding in fp32
         image_hw = (images.shape[-2], images.shape[-1])
         k = self.pre_nms_top_n
         scores_l, boxes_l, levels_l, present_l = [], [], [], []
@@ -170,7 +186,7 @@ class DeployMaskRCNN(nn.Module):
         k = self.num_classes
         pooled = multi_level_roi_align(props, feats[: self.num_pooled], self.box_spec, flavor=self.flavor)
         x = self.box_head(pooled.flatten(0, 1))
-        logits, regression = self.box_predictor(x)
+        logits, regression = (t.float() for t in self.box_predictor(x))  # softmax and decoding in fp32
         boxes = self.box_coder.decode_single(regression, props.reshape(-1, 4)).reshape(batch, p, k, 4)
         scores = torch.softmax(logits, -1).reshape(batch, p, k)
         boxes = _clip(boxes, sizes)[:, :, 1:].reshape(batch, p * (k - 1), 4)
@@ -192,14 +208,14 @@ class DeployMaskRCNN(nn.Module):
         """Mask head on the final boxes: [B, D, M, M] probabilities of each detection's class."""
         batch, d = boxes.shape[0], boxes.shape[1]
         pooled = multi_level_roi_align(boxes, feats[: self.num_pooled], self.mask_spec, flavor=self.flavor)
-        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1)))  # [B*D, K, M, M]
+        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1))).float()  # [B*D, K, M, M]
         m = logits.shape[-1]
         chosen = torch.gather(logits, 1, labels.reshape(-1, 1, 1, 1).expand(batch * d, 1, m, m))
         probs = torch.sigmoid(chosen).reshape(batch, d, m, m)
         return probs * valid[..., None, None].to(probs.dtype)
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        feats = list(self.backbone(images).values())
+        feats = list(self.backbone(images.to(self.dtype)).values())
         props, props_valid = self.proposals(feats, images, image_sizes)
         boxes, scores, labels, valid = self.detections(feats, props, props_valid, image_sizes)
         masks = self.masks(feats, boxes, labels, valid)

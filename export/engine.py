@@ -1,4 +1,7 @@
-"""`maskrt build`: model.trt.onnx of an export folder -> a serialized TensorRT / TensorRT-RTX engine + ENGINE.json.
+"""`maskrt build`: the TensorRT graph of an export folder -> a serialized TensorRT / TensorRT-RTX engine + ENGINE.json.
+
+fp32 engines come from model.trt.onnx, fp16 engines from model.trt.fp16.onnx (export/deploy.py says which parts are
+fp16 and why the rest stays fp32), built as strongly typed networks.
 
 The engine carries one optimization profile for `images` [B, 3, H, W] and `image_sizes` [B, 2]: batch and H/W
 ranges (min / opt / max). By default they are the export's own: its batch (1..4 for a dynamic batch, optimum 1)
@@ -167,24 +170,32 @@ def _tensors(network: object, count: str, get: str) -> tuple[TensorSpec, ...]:
 
 
 def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str | None = None,
-                 shapes: ShapeRange | None = None, compute_capabilities: tuple[str, ...] | None = None,
-                 workspace_mib: int | None = None, timing_cache: str | Path | None = None, progress: bool = False,
-                 force: bool = False) -> EngineInfo:
-    """Build model.trt.onnx of `export_dir` into `engine` (default EXPORT/model.fp32.engine) and ENGINE.json.
+                 precision: str = "fp32", shapes: ShapeRange | None = None,
+                 compute_capabilities: tuple[str, ...] | None = None, workspace_mib: int | None = None,
+                 timing_cache: str | Path | None = None, progress: bool = False, force: bool = False) -> EngineInfo:
+    """Build the TensorRT graph of `export_dir` into `engine` (default EXPORT/model.PRECISION.engine) + ENGINE.json.
 
-    `builder` None: whichever is installed (tensorrt first). `workspace_mib` caps the builder's scratch memory;
+    fp32 builds model.trt.onnx; fp16 builds model.trt.fp16.onnx (`maskrt export --fp16`) as a strongly typed network:
+    its tensor types decide the precision, the same mechanism for TensorRT and TensorRT-RTX (which has no FP16 builder
+    flag). `builder` None: whichever is installed (tensorrt first). `workspace_mib` caps the builder's scratch memory;
     `timing_cache` is read when it exists and written back after the build (later builds reuse its kernel timings).
     Both files are written atomically; an existing engine is refused unless `force`."""
     from maskrt.plugins._library import load_into, loaded_logger
 
+    if precision not in EngineInfo.PRECISIONS:
+        raise MaskrtError(f"unknown precision '{precision}' (choose from {', '.join(EngineInfo.PRECISIONS)})")
+    graph = "trt" if precision == "fp32" else "trt_fp16"
     info = ExportInfo.read(export_dir)
-    onnx_path = info.graph_path(export_dir, "trt")
+    if graph not in info.graphs:
+        raise MaskrtError(f"{export_dir}: has no fp16 TensorRT graph (model.trt.fp16.onnx); export the checkpoint "
+                          "again with --fp16")
+    onnx_path = info.graph_path(export_dir, graph)
     if not onnx_path.is_file():
         raise MaskrtError(f"{onnx_path}: missing from the export folder")
-    if sha256(onnx_path) != info.graphs["trt"].sha256:
+    if sha256(onnx_path) != info.graphs[graph].sha256:
         raise MaskrtError(f"{onnx_path}: its sha256 differs from the one in export.json; export the checkpoint again")
     check_graph(onnx_path, "trt")  # onnx.checker + no op TensorRT cannot build (a portable graph is refused here)
-    engine = Path(engine) if engine is not None else Path(export_dir) / "model.fp32.engine"
+    engine = Path(engine) if engine is not None else Path(export_dir) / f"model.{precision}.engine"
     check_output_file(engine, force=force)
     check_output_file(EngineInfo.path_for(engine), force=force)
     if workspace_mib is not None and workspace_mib < 1:
@@ -203,7 +214,8 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     started = time.perf_counter()
     logger = loaded_logger(trt)
     trt_builder = trt.Builder(logger)
-    network = trt_builder.create_network(0)
+    strongly_typed = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = trt_builder.create_network(strongly_typed if precision == "fp16" else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
@@ -228,10 +240,10 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
         raise MaskrtError(f"{builder} could not build {onnx_path} (see its messages above)")
     data = bytes(plan)
     result = EngineInfo(engine=engine.name, engine_sha256=hashlib.sha256(data).hexdigest(), builder=builder,
-                        builder_version=trt.__version__, precision="fp32", profiles=profiles,
+                        builder_version=trt.__version__, precision=precision, profiles=profiles,
                         inputs=_tensors(network, "num_inputs", "get_input"),
                         outputs=_tensors(network, "num_outputs", "get_output"),
-                        onnx_sha256=info.graphs["trt"].sha256, plugin_library_sha256=sha256(plugin_library),
+                        onnx_sha256=info.graphs[graph].sha256, plugin_library_sha256=sha256(plugin_library),
                         compute_capabilities=capabilities, build_seconds=round(time.perf_counter() - started, 2),
                         export=info, versions=versions())
     engine.parent.mkdir(parents=True, exist_ok=True)

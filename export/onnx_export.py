@@ -18,6 +18,7 @@ import torch
 
 from maskrt.core.artifacts import (
     GRAPH_FILES,
+    GRAPH_KINDS,
     INPUT_NAMES,
     MAX_EXPORT_BATCH,
     MAX_OPSET,
@@ -109,8 +110,10 @@ def check_graph(path: Path, flavor: str) -> dict[str, int]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | None = None,
                       width: int | None = None, batch: int = 1, dynamic_batch: bool = False,
-                      max_detections: int = 100, opset: int = 17, force: bool = False) -> ExportInfo:
-    """Export both graphs of a checkpoint as the folder `out`; returns what export.json holds.
+                      max_detections: int = 100, opset: int = 17, fp16: bool = False, force: bool = False
+                      ) -> ExportInfo:
+    """Export both graphs of a checkpoint as the folder `out` (and, with `fp16`, model.trt.fp16.onnx: the TensorRT
+    graph with fp16 networks, see export/deploy.py); returns what export.json holds.
 
     By default the graphs take a dynamic height and width: any multiple of 32 from 32 to the model's max_size
     rounded up to 32, so each batch runs at the size torchvision pads it to. `height` and/or `width` ask for a
@@ -134,16 +137,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         inp = InputSpec(height, width, batch, dynamic_batch, True, (lo, hi), (lo, hi))
     else:
         inp = InputSpec(height, width, batch, dynamic_batch)
-    deploys = {flavor: DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections,
-                                      flavor=flavor) for flavor in GRAPH_FILES}
+    names = [g for g in GRAPH_FILES if fp16 or GRAPH_KINDS[g][1] == "fp32"]
+    deploys = {g: DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections,
+                                 flavor=GRAPH_KINDS[g][0], precision=GRAPH_KINDS[g][1]) for g in names}
     graphs: dict[str, GraphFile] = {}
     with staged_dir(out) as staging:
-        for flavor, name in GRAPH_FILES.items():
-            path = staging / name
-            _export_one(deploys[flavor], path, batch=batch, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+        for graph in names:
+            path = staging / GRAPH_FILES[graph]
+            _export_one(deploys[graph], path, batch=batch, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
                         opset=opset)
-            _pin_io_shapes(path, deploys[flavor], batch, dynamic_batch, dynamic_size)
-            graphs[flavor] = GraphFile(file=name, sha256=sha256(path), ops=check_graph(path, flavor))
+            _pin_io_shapes(path, deploys[graph], batch, dynamic_batch, dynamic_size)
+            graphs[graph] = GraphFile(file=GRAPH_FILES[graph], sha256=sha256(path),
+                                      ops=check_graph(path, GRAPH_KINDS[graph][0]))
         info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, inp, max_detections=max_detections,
                             opset=opset)
         info.write(staging)

@@ -54,8 +54,9 @@ def roi_align_reference(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec
     levels = fpn_levels(flat, spec)
     out = None
     for idx, (feat, scale) in enumerate(zip(features, spec.spatial_scales, strict=True)):
-        pooled = torchvision.ops.roi_align(feat, boxes, spec.output_size, spatial_scale=scale,
-                                           sampling_ratio=spec.sampling_ratio, aligned=spec.aligned)
+        # coordinates in fp32 also for fp16 features (the plugin's contract); the result in the features' dtype
+        pooled = torchvision.ops.roi_align(feat.float(), boxes, spec.output_size, spatial_scale=scale,
+                                           sampling_ratio=spec.sampling_ratio, aligned=spec.aligned).to(feat.dtype)
         if len(features) == 1:
             out = pooled
             break

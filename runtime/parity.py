@@ -30,7 +30,7 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from maskrt.core.artifacts import EngineInfo, ExportInfo
+from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
@@ -60,6 +60,20 @@ class Gates:
     min_median_mask_iou: float = 0.95
     score_floor: float = 0.3
     match_iou: float = 0.5
+
+    @classmethod
+    def for_precision(cls, precision: str, **overrides: float) -> Gates:
+        """The default gates of a precision: fp32 as above; fp16 allows |dAP| <= 0.3 (docs/architecture.md section
+        7) and the per-detection drift fp16 rounding brings (recall >= 0.97, median box IoU >= 0.98, max |score
+        diff| <= 0.05, median mask IoU >= 0.9)."""
+        if precision == "fp16":
+            base = {"max_abs_dap": 0.3, "min_recall": 0.97, "min_median_box_iou": 0.98, "max_score_diff": 0.05,
+                    "min_median_mask_iou": 0.9}
+        elif precision == "fp32":
+            base = {}
+        else:
+            raise MaskrtError(f"unknown precision '{precision}' (choose from fp32, fp16)")
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("score_floor", "match_iou", "min_recall", "min_median_box_iou", "min_median_mask_iou"):
@@ -178,21 +192,23 @@ def _run(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[RawOutput
 def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, out: str | Path, *,
                backend: str = "onnxruntime", graph: str = "portable", reference: str = "plain", split: str = "val",
                limit: int | None = None, gates: Gates | None = None, progress: bool = True,
-               threads: int | None = None, force: bool = False) -> dict[str, Any]:
+               threads: int | None = None, device: str = "cpu", force: bool = False) -> dict[str, Any]:
     """Compare `backend` on the export against the `reference` ("plain": model(images); "canvas": diagnostic); write
     the folder `out` with report.json, report.md and its figures (a non-empty `out` is refused unless `force`; it is
-    checked before any work). `data` is a COCO-format dataset folder (split `split`) or a folder of images."""
-    gates = gates or Gates()
+    checked before any work). `data` is a COCO-format dataset folder (split `split`) or a folder of images. `gates`
+    default to those of the candidate's precision (Gates.for_precision)."""
     out = check_output_dir(out, force=force)
     if backend == "tensorrt":  # `export_dir` is an engine file; its ENGINE.json carries the export's record
-        info = EngineInfo.read(export_dir).export
-        graph = "engine"
+        engine = EngineInfo.read(export_dir)
+        info, graph, precision = engine.export, "engine", engine.precision
     else:
         info = ExportInfo.read(export_dir)
+        precision = GRAPH_KINDS[graph][1] if graph in GRAPH_KINDS else "fp32"
+    gates = gates or Gates.for_precision(precision)
     inputs = _Inputs.load(data, split, info, export_dir)
     ref_fn = _reference(reference, checkpoint, export_dir, info)
     cand_pred = (Predictor.from_engine(export_dir) if backend == "tensorrt" else
-                 Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads))
+                 Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads, device=device))
     indices = list(range(len(inputs.files)))[: limit or None]
     batch = info.input.batch
     label_to_cat = {j + 1: c["id"] for j, c in enumerate(info.classes)}
@@ -241,7 +257,8 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
     summary, results = _summarize(acc, gates, inputs, [inputs.ids[i] for i in indices], ref_results, cand_results)
     report = {
         "passed": all(r["passed"] for r in results),
-        "backend": backend, "graph": graph, "reference": reference, "reference_is": REFERENCE_TITLES[reference],
+        "backend": backend, "graph": graph, "precision": precision, "reference": reference,
+        "reference_is": REFERENCE_TITLES[reference],
         "export": str(export_dir), "checkpoint": str(checkpoint),
         "checkpoint_matches_export": sha256(checkpoint) == info.checkpoint.get("sha256"),
         "input": {"dynamic_size": info.input.dynamic_size, "height": info.input.height, "width": info.input.width},

@@ -4,8 +4,10 @@ Its plugin nodes (maskrt::MultiLevelRoIAlign, maskrt::BatchedNMS) run the host b
 kernel cores (maskrt.plugins.roi_align.cpu, maskrt.plugins.nms.cpu) as onnxruntime-extensions Python ops. Those
 bind only in the `ai.onnx.contrib` domain and take scalar or string attributes, so the session runs a
 rewritten copy of the graph: each plugin node becomes `ai.onnx.contrib::Maskrt<Op><n inputs>` with
-its attributes as one JSON string, parsed back by the op's spec (maskrt.plugins.SPECS). Nothing else in the graph
-changes.
+its attributes as one JSON string, parsed back by the op's spec (maskrt.plugins.SPECS). The Python op API has no
+fp16, so a RoIAlign node on fp16 features (model.trt.fp16.onnx) gets its features widened to fp32 (exact) and its
+result rounded back to fp16 - what the plugin does inside (fp32 math, one rounding of the output). Nothing else in the
+graph changes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
 def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a model.trt.onnx graph whose plugin nodes are onnxruntime-extensions Python ops."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    types = _value_types(model)
     nodes = []
     for node in model.graph.node:
         if node.domain == ONNX_DOMAIN:
@@ -53,9 +56,18 @@ def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
                 spec = SPECS[node.op_type].from_onnx_attributes(_attributes(node))
             except ValueError as exc:
                 raise MaskrtError(f"plugin node '{node.name}': {exc}") from None
-            new = helper.make_node(f"Maskrt{node.op_type}{len(node.input)}", list(node.input), list(node.output),
-                                   name=node.name, domain=CONTRIB, spec=json.dumps(spec.onnx_attributes()))
-            nodes.append(new)
+            inputs, outputs = list(node.input), list(node.output)
+            half = node.op_type == RoIAlignSpec.IDENTITY.name and types.get(node.input[1]) == onnx.TensorProto.FLOAT16
+            if half:  # the Python op API has no fp16: widen the features, narrow the result (exact / one rounding)
+                float_in = [f"{node.name}__features{i}_fp32" for i in range(len(inputs) - 1)]
+                nodes += [helper.make_node("Cast", [a], [b], to=onnx.TensorProto.FLOAT, name=f"{b}_cast")
+                          for a, b in zip(inputs[1:], float_in, strict=True)]
+                inputs, outputs = [inputs[0], *float_in], [f"{outputs[0]}__fp32"]
+            nodes.append(helper.make_node(f"Maskrt{node.op_type}{len(node.input)}", inputs, outputs, name=node.name,
+                                          domain=CONTRIB, spec=json.dumps(spec.onnx_attributes())))
+            if half:
+                nodes.append(helper.make_node("Cast", outputs, list(node.output), to=onnx.TensorProto.FLOAT16,
+                                              name=f"{node.name}_cast_back"))
         else:
             nodes.append(node)
     del model.graph.node[:]
@@ -64,6 +76,13 @@ def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.opset_import[:]
     model.opset_import.extend([*imports, helper.make_opsetid(CONTRIB, 1)])
     return model
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every value the graph's shape inference can type (feature maps included)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

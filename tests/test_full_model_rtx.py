@@ -101,3 +101,66 @@ def test_static_canvas_engine(slim_checkpoint: Path, tmp_path: Path, plugin_libr
     with pytest.raises(MaskrtError, match="batch 1 does not fit"):
         build_engine(export, tmp_path / "b1.engine", builder="tensorrt-rtx",
                      shapes=ShapeRange((1, 96, 128), (2, 96, 128), (2, 96, 128)))
+
+
+def _layer_types(network) -> dict[str, set[str]]:  # noqa: ANN001
+    """Output data types of the network's layers, per layer type."""
+    found: dict[str, set[str]] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        found.setdefault(layer.type.name, set()).add(layer.get_output(0).dtype.name)
+    return found
+
+
+@pytest.mark.slow
+def test_fp16_engine_from_the_fp16_graph(slim_checkpoint: Path, tmp_path: Path, plugin_library: Path) -> None:
+    """The fp16 graph parses as a strongly typed network whose convolutions and RoIAlign run in fp16 (box decoding
+    and NMS stay fp32) and builds with a dynamic batch and size profile."""
+    export = tmp_path / "export"
+    export_checkpoint(slim_checkpoint, export, dynamic_batch=True, fp16=True)
+    with pytest.raises(MaskrtError, match="has no fp16 TensorRT graph"):
+        other = tmp_path / "fp32_only"
+        export_checkpoint(slim_checkpoint, other)
+        build_engine(other, builder="tensorrt-rtx", precision="fp16")
+    from maskrt.plugins import load_into
+
+    load_into(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(export / "model.trt.fp16.onnx"))
+    types = _layer_types(network)
+    assert types["CONVOLUTION"] == {"HALF"}, types["CONVOLUTION"]
+    plugins = [network.get_layer(i) for i in range(network.num_layers)
+               if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
+    outputs = sorted(layer.get_output(0).dtype.name for layer in plugins)
+    assert outputs == ["HALF", "HALF", "INT32", "INT32"]  # 2 RoIAlign on fp16 features, 2 NMS (keep indices)
+    for layer in plugins:
+        if layer.get_output(0).dtype.name == "INT32":  # BatchedNMS: boxes and scores in fp32
+            assert [layer.get_input(i).dtype.name for i in range(3)] == ["FLOAT", "FLOAT", "INT32"]
+        else:  # MultiLevelRoIAlign: fp32 RoIs, fp16 features
+            assert layer.get_input(0).dtype.name == "FLOAT" and layer.get_input(1).dtype.name == "HALF"
+    assert network.get_input(0).dtype.name == "FLOAT" and network.get_output(1).dtype.name == "FLOAT"
+    proc = subprocess.run([*CLI, "build", "--model", str(export), "--precision", "fp16", "--builder", "tensorrt-rtx",
+                           "--batch", "1:2:2", "--size", "64x64:128x160:160x160", "-q"], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    info = EngineInfo.read(export / "model.fp16.engine")
+    assert info.precision == "fp16" and info.profiles["images"].opt == (2, 3, 128, 160)
+    assert info.onnx_sha256 == json.loads((export / "export.json").read_text())["graphs"]["trt_fp16"]["sha256"]
+    plan = (export / "model.fp16.engine").read_bytes()
+    assert b"MultiLevelRoIAlign" in plan and b"BatchedNMS" in plan
+
+
+@pytest.mark.slow
+def test_r50_fpn_fp16_engine_at_800(tmp_path: Path, plugin_library: Path) -> None:
+    torch.manual_seed(0)
+    cfg = default_model_config("r50-fpn", 3, min_size=800, max_size=800)
+    ckpt = tmp_path / "r50.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    export_checkpoint(ckpt, tmp_path / "export", height=800, width=800, fp16=True)
+    info = build_engine(tmp_path / "export", builder="tensorrt-rtx", precision="fp16", compute_capabilities=("8.9",))
+    assert info.precision == "fp16" and info.profiles["images"].min == info.profiles["images"].max == (1, 3, 800, 800)
+    fp16_size = (tmp_path / "export" / "model.fp16.engine").stat().st_size
+    assert 50_000_000 < fp16_size < 120_000_000  # the r50-fpn weights in fp16 (~88 MB in fp32 ONNX: 44M params)

@@ -21,7 +21,9 @@ EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
 ENGINE_FORMAT_VERSION = 2  # 2: I/O tensors, build time, engine sha256, the export's export.json
 #: The graph flavours of an export folder and their files (docs/architecture.md section 3).
-GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx"}
+GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx", "trt_fp16": "model.trt.fp16.onnx"}
+#: Each graph's op flavour (the ops it may hold) and precision; trt_fp16 is written on request (`export --fp16`).
+GRAPH_KINDS = {"portable": ("portable", "fp32"), "trt": ("trt", "fp32"), "trt_fp16": ("trt", "fp16")}
 INPUT_NAMES = ("images", "image_sizes")
 #: Export limits. Opsets: RoiAlign-16 and LayerNormalization need 17, torch's TorchScript exporter stops at 20.
 MIN_OPSET, MAX_OPSET = 17, 20
