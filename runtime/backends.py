@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from maskrt.core.artifacts import ExportInfo
+from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.runtime.postprocess import RawOutput
@@ -56,16 +56,33 @@ class TorchBackend:
         self.model = None  # type: ignore[assignment]
 
 
-class OnnxRuntimeBackend:
-    """ONNX Runtime on model.onnx or model.trt.onnx (static or dynamic batch).
+def _providers(device: str, graph: str) -> list[str]:
+    """ONNX Runtime's execution providers for `device` ("cpu" or "cuda": onnxruntime-gpu, model.onnx only)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise MaskrtError(f"unknown device '{device}' (choose from cpu, cuda)")
+    if GRAPH_KINDS.get(graph, ("portable",))[0] != "portable":
+        raise MaskrtError(f"the {graph} graph's plugin ops run on the CPU host build in ONNX Runtime; use --graph "
+                          "portable with --device cuda, or build a TensorRT engine")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise MaskrtError("--device cuda needs onnxruntime-gpu with a CUDA GPU (pip install 'maskrt[gpu]'; it "
+                          "replaces onnxruntime); this onnxruntime offers "
+                          f"{', '.join(ort.get_available_providers())}")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    `threads` sets ONNX Runtime's intra-op threads; None uses its default, one per physical core.
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime on model.onnx, model.trt.onnx or model.trt.fp16.onnx (static or dynamic batch).
+
+    `threads` sets ONNX Runtime's intra-op threads; None uses its default, one per physical core. `device` "cuda"
+    runs model.onnx with the CUDAExecutionProvider (onnxruntime-gpu).
     """
 
     name = "onnxruntime"
 
     def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str = "cpu") -> None:
         if threads is not None and threads < 1:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
         path = info.graph_path(export_dir, graph)
@@ -74,14 +91,15 @@ class OnnxRuntimeBackend:
         if sha256(path) != info.graphs[graph].sha256:
             raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
                               "the export); export the checkpoint again")
+        providers = _providers(device, graph)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 0
         so.log_severity_level = 3
         try:
-            if graph == "trt":
+            if GRAPH_KINDS[graph][0] == "trt":
                 self.session = trt_graph_session(path, so)
             else:
-                self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                self.session = ort.InferenceSession(str(path), so, providers=providers)
         except MaskrtError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

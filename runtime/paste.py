@@ -6,7 +6,8 @@ pixel, its box expanded by the same ratio and truncated to integers, the mask re
 all masks of an image are pasted with two batched matrix products ``Wy @ M @ Wx^T`` where Wy / Wx
 hold, for every image row / column, the interpolation weights of the (padded) mask rows / columns -
 zero outside the box. Same result as torchvision (up to float rounding), without a Python loop over
-detections; detections are processed in chunks to bound memory.
+detections; detections are processed in chunks to bound memory. It runs on the masks' device (a GPU backend's
+masks are pasted on the GPU).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ def _axis_weights(start: torch.Tensor, length: torch.Tensor, size: int, mask_siz
     Pixel p lies in a box starting at integer `start` with integer `length`; its source coordinate in
     the mask is max((p - start + 0.5) * mask_size / length - 0.5, 0) (PyTorch's bilinear rule).
     """
-    pix = torch.arange(size, dtype=torch.float32)[None, :]  # [1, size]
+    pix = torch.arange(size, dtype=torch.float32, device=start.device)[None, :]  # [1, size]
     local = pix - start[:, None].float()  # [N, size]
     inside = (local >= 0) & (local < length[:, None].float())
     src = ((local + 0.5) * (mask_size / length[:, None].float()) - 0.5).clamp(min=0)
     i0 = src.floor().long().clamp(max=mask_size - 1)
     i1 = (i0 + 1).clamp(max=mask_size - 1)
     frac = src - i0.float()
-    weights = torch.zeros((start.shape[0], size, mask_size), dtype=torch.float32)
+    weights = torch.zeros((start.shape[0], size, mask_size), dtype=torch.float32, device=start.device)
     weights.scatter_add_(2, i0[..., None], (1 - frac)[..., None])
     weights.scatter_add_(2, i1[..., None], frac[..., None])
     return weights * inside[..., None]
@@ -40,7 +41,8 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: in
     [N, height, width] float32 probability maps, exactly as torchvision's paste_masks_in_image; with a
     `threshold`, into boolean masks (prob > threshold), which keeps memory at one byte per pixel."""
     n, m = masks.shape[0], masks.shape[-1]
-    out = torch.zeros((n, height, width), dtype=torch.float32 if threshold is None else torch.bool)
+    out = torch.zeros((n, height, width), dtype=torch.float32 if threshold is None else torch.bool,
+                      device=masks.device)
     if n == 0:
         return out
     padded = F.pad(masks.float(), (padding,) * 4)

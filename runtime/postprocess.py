@@ -55,15 +55,15 @@ class RawOutput:
 
 
 def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int, int], *,
-                  score_threshold: float = 0.0) -> Detections:
-    """Map one image's raw output to the original image: boxes scaled, masks pasted at full size."""
+                  score_threshold: float = 0.0, device: str = "cpu") -> Detections:
+    """Map one image's raw output to the original image: boxes scaled, masks pasted at full size (on `device`)."""
     n = int(raw.num)
     keep = np.nonzero(raw.scores[:n] >= score_threshold)[0]
     boxes = torch.from_numpy(np.ascontiguousarray(raw.boxes[keep], dtype=np.float32))
     ratio_h = torch.tensor(original[0], dtype=torch.float32) / torch.tensor(resized[0], dtype=torch.float32)
     ratio_w = torch.tensor(original[1], dtype=torch.float32) / torch.tensor(resized[1], dtype=torch.float32)
     boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
-    masks = paste_masks(torch.from_numpy(np.ascontiguousarray(raw.masks[keep], dtype=np.float32)), boxes,
-                        original[0], original[1], threshold=0.5)
+    masks = paste_masks(torch.from_numpy(np.ascontiguousarray(raw.masks[keep], dtype=np.float32)).to(device),
+                        boxes.to(device), original[0], original[1], threshold=0.5)
     return Detections(boxes=boxes.numpy(), scores=raw.scores[keep].astype(np.float32),
-                      labels=raw.labels[keep].astype(np.int64), masks=masks.numpy())
+                      labels=raw.labels[keep].astype(np.int64), masks=masks.cpu().numpy())

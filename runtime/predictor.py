@@ -47,7 +47,7 @@ class Predictor:
     @classmethod
     def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
-                    threads: int | None = None) -> Predictor:
+                    threads: int | None = None, device: str = "cpu") -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas."""
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -62,7 +62,7 @@ class Predictor:
                                   f"those of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
-            impl = OnnxRuntimeBackend(export_dir, info, graph, threads)
+            impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device)
         elif backend == "tensorrt":
             raise MaskrtError(f"{export_dir}: the tensorrt backend runs an engine file: build one with `maskrt build "
                               f"--model {export_dir}` and pass it as the model")
@@ -110,7 +110,8 @@ class Predictor:
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """Detections (original-image pixels, masks at the original size) for each image."""
         outs, resized, original = self.raw(images)
-        return [to_detections(o, r, s, score_threshold=self.score_threshold)
+        device = getattr(self.backend, "device", "cpu")  # a GPU backend's masks are pasted on its GPU
+        return [to_detections(o, r, s, score_threshold=self.score_threshold, device=device)
                 for o, r, s in zip(outs, resized, original, strict=True)]
 
     def close(self) -> None:

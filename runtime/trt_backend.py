@@ -68,6 +68,7 @@ class TensorRTBackend:
     """A serialized engine on the current CUDA device; `run` follows the Backend protocol."""
 
     name = "tensorrt"
+    device = "cuda"  # the Predictor pastes this backend's masks on the GPU
 
     def __init__(self, engine: str | Path, info: EngineInfo | None = None) -> None:
         from maskrt.plugins._library import load_into, loaded_logger

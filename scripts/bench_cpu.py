@@ -7,7 +7,8 @@ End to end (pre-processing, inference, masks pasted at the original size), media
   3. our model.onnx on ONNX Runtime through the Predictor.
 Also the pure network parts of our graph alone (backbone+FPN, RPN head, box head on the post-NMS
 proposals, mask head on D RoIs), exported and timed on ONNX Runtime. Prints medians and the ratios
-eager/ours, tv-onnx/ours and ours/(sum of its network parts).
+eager/ours, tv-onnx/ours and ours/(sum of its network parts), and our per-stage breakdown from `maskrt bench`
+(runtime/bench.py: pre-processing, network, paste).
 
     python scripts/bench_cpu.py [--runs 7] [--size 800] [--threads 2] [--out bench_cpu]
 """
@@ -157,6 +158,10 @@ def main() -> int:
         print(f"  {name:28s} {ms:9.1f}")
     for name, ms in part_ms.items():
         print(f"  part: {name:22s} {ms:9.1f}")
+    from maskrt.runtime.bench import format_bench, run_bench  # our stages, as `maskrt bench` reports them
+
+    print("\n" + format_bench(run_bench(ours, [image], warmup=1, iters=args.runs, threads=args.threads,
+                                         progress=False)))
     ours_ms, parts_sum = med["maskrt model.onnx on ORT"], sum(part_ms.values())
     print(f"\n  eager / ours             {med['torchvision eager'] / ours_ms:6.2f}x  (goal >= 2)")
     print(f"  torchvision ONNX / ours  {med['torchvision ONNX on ORT'] / ours_ms:6.2f}x  (goal >= 1.6)")

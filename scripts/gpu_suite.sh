@@ -1,20 +1,73 @@
 #!/usr/bin/env bash
-# The GPU suite: run on a machine with a CUDA GPU (never in CPU CI): the gpu-marked tests (launched kernels vs
-# torchvision CUDA) and the plugin benchmark.
-#   bash scripts/gpu_suite.sh                 # in a checkout whose .venv has maskrt installed (make)
-#   bash scripts/gpu_suite.sh dist/maskrt-*.whl
+# The GPU suite: run on a machine with a CUDA GPU (never in CPU CI). Steps, each timed, one summary table at the end:
+#   1. the gpu-marked tests (launched kernels vs torchvision CUDA and the host build)
+#   2. the plugin benchmark (RoIAlign fp32/fp16, NMS; bandwidth vs the roofline)
+#   3. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs), built into fp32 and
+#      fp16 engines, gated with `maskrt parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16) and timed with
+#      `maskrt bench`; otherwise the step says why it is skipped.
+# Usage:
+#   bash scripts/gpu_suite.sh                       # in a checkout whose .venv has maskrt installed (make)
+#   PYTHON=python3 bash scripts/gpu_suite.sh dist/maskrt-*.whl
 # The second form installs a wheel built elsewhere (`make wheel` on a machine with nvcc; it carries both libraries)
-# into this machine's python3 without dependencies and without building anything: for GPU machines that have torch
-# but no package index or compiler setup.
-set -euo pipefail
+# into the machine's python without dependencies and without building anything: for bare GPU machines that have torch
+# but no package index. MASKRT_PLUGIN_LIBRARY=/path/libmaskrt_plugins.so runs everything with that library instead.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -ge 1 ]; then
   PY=${PYTHON:-python3}
-  "$PY" -m pip install --quiet --no-deps --force-reinstall "$1"
+  "$PY" -m pip install --quiet --no-deps --force-reinstall --no-build-isolation "$1" || exit 1
 else
   PY=${PYTHON:-.venv/bin/python}
 fi
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')"
-"$PY" -c "import maskrt.plugins as p; print('plugin library:', p.library_path())"
-"$PY" -m pytest -m gpu -ra -p no:cacheprovider tests
-"$PY" scripts/bench_plugin.py
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_suite: no CUDA GPU visible to torch ($PY) on this machine; run the suite on a GPU machine" >&2
+  exit 1
+fi
+"$PY" -c "import maskrt.plugins as p; print('plugin library:', p.library_path())" || exit 1
+"$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
+
+SUMMARY=()
+FAILED=0
+step() {  # step NAME COMMAND...: run, time, record
+  local name=$1; shift
+  local start=$SECONDS
+  echo "== $name"
+  if "$@"; then SUMMARY+=("$name|ok|$((SECONDS - start))"); else SUMMARY+=("$name|FAILED|$((SECONDS - start))"); FAILED=1; fi
+}
+skip() { SUMMARY+=("$1|skipped: $2|0"); echo "== $1: skipped ($2)"; }
+
+step "gpu tests" "$PY" -m pytest -m gpu -ra -q -p no:cacheprovider tests
+step "plugin benchmark" "$PY" scripts/bench_plugin.py
+
+if "$PY" -c "import tensorrt" 2>/dev/null; then
+  WORK=$(mktemp -d)
+  M="$PY -m maskrt.cli"
+  step "shapes data" $M data shapes --out "$WORK/data" --train 8 --val 16 --size 128 -q
+  step "seeded slim checkpoint" "$PY" - "$WORK/slim.pt" <<'EOF'
+import sys, torch
+from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+from maskrt.training.models import build_model, default_model_config
+torch.manual_seed(0)
+cfg = default_model_config("slim", 3)
+classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"}, {"id": 3, "name": "triangle"}]
+save_checkpoint(sys.argv[1], make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(), classes=classes))
+EOF
+  step "export (fp32 + fp16 graphs)" $M export --checkpoint "$WORK/slim.pt" --out "$WORK/export" --fp16 --dynamic-batch -q
+  for precision in fp32 fp16; do
+    step "build $precision engine" $M build --model "$WORK/export" --builder tensorrt --precision "$precision" -q
+    step "parity tensorrt $precision" $M parity --checkpoint "$WORK/slim.pt" --model "$WORK/export/model.$precision.engine" \
+      --backend tensorrt --data "$WORK/data" --score-floor 0.05 --out "$WORK/parity_$precision" -q
+    step "bench tensorrt $precision" $M bench --model "$WORK/export/model.$precision.engine" --backend tensorrt \
+      --iters 50 --json "$WORK/bench_$precision.json" -q
+  done
+else
+  skip "TensorRT engines" "no full TensorRT (import tensorrt) on this machine; TensorRT-RTX engines run only on RTX-class GPUs"
+fi
+
+echo
+printf '%-34s %-10s %s\n' "step" "result" "seconds"
+for row in "${SUMMARY[@]}"; do
+  IFS='|' read -r name result secs <<<"$row"
+  printf '%-34s %-10s %s\n' "$name" "$result" "$secs"
+done
+exit $FAILED

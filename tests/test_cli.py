@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,12 @@ def test_sigterm_during_export_leaves_the_previous_export_and_no_temporary_files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "r50.pt"]
     assert [p.name for p in export.iterdir()] == ["export.json"]
     assert (export / "export.json").read_text() == "the previous export"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_suite_fails_fast_without_a_gpu() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_suite.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 1 and "no CUDA GPU visible to torch" in proc.stderr, proc.stderr
+    assert "== gpu tests" not in proc.stdout

@@ -135,3 +135,16 @@ def test_engine_matches_the_cpu_run_of_its_graph(built: tuple[Path, Path]) -> No
     want, _, _ = reference.raw(images)
     for g, w in zip(got, want, strict=True):
         assert g.num == w.num and abs(g.scores - w.scores).max() < 1e-3
+
+
+def test_a_missing_plugin_library_is_named(built: tuple[Path, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    export, engine = built
+    monkeypatch.setenv("MASKRT_PLUGIN_LIBRARY", str(tmp_path / "libmaskrt_plugins.so"))
+    with pytest.raises(MaskrtError, match="needs the CUDA plugin library: MASKRT_PLUGIN_LIBRARY=.*no such file"):
+        Predictor.from_engine(engine)
+    proc = subprocess.run([*CLI, "build", "--model", str(export), "--builder", "tensorrt-rtx", "--out",
+                           str(tmp_path / "x.engine")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MASKRT_PLUGIN_LIBRARY": str(tmp_path / "libmaskrt_plugins.so")})
+    assert proc.returncode == 2 and "cannot load the plugin library" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.engine").exists()

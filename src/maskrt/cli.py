@@ -121,11 +121,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     info = export_checkpoint(args.checkpoint, args.out, height=args.height, width=args.width, batch=args.batch,
                              dynamic_batch=args.dynamic_batch, max_detections=args.max_detections, opset=args.opset,
-                             force=args.force)
+                             fp16=args.fp16, force=args.force)
     inp = info.input
     (h0, h1), (w0, w1) = inp.height_range, inp.width_range  # type: ignore[misc]
     size = f"dynamic height {h0}..{h1} x width {w0}..{w1}" if inp.dynamic_size else f"static {inp.height}x{inp.width}"
-    print(f"wrote {args.out}: model.onnx, model.trt.onnx, export.json ({size}, batch "
+    files = ", ".join(g.file for g in info.graphs.values())
+    print(f"wrote {args.out}: {files}, export.json ({size}, batch "
           f"{'dynamic' if args.dynamic_batch else args.batch}, {args.max_detections} detections, opset {args.opset})")
     return 0
 
@@ -197,12 +198,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo
     from maskrt.runtime.parity import Gates, run_parity, summary_line
 
-    gates = Gates(score_floor=args.score_floor)
+    check_output_dir(args.out, force=args.force)
+    precision = EngineInfo.read(args.model).precision if args.backend == "tensorrt" else GRAPH_KINDS[args.graph][1]
+    gates = Gates.for_precision(precision, score_floor=args.score_floor)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
                         reference=args.reference, split=args.split, limit=args.limit, gates=gates,
-                        progress=not args.quiet, threads=args.threads, force=args.force)
+                        progress=not args.quiet, threads=args.threads, device=args.device, force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return 0 if report["passed"] else 1
@@ -254,10 +258,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     size = args.size or ((shapes.min[1], shapes.min[2]), (shapes.opt[1], shapes.opt[2]), (shapes.max[1], shapes.max[2]))
     shapes = ShapeRange(*((b, *hw) for b, hw in zip(batch, size, strict=True)))  # type: ignore[arg-type]
     caps = tuple(c.strip() for c in args.compute_capabilities.split(",")) if args.compute_capabilities else None
-    print(f"building {Path(args.model) / 'model.trt.onnx'}: batch {shapes.min[0]}:{shapes.opt[0]}:{shapes.max[0]}, "
-          f"size {shapes.min[1]}x{shapes.min[2]}:{shapes.opt[1]}x{shapes.opt[2]}:{shapes.max[1]}x{shapes.max[2]} "
-          "(min:opt:max); this takes a while")
-    result = build_engine(args.model, args.out, builder=args.builder, shapes=shapes, compute_capabilities=caps,
+    hw = ":".join(f"{s[1]}x{s[2]}" for s in (shapes.min, shapes.opt, shapes.max))
+    print(f"building the {args.precision} TensorRT graph of {args.model}: batch "
+          f"{shapes.min[0]}:{shapes.opt[0]}:{shapes.max[0]}, size {hw} (min:opt:max); this takes a while")
+    result = build_engine(args.model, args.out, builder=args.builder, precision=args.precision, shapes=shapes,
+                          compute_capabilities=caps,
                           workspace_mib=args.workspace, timing_cache=args.timing_cache, progress=not args.quiet,
                           force=args.force)
     engine = Path(args.out) if args.out else Path(args.model) / result.engine
@@ -278,7 +283,7 @@ def _predictor_for_model(args: argparse.Namespace):  # noqa: ANN202
         return Predictor.from_engine(model, score_threshold=threshold)
     if model.is_dir():
         return Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
-                                     checkpoint=args.checkpoint, score_threshold=threshold)
+                                     checkpoint=args.checkpoint, score_threshold=threshold, device=args.device)
     if args.backend == "torch":
         return Predictor.from_checkpoint(model, score_threshold=threshold)
     raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
@@ -360,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_threads(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int,
                        help="ONNX Runtime intra-op threads (default: one per physical core)")
+        p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="ONNX Runtime device: cuda runs model.onnx with onnxruntime-gpu (extra [gpu])")
 
     data = sub.add_parser("data", help="generate datasets", description="generate datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
@@ -426,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-detections", type=_positive_int, default=100,
                      help="detection slots per image (default 100; at most the model's post-NMS proposals)")
     exp.add_argument("--opset", type=_opset, default=17, help="ONNX opset, 17 to 20 (default 17)")
+    exp.add_argument("--fp16", action="store_true",
+                     help="also write model.trt.fp16.onnx: the TensorRT graph with fp16 networks (build --precision "
+                     "fp16)")
     exp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     exp.set_defaults(func=cmd_export)
 
@@ -433,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", required=True,
                       help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
     pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    pred.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
+    pred.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"], help="which ONNX graph")
     pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
                       help="drop detections below, in [0, 1] (default 0.5)")
@@ -447,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
     par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    par.add_argument("--graph", default="portable", choices=["portable", "trt"])
+    par.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"])
     par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
                      help="plain: torchvision model(images) as its user runs it (default, the gate's reference); "
                      "canvas: torchvision on the candidate's padded batch (diagnostic: export errors only)")
@@ -464,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bld = add("build", "build model.trt.onnx of an export folder into a TensorRT / TensorRT-RTX engine")
     bld.add_argument("--model", required=True, help="export folder")
-    bld.add_argument("--out", help="engine file (default: EXPORT/model.fp32.engine); ENGINE.json is written beside it")
+    bld.add_argument("--out", help="engine file (default: EXPORT/model.PRECISION.engine); ENGINE.json is written "
+                     "beside it")
+    bld.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                     help="fp16 builds model.trt.fp16.onnx (export with --fp16) as a strongly typed network")
     bld.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"],
                      help="default: whichever is installed, tensorrt first (tensorrt-rtx builds without a GPU, for "
                      "RTX GPUs; tensorrt builds on a GPU, for that GPU)")
@@ -484,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", required=True,
                        help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
     bench.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    bench.add_argument("--graph", default="portable", choices=["portable", "trt"], help="which ONNX graph")
+    bench.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"], help="which ONNX graph")
     bench.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     bench.add_argument("--images", help="folder of images (default: seeded random 640x480 images)")
     bench.add_argument("--batch", type=_positive_int, default=1, help="images per run (default 1)")
