@@ -40,17 +40,29 @@ def peak_bandwidth_gbs() -> float:
     return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9
 
 
-def make_inputs(num_rois: int, dtype: torch.dtype, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+def make_inputs(num_rois: int, dtype: torch.dtype, seed: int = 0, device: str = "cuda", channels: int = 256):
+    gen = torch.Generator(device=device).manual_seed(seed)
     feats = [
-        torch.randn(1, 256, IMAGE[0] >> lvl, IMAGE[1] >> lvl, device="cuda", generator=gen).to(dtype)
+        torch.randn(1, channels, IMAGE[0] >> lvl, IMAGE[1] >> lvl, device=device, generator=gen).to(dtype)
         for lvl in (2, 3, 4, 5)
     ]
     # RPN-like boxes: log-uniform sizes 16..512 px, centres anywhere in the image
-    size = torch.exp(torch.empty(num_rois, 2, device="cuda").uniform_(2.77, 6.24, generator=gen))
-    centre = torch.rand(num_rois, 2, device="cuda", generator=gen) * torch.tensor([IMAGE[1], IMAGE[0]], device="cuda")
+    size = torch.exp(torch.empty(num_rois, 2, device=device).uniform_(2.77, 6.24, generator=gen))
+    centre = torch.rand(num_rois, 2, device=device, generator=gen) * torch.tensor([IMAGE[1], IMAGE[0]], device=device)
     rois = torch.cat([centre - size / 2, centre + size / 2], dim=1)[None].contiguous()
     return feats, rois
+
+
+def torchvision_reference(feats, rois, out_size: int):  # noqa: ANN001, ANN201
+    """torchvision's MultiScaleRoIAlign on the same inputs, as a callable (the timed competitor). Its roi_align wants
+    the RoIs in the features' dtype (fp32 RoIs with fp16 features raise), so they are cast; our plugin keeps them fp32,
+    so errors are measured against this reference on fp32 features."""
+    import torchvision
+
+    pooler = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], out_size, 2)
+    named = {str(i): f for i, f in enumerate(feats)}
+    boxes = [rois[0].to(feats[0].dtype)]
+    return lambda: pooler(named, boxes, [IMAGE])
 
 
 def time_us(fn, iters: int) -> float:
@@ -156,8 +168,6 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_plugin: no CUDA GPU available (torch.cuda.is_available() is False); nothing measured")
         return 2
-    import torchvision
-
     from maskrt.plugins import roi_align
 
     peak = peak_bandwidth_gbs()
@@ -166,17 +176,13 @@ def main() -> int:
     for num_rois, out_size in ((1000, 7), (100, 14)):
         for dtype in (torch.float32, torch.float16):
             feats, rois = make_inputs(num_rois, dtype)
-            pooler = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], out_size, 2)
-            named = {str(i): f for i, f in enumerate(feats)}
-            boxes = [rois[0].to(dtype)]  # torchvision's roi_align wants the RoIs in the features' dtype
+            reference = torchvision_reference(feats, rois, out_size)
 
             def ours(feats=feats, rois=rois, out_size=out_size):
                 return roi_align.cuda(feats, rois, output_size=out_size, spatial_scales=P2_P5, sampling_ratio=2)
 
-            def reference(pooler=pooler, named=named, boxes=boxes):
-                return pooler(named, boxes, [IMAGE])
-
-            err = (ours().float().reshape(num_rois, 256, out_size, out_size) - reference().float()).abs().max().item()
+            exact = torchvision_reference([f.float() for f in feats], rois, out_size)()  # fp32 RoIs, as ours
+            err = (ours().float().reshape(num_rois, 256, out_size, out_size) - exact).abs().max().item()
             t_ours, t_ref = time_us(ours, args.iters), time_us(reference, args.iters)
             moved = bytes_moved(feats, rois, out_size, 2, feats[0].element_size())
             gbs = moved / t_ours / 1e3
