@@ -37,7 +37,7 @@ from torchvision.models.detection import MaskRCNN
 
 from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
-from maskrt.export.ops import multi_level_roi_align, nms
+from maskrt.export.ops import multi_level_roi_align, nms, pool_boxes, with_batch_index
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 FLAVORS = ("portable", "trt")
@@ -205,8 +205,21 @@ class DeployMaskRCNN(nn.Module):
                 _gather_rows(labels, idx) * kept.to(torch.int64), kept)
 
     def masks(self, feats: list[Tensor], boxes: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
-        """Mask head on the final boxes: [B, D, M, M] probabilities of each detection's class."""
+        """Mask head on the final boxes: [B, D, M, M] probabilities of each detection's class.
+
+        The portable graph runs the head on the real detections only (ONNX Runtime takes data-dependent shapes); the
+        TensorRT graph on all D slots (static shapes), the empty slots masked to 0."""
         batch, d = boxes.shape[0], boxes.shape[1]
+        if self.flavor == "portable":
+            real = torch.where(valid.reshape(-1))[0]
+            pooled = pool_boxes(with_batch_index(boxes)[real], feats[: self.num_pooled], self.mask_spec)
+            logits = self.mask_predictor(self.mask_head(pooled)).float()  # [n, K, M, M]
+            m = logits.shape[-1]
+            chosen = torch.gather(logits, 1, labels.reshape(-1)[real].reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+            probs = torch.sigmoid(chosen)[:, 0]
+            out = torch.zeros((batch * d, m, m), dtype=probs.dtype)
+            out = out.scatter(0, real.reshape(-1, 1, 1).expand(-1, m, m), probs)
+            return out.reshape(batch, d, m, m)
         pooled = multi_level_roi_align(boxes, feats[: self.num_pooled], self.mask_spec, flavor=self.flavor)
         logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1))).float()  # [B*D, K, M, M]
         m = logits.shape[-1]

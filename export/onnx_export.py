@@ -137,7 +137,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         inp = InputSpec(height, width, batch, dynamic_batch, True, (lo, hi), (lo, hi))
     else:
         inp = InputSpec(height, width, batch, dynamic_batch)
-    names = [g for g in GRAPH_FILES if fp16 or GRAPH_KINDS[g][1] == "fp32"]
+    names = [g for g in GRAPH_FILES if GRAPH_KINDS[g][1] == "fp32" or (fp16 and GRAPH_KINDS[g][1] == "fp16")]
     deploys = {g: DeployMaskRCNN(model, height=height, width=width, max_detections=max_detections,
                                  flavor=GRAPH_KINDS[g][0], precision=GRAPH_KINDS[g][1]) for g in names}
     graphs: dict[str, GraphFile] = {}

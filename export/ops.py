@@ -1,9 +1,9 @@
 """The two data-dependent ops of the deploy graph, in the flavors the exporter emits.
 
-- `portable` (model.onnx): standard ONNX only. RoIAlign runs torchvision's `roi_align` (exported as
-  ONNX RoiAlign-16) on every RoI at every level and keeps, per RoI, the level chosen by the FPN level
-  mapping; NMS is ONNX NonMaxSuppression (per-group classes when there are few groups, torchvision's
-  coordinate-offset trick otherwise), re-sorted by score and scattered into a fixed [B, K] index table.
+- `portable` (model.onnx): standard ONNX only. RoIAlign pools each RoI once, at the level the FPN level mapping
+  chooses (NonZero per level, ONNX RoiAlign-16, ScatterElements); NMS is ONNX NonMaxSuppression (per-group classes
+  when there are few groups, torchvision's coordinate-offset trick otherwise), re-sorted by score and scattered into a
+  fixed [B, K] index table.
 - `trt` (model.trt.onnx): one `maskrt::MultiLevelRoIAlign` and one `maskrt::BatchedNMS` node per site,
   the plugin ops of plugins/ (docs/architecture.md section 5, docs/plugins.md).
 
@@ -42,28 +42,37 @@ def fpn_levels(rois: Tensor, spec: RoIAlignSpec) -> Tensor:
     return (torch.clamp(k, min=k_min, max=k_max) - k_min).to(torch.int64)
 
 
-def roi_align_reference(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec) -> Tensor:
-    """Multi-level RoIAlign [B, R, C, oh, ow] with torchvision's roi_align, every RoI at every level.
-
-    Traces to ONNX RoiAlign-16 per level + Where; the result equals torchvision's MultiScaleRoIAlign.
-    """
-    b, r = rois.shape[0], rois.shape[1]
-    flat = rois.reshape(-1, 4)
-    batch_idx = torch.arange(b, dtype=rois.dtype, device=rois.device).repeat_interleave(r)[:, None]
-    boxes = torch.cat([batch_idx, flat], dim=1)
-    levels = fpn_levels(flat, spec)
-    out = None
+def pool_boxes(boxes: Tensor, features: list[Tensor], spec: RoIAlignSpec) -> Tensor:
+    """Multi-level RoIAlign of boxes [K, 5] (batch index, x1, y1, x2, y2) -> [K, C, oh, ow], torchvision's
+    MultiScaleRoIAlign: each box pooled once, at its own level (traces to NonZero + RoiAlign-16 + ScatterElements per
+    level, as torchvision's own ONNX export does). Coordinates in fp32 also for fp16 features; the result in the
+    features' dtype."""
+    levels = fpn_levels(boxes[:, 1:], spec)
+    channels, (oh, ow) = features[0].shape[1], spec.output_size
+    if len(features) == 1:
+        return torchvision.ops.roi_align(features[0].float(), boxes, spec.output_size,
+                                         spatial_scale=spec.spatial_scales[0], sampling_ratio=spec.sampling_ratio,
+                                         aligned=spec.aligned).to(features[0].dtype)
+    out = torch.zeros((boxes.shape[0], channels, oh, ow), dtype=features[0].dtype, device=boxes.device)
     for idx, (feat, scale) in enumerate(zip(features, spec.spatial_scales, strict=True)):
-        # coordinates in fp32 also for fp16 features (the plugin's contract); the result in the features' dtype
-        pooled = torchvision.ops.roi_align(feat.float(), boxes, spec.output_size, spatial_scale=scale,
+        chosen = torch.where(levels == idx)[0]
+        pooled = torchvision.ops.roi_align(feat.float(), boxes[chosen], spec.output_size, spatial_scale=scale,
                                            sampling_ratio=spec.sampling_ratio, aligned=spec.aligned).to(feat.dtype)
-        if len(features) == 1:
-            out = pooled
-            break
-        chosen = (levels == idx)[:, None, None, None]
-        out = torch.where(chosen, pooled, torch.zeros_like(pooled)) if out is None else torch.where(chosen, pooled, out)
-    assert out is not None
-    return out.reshape(b, r, *out.shape[1:])
+        out = out.scatter(0, chosen.view(-1, 1, 1, 1).expand(chosen.shape[0], channels, oh, ow), pooled)
+    return out
+
+
+def with_batch_index(rois: Tensor) -> Tensor:
+    """[B, R, 4] -> [B*R, 5] boxes with their batch index first (torchvision's roi_align layout)."""
+    b, r = rois.shape[0], rois.shape[1]
+    batch_idx = torch.arange(b, dtype=rois.dtype, device=rois.device).repeat_interleave(r)[:, None]
+    return torch.cat([batch_idx, rois.reshape(-1, 4)], dim=1)
+
+
+def roi_align_reference(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec) -> Tensor:
+    """Multi-level RoIAlign [B, R, C, oh, ow] with torchvision's roi_align: equals torchvision's MultiScaleRoIAlign."""
+    out = pool_boxes(with_batch_index(rois), features, spec)
+    return out.reshape(rois.shape[0], rois.shape[1], *out.shape[1:])
 
 
 class _MultiLevelRoIAlign(torch.autograd.Function):

@@ -4,11 +4,19 @@ in submodules (``maskrt.plugins.roi_align``, ``maskrt.plugins.nms``), each with 
 op_type to it).
 """
 
-from maskrt.plugins._library import build_info, host_library_path, library_path, load_into
+from maskrt.plugins._library import (
+    build_info,
+    host_library_path,
+    host_threads,
+    library_path,
+    load_into,
+    set_host_threads,
+)
 from maskrt.plugins.nms.spec import NMSSpec
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
 #: ONNX op_type (= plugin name) -> the spec class of every maskrt op.
 SPECS: dict[str, type[RoIAlignSpec] | type[NMSSpec]] = {spec.IDENTITY.name: spec for spec in (RoIAlignSpec, NMSSpec)}
 
-__all__ = ["SPECS", "NMSSpec", "RoIAlignSpec", "build_info", "host_library_path", "library_path", "load_into"]
+__all__ = ["SPECS", "NMSSpec", "RoIAlignSpec", "build_info", "host_library_path", "host_threads", "library_path",
+           "load_into", "set_host_threads"]

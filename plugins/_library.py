@@ -88,6 +88,19 @@ def host_library() -> ctypes.CDLL:
     return _open(host_library_path())
 
 
+def set_host_threads(threads: int | None) -> None:
+    """Threads of the host ops (RoIAlign over RoIs, BatchedNMS over images); None = every CPU this process may use.
+    Results do not depend on it."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    host_library().maskrt_set_host_threads(ctypes.c_int(threads or 0))
+
+
+def host_threads() -> int:
+    """The threads the host ops use now."""
+    return int(host_library().maskrt_host_threads())
+
+
 def call(entry: str, args: Sequence[Any], *, device: str, stream_device: Any = None) -> None:
     """Calls an extern "C" launcher of the host library (device 'cpu') or of the CUDA library (device 'cuda': the
     current torch stream of `stream_device` is appended to `args`). Every launcher takes its arguments, [the stream,]

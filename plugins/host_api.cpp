@@ -1,8 +1,12 @@
 // The host (CPU) build of the plugin ops: extern "C" entry points for ctypes (plugins/roi_align/__init__.py,
 // plugins/nms/__init__.py). Compiled by the C++ compiler alone; the math is the same headers the CUDA kernels use.
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/c_api.h"
@@ -64,12 +68,52 @@ inline void store(HalfBits* out, float v)
     *out = maskrt::floatToHalf(v);
 }
 
+std::atomic<int> gThreads{0}; // 0: every CPU this process may run on
+
+int hostThreads()
+{
+    int const wanted = gThreads.load();
+    if (wanted > 0)
+    {
+        return wanted;
+    }
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set))
+                                                        : std::max(1u, std::thread::hardware_concurrency());
+}
+
+/// fn(begin, end) over [0, n) in contiguous chunks on up to hostThreads() threads (the caller's thread included).
+/// Each index is handled by exactly one call, so results do not depend on the thread count.
+template <typename Fn>
+void parallelFor(int64_t n, int64_t minChunk, Fn fn)
+{
+    int64_t const threads = std::min<int64_t>(hostThreads(), std::max<int64_t>(1, n / std::max<int64_t>(1, minChunk)));
+    if (threads <= 1)
+    {
+        fn(int64_t{0}, n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    int64_t const chunk = (n + threads - 1) / threads;
+    for (int64_t t = 1; t < threads; ++t)
+    {
+        int64_t const begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
+        pool.emplace_back(fn, begin, end);
+    }
+    fn(int64_t{0}, std::min(n, chunk));
+    for (auto& thread : pool)
+    {
+        thread.join();
+    }
+}
+
 template <typename T>
 void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t batch, int64_t numRois,
     int64_t channels, T* out)
 {
     int64_t const bins = static_cast<int64_t>(p.outHeight) * p.outWidth;
-    for (int64_t roi = 0; roi < batch * numRois; ++roi)
+    parallelFor(batch * numRois, 8, [&](int64_t first, int64_t last) {
+    for (int64_t roi = first; roi < last; ++roi)
     {
         int64_t const b = roi / numRois;
         ra::Geometry const g = ra::roiGeometry(rois + roi * 4, p, levels);
@@ -97,6 +141,7 @@ void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const&
             }
         }
     }
+    });
 }
 
 /// BatchedNMS of one image: filter by score, sort the candidates, greedy NMS (torchvision's CPU loop); writes
@@ -188,10 +233,11 @@ MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int sc
     {
         return maskrt::failWith(err, errLen, reason);
     }
+    parallelFor(batch, 1, [&](int64_t first, int64_t last) {
     std::vector<uint64_t> keys;
     std::vector<float> areas;
     std::vector<char> suppressed;
-    for (int64_t b = 0; b < batch; ++b)
+    for (int64_t b = first; b < last; ++b)
     {
         int32_t* out = keep + b * maxOutputBoxes;
         float const* bx = boxes + b * numBoxes * 4;
@@ -204,7 +250,19 @@ MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int sc
         std::fill(out + kept, out + maxOutputBoxes, -1);
         count[b] = kept;
     }
+    });
     return 0;
+}
+
+/// Threads of the host ops (RoIAlign over RoIs, BatchedNMS over images); 0 = every CPU this process may use.
+MASKRT_EXPORT void maskrt_set_host_threads(int threads)
+{
+    gThreads.store(std::max(0, threads));
+}
+
+MASKRT_EXPORT int maskrt_host_threads()
+{
+    return hostThreads();
 }
 
 /// fp32 -> fp16 bits with the library's rounding (exposed for tests of the host conversion).

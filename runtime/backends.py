@@ -20,6 +20,7 @@ import torch
 from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
+from maskrt.plugins import set_host_threads
 from maskrt.runtime.postprocess import RawOutput
 from maskrt.runtime.reference import eager_detections
 from maskrt.runtime.trt_graph_ort import trt_graph_session
@@ -97,6 +98,7 @@ class OnnxRuntimeBackend:
         so.log_severity_level = 3
         try:
             if GRAPH_KINDS[graph][0] == "trt":
+                set_host_threads(threads)  # the plugin ops' host build: the same threads as ONNX Runtime
                 self.session = trt_graph_session(path, so)
             else:
                 self.session = ort.InferenceSession(str(path), so, providers=providers)

@@ -65,14 +65,18 @@ class Gates:
     def for_precision(cls, precision: str, **overrides: float) -> Gates:
         """The default gates of a precision: fp32 as above; fp16 allows |dAP| <= 0.3 (docs/architecture.md section
         7) and the per-detection drift fp16 rounding brings (recall >= 0.97, median box IoU >= 0.98, max |score
-        diff| <= 0.05, median mask IoU >= 0.9)."""
+        diff| <= 0.05, median mask IoU >= 0.9); int8 |dAP| <= 1.0 (recall >= 0.9, median box IoU >= 0.95, max
+        |score diff| <= 0.5, median mask IoU >= 0.85: they catch gross breakage, the dAP decides)."""
         if precision == "fp16":
             base = {"max_abs_dap": 0.3, "min_recall": 0.97, "min_median_box_iou": 0.98, "max_score_diff": 0.05,
                     "min_median_mask_iou": 0.9}
+        elif precision == "int8":
+            base = {"max_abs_dap": 1.0, "min_recall": 0.9, "min_median_box_iou": 0.95, "max_score_diff": 0.5,
+                    "min_median_mask_iou": 0.85}
         elif precision == "fp32":
             base = {}
         else:
-            raise MaskrtError(f"unknown precision '{precision}' (choose from fp32, fp16)")
+            raise MaskrtError(f"unknown precision '{precision}' (choose from fp32, fp16, int8)")
         return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["export"],
-                                 ["predict"], ["parity"], ["build"], ["bench"],
+                                 ["predict"], ["parity"], ["build"], ["bench"], ["quantize"],
                                  ["demo"]])
 def test_help(sub: list[str]) -> None:
     proc = _run(*sub, "--help")

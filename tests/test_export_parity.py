@@ -125,6 +125,31 @@ def test_zero_detections(tmp_path: Path, shapes_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_int8_quantize_then_parity(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    """The INT8 pipeline on the slim model: quantize (QDQ, calibrated on training images) -> parity -> a report with
+    the dAP against the fp32 reference and the INT8 gates."""
+    export_checkpoint(trained_slim, tmp_path / "export")
+    proc = subprocess.run([*CLI, "quantize", "--model", str(tmp_path / "export"), "--calibration",
+                           str(shapes_dir / "train"), "--images", "6", "--out", str(tmp_path / "int8"), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert info["quantization"]["method"] == "minmax" and info["quantization"]["images"] == 6
+    assert info["graphs"]["portable_int8"]["file"] == "model.int8.onnx"
+    ops = _graph_ops(tmp_path / "int8" / "model.int8.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear", "RoiAlign", "NonMaxSuppression"} <= ops
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["export.json", "model.int8.onnx", "model.onnx",
+                                                                      "model.trt.onnx"]
+    report = run_parity(trained_slim, tmp_path / "int8", shapes_dir, tmp_path / "report", graph="portable_int8",
+                        progress=False)
+    assert report["precision"] == "int8" and report["graph"] == "portable_int8"
+    gates = {g["gate"]: g for g in report["gates"]}
+    assert gates["bbox dAP"]["limit"] == gates["segm dAP"]["limit"] == 1.0
+    assert set(report["summary"]["coco"]["delta"]) == {"bbox", "segm"}
+    assert report["raw_outputs"]["scores"]["abs"]["max"] > 0  # INT8 does change the numbers
+
+
+@pytest.mark.slow
 def test_static_canvas_effect(trained_slim: Path, shapes_dir: Path, tmp_path: Path) -> None:
     """A static canvas wider than torchvision's padding (96 px images -> 128x128) is measured, not hidden: against
     the plain reference its outputs differ more than against the same-canvas reference, which it matches exactly."""

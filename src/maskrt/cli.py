@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from maskrt.core.artifacts import MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
+from maskrt.core.artifacts import GRAPH_FILES, MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_not_input, check_output_dir, check_output_file, staged_dir
 
 log = logging.getLogger("maskrt")
+GRAPHS = list(GRAPH_FILES)  # portable, trt, trt_fp16 (export --fp16), portable_int8 (maskrt quantize)
 T = TypeVar("T")
 
 
@@ -310,6 +311,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from maskrt.runtime.quantize import quantize_export
+
+    info = quantize_export(args.model, args.calibration, args.out, images=args.images, method=args.method,
+                           progress=not args.quiet, force=args.force)
+    q = info.quantization
+    print(f"wrote {args.out}: model.int8.onnx (INT8 QDQ, {q['method']} calibration on {q['images']} images) beside "
+          f"a copy of {args.model}; check it with `maskrt parity --graph portable_int8 --model {args.out}`")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
     from maskrt.runtime.parity import run_parity, summary_line
@@ -443,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", required=True,
                       help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
     pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    pred.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"], help="which ONNX graph")
+    pred.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
     pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
                       help="drop detections below, in [0, 1] (default 0.5)")
@@ -457,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
     par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    par.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"])
+    par.add_argument("--graph", default="portable", choices=GRAPHS)
     par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
                      help="plain: torchvision model(images) as its user runs it (default, the gate's reference); "
                      "canvas: torchvision on the candidate's padded batch (diagnostic: export errors only)")
@@ -497,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", required=True,
                        help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
     bench.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    bench.add_argument("--graph", default="portable", choices=["portable", "trt", "trt_fp16"], help="which ONNX graph")
+    bench.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
     bench.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     bench.add_argument("--images", help="folder of images (default: seeded random 640x480 images)")
     bench.add_argument("--batch", type=_positive_int, default=1, help="images per run (default 1)")
@@ -507,6 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the result (with machine and versions) to this JSON file")
     bench.add_argument("--force", action="store_true", help="replace an existing --json file")
     bench.set_defaults(func=cmd_bench)
+
+    quant = add("quantize", "INT8 post-training quantization (QDQ) of an export's model.onnx, calibrated on images")
+    quant.add_argument("--model", required=True, help="export folder")
+    quant.add_argument("--calibration", required=True, help="folder of calibration images (e.g. DATA/train)")
+    quant.add_argument("--images", type=_positive_int, default=32, help="calibration images used (default 32)")
+    quant.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                       help="activation range calibration (default minmax)")
+    quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx added")
+    quant.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    quant.set_defaults(func=cmd_quantize)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

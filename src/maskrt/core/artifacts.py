@@ -21,9 +21,12 @@ EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
 ENGINE_FORMAT_VERSION = 2  # 2: I/O tensors, build time, engine sha256, the export's export.json
 #: The graph flavours of an export folder and their files (docs/architecture.md section 3).
-GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx", "trt_fp16": "model.trt.fp16.onnx"}
-#: Each graph's op flavour (the ops it may hold) and precision; trt_fp16 is written on request (`export --fp16`).
-GRAPH_KINDS = {"portable": ("portable", "fp32"), "trt": ("trt", "fp32"), "trt_fp16": ("trt", "fp16")}
+GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx", "trt_fp16": "model.trt.fp16.onnx",
+               "portable_int8": "model.int8.onnx"}
+#: Each graph's op flavour (the ops it may hold) and precision; trt_fp16 is written on request (`export --fp16`),
+#: portable_int8 by `maskrt quantize`.
+GRAPH_KINDS = {"portable": ("portable", "fp32"), "trt": ("trt", "fp32"), "trt_fp16": ("trt", "fp16"),
+               "portable_int8": ("portable", "int8")}
 INPUT_NAMES = ("images", "image_sizes")
 #: Export limits. Opsets: RoiAlign-16 and LayerNormalization need 17, torch's TorchScript exporter stops at 20.
 MIN_OPSET, MAX_OPSET = 17, 20
@@ -180,6 +183,7 @@ class ExportInfo:
     checkpoint: dict[str, str]
     versions: dict[str, str]
     outputs: tuple[str, ...] = OUTPUT_NAMES
+    quantization: dict[str, Any] = field(default_factory=dict)  # `maskrt quantize`'s calibration record
 
     @property
     def max_detections(self) -> int:
@@ -201,6 +205,7 @@ class ExportInfo:
             "graphs": {name: asdict(graph) for name, graph in self.graphs.items()},
             "checkpoint": self.checkpoint,
             "versions": self.versions,
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
     def write(self, folder: str | Path) -> Path:
@@ -246,6 +251,7 @@ class ExportInfo:
             graphs=graphs,
             checkpoint={k: str(v) for k, v in top.raw("checkpoint").items()},
             versions={k: str(v) for k, v in top.raw("versions").items()},
+            quantization=top.raw("quantization") if "quantization" in top.value else {},
         )
 
     @classmethod

@@ -1,0 +1,111 @@
+"""`maskrt quantize`: INT8 static post-training quantization (QDQ) of an export's portable graph.
+
+It lives in runtime/ because calibration runs the graph on images pre-processed by the runtime.
+
+ONNX Runtime's quantization tools calibrate model.onnx on images pre-processed exactly as the runtime does and insert
+QuantizeLinear/DequantizeLinear pairs (the QDQ form TensorRT also consumes for INT8) around the convolutions and
+matrix products: backbone, FPN, RPN head, box and mask heads (weights per channel, activations per tensor, signed
+8-bit). Everything else stays fp32 - anchors and box decoding, top-k, sigmoid/softmax, NMS, RoIAlign and its level
+mapping, clipping - because only Conv/Gemm/MatMul nodes are quantized. The result is a new export folder: the input
+folder's graphs plus model.int8.onnx (graph `portable_int8`) and the calibration record in export.json. Whether it
+ships is `maskrt parity --graph portable_int8`'s call (INT8 gate: |dAP| <= 1.0).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from maskrt.core.artifacts import GRAPH_FILES, ExportInfo, GraphFile
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256
+from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
+from maskrt.core.outputs import check_not_input, check_output_dir, staged_dir
+from maskrt.export.onnx_export import check_graph
+from maskrt.runtime.predictor import preprocessor_for
+
+METHODS = ("minmax", "entropy", "percentile")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+class _Images:
+    """ONNX Runtime's CalibrationDataReader over pre-processed images, one image per batch."""
+
+    def __init__(self, files: list[Path], info: ExportInfo, progress: bool) -> None:
+        self.files, self.pre = files, preprocessor_for(info)
+        self.batch = info.input.batch
+        self.bar = tqdm(total=len(files), desc="calibrate", unit="img", disable=not progress)
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.files):
+            self.bar.close()
+            return None
+        image = load_rgb(self.files[self.index])
+        self.index += 1
+        self.bar.update(1)
+        batch, sizes = self.pre([image] * self.batch)
+        return {"images": batch.numpy(), "image_sizes": sizes.numpy()}
+
+
+def calibration_files(folder: str | Path, count: int) -> list[Path]:
+    """The first `count` images of a folder (sorted by name), or of its val/ or train/ subfolder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MaskrtError(f"{folder}: not a folder of calibration images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise MaskrtError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if count < 1:
+        raise MaskrtError(f"the calibration needs at least 1 image, got {count}")
+    return files[:count]
+
+
+def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | Path, *, images: int = 32,
+                    method: str = "minmax", progress: bool = True, force: bool = False) -> ExportInfo:
+    """Write the folder `out`: `export_dir`'s files plus model.int8.onnx calibrated on `images` images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise MaskrtError(f"unknown calibration method '{method}' (choose from {', '.join(METHODS)})")
+    info = ExportInfo.read(export_dir)
+    check_not_input(out, [export_dir])
+    out = check_output_dir(out, force=force)
+    source = info.graph_path(export_dir, "portable")
+    if sha256(source) != info.graphs["portable"].sha256:
+        raise MaskrtError(f"{source}: its sha256 differs from the one in export.json; export the checkpoint again")
+    files = calibration_files(calibration, images)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with staged_dir(out) as staging:
+        for graph in info.graphs.values():  # the export's graphs (engines and other files stay behind)
+            shutil.copy2(Path(export_dir) / graph.file, staging / graph.file)
+        target = staging / GRAPH_FILES["portable_int8"]
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
+        try:
+            quantize_static(str(source), str(target), _Images(files, info, progress), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method])
+        except MaskrtError:
+            raise
+        except Exception as exc:  # onnxruntime's quantizer raises its own exception types
+            raise MaskrtError(f"{source}: quantization failed ({str(exc).splitlines()[0]})") from None
+        finally:
+            root.setLevel(level)
+        onnx.checker.check_model(onnx.load(str(target)), full_check=True)
+        graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
+                                                            check_graph(target, "portable"))}
+        record = {"method": method, "images": len(files), "calibration": str(calibration),
+                  "quantized_ops": list(QUANTIZED_OPS), "format": "QDQ, int8 weights per channel, int8 activations"}
+        result = replace(info, graphs=graphs, quantization=record)
+        result.write(staging)
+    return result
