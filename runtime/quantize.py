@@ -4,9 +4,10 @@ It lives in runtime/ because calibration runs the graph on images pre-processed 
 
 ONNX Runtime's quantization tools calibrate model.onnx on images pre-processed exactly as the runtime does and insert
 QuantizeLinear/DequantizeLinear pairs (the QDQ form TensorRT also consumes for INT8) around the convolutions and
-matrix products: backbone, FPN, RPN head, box and mask heads (weights per channel, activations per tensor, signed
-8-bit). Everything else stays fp32 - anchors and box decoding, top-k, sigmoid/softmax, NMS, RoIAlign and its level
-mapping, clipping - because only Conv/Gemm/MatMul nodes are quantized. The result is a new export folder: the input
+matrix products and the ops between them, inside the networks only: backbone, FPN, RPN head, box and mask heads
+(weights int8 per channel, activations uint8 per tensor - the fast form on x86 VNNI). Everything else stays fp32 -
+anchors and box decoding, top-k, sigmoid/softmax, NMS, RoIAlign and its level mapping, clipping - because only the
+networks' nodes (by their module path) are quantized. The result is a new export folder: the input
 folder's graphs plus model.int8.onnx (graph `portable_int8`) and the calibration record in export.json. Whether it
 ships is `maskrt parity --graph portable_int8`'s call (INT8 gate: |dAP| <= 1.0).
 """
@@ -31,7 +32,17 @@ from maskrt.export.onnx_export import check_graph
 from maskrt.runtime.predictor import preprocessor_for
 
 METHODS = ("minmax", "entropy", "percentile")
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+#: The ops quantized, inside the networks only: convolutions and matrix products, and the ops between them (residual
+#: Add, Relu, max-pooling, FPN upsampling) so that activations stay int8 from one convolution to the next.
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "Resize")
+#: The networks, by the module path the exporter writes into node names; decoding, NMS, RoIAlign, level mapping and
+#: the rest of the graph are never quantized.
+NETWORKS = ("/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/")
+
+
+def network_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the quantizable nodes inside the networks."""
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name.startswith(NETWORKS)]
 
 
 class _Images:
@@ -91,9 +102,10 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
         try:
+            nodes = network_nodes(onnx.load(str(source), load_external_data=False))
             quantize_static(str(source), str(target), _Images(files, info, progress), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method])
         except MaskrtError:
             raise
@@ -105,7 +117,8 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
         graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
                                                             check_graph(target, "portable"))}
         record = {"method": method, "images": len(files), "calibration": str(calibration),
-                  "quantized_ops": list(QUANTIZED_OPS), "format": "QDQ, int8 weights per channel, int8 activations"}
+                  "quantized_ops": list(QUANTIZED_OPS), "networks": list(NETWORKS),
+                  "format": "QDQ, int8 weights per channel, uint8 activations per tensor"}
         result = replace(info, graphs=graphs, quantization=record)
         result.write(staging)
     return result
