@@ -104,12 +104,6 @@ def format_bench(result: dict[str, Any]) -> str:
 
 def load_images(folder: str | Path) -> list[np.ndarray]:
     """Every image of a folder (sorted by name)."""
-    from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
+    from maskrt.core.images import image_folder, load_rgb
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MaskrtError(f"{folder}: not a folder of images")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    if not files:
-        raise MaskrtError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [load_rgb(f) for f in files]
+    return [load_rgb(f) for f in image_folder(folder)]

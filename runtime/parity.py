@@ -33,7 +33,7 @@ from tqdm import tqdm
 from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
+from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
 from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.runtime.backends import TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
@@ -160,7 +160,7 @@ class _Inputs:
         if not data.is_dir():
             raise MaskrtError(f"{data}: not a folder (a COCO-format dataset folder or a folder of images)")
         if not (data / "annotations").is_dir():
-            files = sorted(f for f in data.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            files = list_images(data)
             if not files:
                 raise MaskrtError(f"{data}: neither a COCO-format dataset (no annotations/ folder) nor a folder of "
                                   f"images ({', '.join(IMAGE_SUFFIXES)})")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from maskrt.core.artifacts import GRAPH_FILES, ExportInfo, GraphFile
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.images import IMAGE_SUFFIXES, load_rgb
+from maskrt.core.images import image_folder, load_rgb
 from maskrt.core.outputs import check_not_input, check_output_dir, staged_dir
 from maskrt.export.onnx_export import check_graph
 from maskrt.runtime.predictor import preprocessor_for
@@ -66,13 +66,8 @@ class _Images:
 
 
 def calibration_files(folder: str | Path, count: int) -> list[Path]:
-    """The first `count` images of a folder (sorted by name), or of its val/ or train/ subfolder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MaskrtError(f"{folder}: not a folder of calibration images")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    if not files:
-        raise MaskrtError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    """The first `count` images of a folder, sorted by name."""
+    files = image_folder(folder, "calibration images")
     if count < 1:
         raise MaskrtError(f"the calibration needs at least 1 image, got {count}")
     return files[:count]

@@ -21,6 +21,22 @@ Image.MAX_IMAGE_PIXELS = None
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of a folder (by suffix, regular files only), sorted by name; [] when it holds none."""
+    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def image_folder(folder: str | Path, what: str = "images") -> list[Path]:
+    """`list_images` of a folder that must exist and hold at least one image (MaskrtError naming it otherwise)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MaskrtError(f"{folder}: not a folder of {what}")
+    files = list_images(folder)
+    if not files:
+        raise MaskrtError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def max_image_pixels() -> int:
     """The pixel limit: MASKRT_MAX_IMAGE_PIXELS if set (a positive integer), else DEFAULT_MAX_IMAGE_PIXELS."""
     text = os.environ.get("MASKRT_MAX_IMAGE_PIXELS")
