@@ -133,12 +133,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _image_files(paths: list[str]) -> list[Path]:
-    from maskrt.core.images import IMAGE_SUFFIXES
+    from maskrt.core.images import list_images
 
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            files += list_images(p)
         elif p.exists():
             files.append(p)
         else:
@@ -374,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
 
+    def add_model(p: argparse.ArgumentParser) -> None:  # what `_predictor_for_model` reads
+        p.add_argument("--model", required=True,
+                       help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
+        p.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
+        p.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
+        p.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+
     def add_threads(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int,
                        help="ONNX Runtime intra-op threads (default: one per physical core)")
@@ -452,11 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
-    pred.add_argument("--model", required=True,
-                      help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
-    pred.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    pred.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
-    pred.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+    add_model(pred)
     pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
                       help="drop detections below, in [0, 1] (default 0.5)")
     add_threads(pred)
@@ -506,11 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.set_defaults(func=cmd_build)
 
     bench = add("bench", "latency (p50/p90/p99) and images/s of a backend, end to end and per stage")
-    bench.add_argument("--model", required=True,
-                       help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
-    bench.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
-    bench.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
-    bench.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+    add_model(bench)
     bench.add_argument("--images", help="folder of images (default: seeded random 640x480 images)")
     bench.add_argument("--batch", type=_positive_int, default=1, help="images per run (default 1)")
     bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
