@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import random_checkpoint
 from PIL import Image
 
 from maskrt.export.onnx_export import export_checkpoint
-from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
-from maskrt.training.models import build_model, default_model_config
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 
@@ -21,10 +19,7 @@ CLI = [sys.executable, "-m", "maskrt.cli"]
 @pytest.fixture(scope="module")
 def slim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    cfg = default_model_config("slim", 2)
-    save_checkpoint(root / "slim.pt", make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                                      classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    random_checkpoint(root / "slim.pt")
     export_checkpoint(root / "slim.pt", root / "export", dynamic_batch=True)
     return root / "slim.pt", root / "export"
 

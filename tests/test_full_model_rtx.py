@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_tensorrt_rtx
 
 from maskrt.core.artifacts import EngineInfo
 from maskrt.core.errors import MaskrtError
@@ -19,12 +19,7 @@ from maskrt.export.onnx_export import export_checkpoint
 from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
 from maskrt.training.models import build_model, default_model_config
 
-try:
-    import tensorrt_rtx as trt
-except ImportError:  # pragma: no cover - the test extras install it
-    if os.environ.get("CI"):
-        pytest.fail("tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116", pytrace=False)
-    pytest.skip("tensorrt_rtx not installed", allow_module_level=True)
+trt = require_tensorrt_rtx()
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_checkpoint, require_tensorrt_rtx
 from PIL import Image
 
 from maskrt.core.artifacts import EngineInfo
@@ -23,15 +24,8 @@ from maskrt.core.files import sha256
 from maskrt.export.engine import build_engine
 from maskrt.export.onnx_export import export_checkpoint
 from maskrt.runtime.predictor import Predictor
-from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
-from maskrt.training.models import build_model, default_model_config
 
-try:
-    import tensorrt_rtx  # noqa: F401
-except ImportError:  # pragma: no cover - the test extras install it
-    if os.environ.get("CI"):
-        pytest.fail("tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116", pytrace=False)
-    pytest.skip("tensorrt_rtx not installed", allow_module_level=True)
+require_tensorrt_rtx()
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 
@@ -40,10 +34,7 @@ CLI = [sys.executable, "-m", "maskrt.cli"]
 def built(tmp_path_factory: pytest.TempPathFactory, plugin_library: Path) -> tuple[Path, Path]:
     """(export folder, engine) of a seeded slim model; the engine carries a dynamic batch and size profile."""
     root = tmp_path_factory.mktemp("engine")
-    torch.manual_seed(0)
-    cfg = default_model_config("slim", 2)
-    save_checkpoint(root / "slim.pt", make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                                      classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    random_checkpoint(root / "slim.pt")
     export_checkpoint(root / "slim.pt", root / "export", dynamic_batch=True)
     build_engine(root / "export", root / "slim.engine", builder="tensorrt-rtx")
     return root / "export", root / "slim.engine"

@@ -12,25 +12,18 @@ pytest, and so that the messages can be captured whatever logger an earlier test
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import require_tensorrt_rtx
 
 from maskrt.plugins.nms.spec import NMSSpec
 from maskrt.plugins.roi_align.spec import FPN_P2_P5_SCALES, RoIAlignSpec
 
-try:
-    import tensorrt_rtx as trt
-except ImportError:  # pragma: no cover - depends on the environment
-    trt = None
-    _message = "tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
-    if os.environ.get("CI"):
-        pytest.fail(_message, pytrace=False)
-    pytest.skip(_message, allow_module_level=True)
+trt = require_tensorrt_rtx()
 
 LEVELS = (2, 3, 4, 5)
 CHANNELS = 256
