@@ -131,36 +131,29 @@ def _compute_capabilities(trt: ModuleType, builder: str, config: object, wanted:
     return (f"{major}.{minor}",)
 
 
-class _Progress:
-    """A TensorRT IProgressMonitor as tqdm bars: one per build phase, nested phases indented."""
+def _progress_monitor(trt: ModuleType) -> object:
+    """A TensorRT IProgressMonitor that shows each build phase as a tqdm bar (nested phases below their parents)."""
+    from tqdm import tqdm
 
-    def __init__(self, trt: ModuleType) -> None:
-        from tqdm import tqdm
+    bars: dict[str, tqdm] = {}
 
-        base = trt.IProgressMonitor
-        bars: dict[str, tqdm] = {}
+    class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            depth = len(bars)
+            bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=depth == 0, unit="step")
 
-        class Monitor(base):  # type: ignore[misc, valid-type]
-            def __init__(self) -> None:
-                base.__init__(self)
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            if phase_name in bars:
+                bars[phase_name].n = step + 1
+                bars[phase_name].refresh()
+            return True  # False would cancel the build
 
-            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-                depth = len(bars)  # nested phases below their parents
-                bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=depth == 0,
-                                        unit="step")
+        def phase_finish(self, phase_name: str) -> None:
+            bar = bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
 
-            def step_complete(self, phase_name: str, step: int) -> bool:
-                if phase_name in bars:
-                    bars[phase_name].n = step + 1
-                    bars[phase_name].refresh()
-                return True  # False would cancel the build
-
-            def phase_finish(self, phase_name: str) -> None:
-                bar = bars.pop(phase_name, None)
-                if bar is not None:
-                    bar.close()
-
-        self.monitor = Monitor()
+    return Monitor()
 
 
 def _tensors(network: object, count: str, get: str) -> tuple[TensorSpec, ...]:
@@ -232,8 +225,8 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     if cache_path is not None:
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
-    if progress:
-        monitor = _Progress(trt).monitor
+    monitor = _progress_monitor(trt) if progress else None  # a local reference keeps it alive during the build
+    if monitor is not None:
         config.progress_monitor = monitor
     plan = trt_builder.build_serialized_network(network, config)
     if plan is None:
