@@ -65,9 +65,11 @@ def _export_one(deploy: DeployMaskRCNN, path: Path, *, batch: int, dynamic_batch
                           do_constant_folding=True)
 
 
-def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch: bool, dynamic_size: bool) -> None:
+def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch: bool,
+                   dynamic_size: bool) -> onnx.ModelProto:
     """Write the known shapes of every graph input and output (the exporter leaves symbolic names where custom
-    ops or data-dependent code sit upstream): fixed sizes, and the names batch / height / width where dynamic."""
+    ops or data-dependent code sit upstream): fixed sizes, and the names batch / height / width where dynamic.
+    Returns the model as saved."""
     model = onnx.load(str(path))
     b: int | str = "batch" if dynamic_batch else batch
     h: int | str = "height" if dynamic_size else deploy.height
@@ -84,15 +86,20 @@ def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch
             else:
                 dim.dim_param = size
     onnx.save(model, str(path))
+    return model
 
 
-def check_graph(path: Path, flavor: str) -> dict[str, int]:
-    """onnx.checker with full shape inference + the op rules of the flavor; returns op counts."""
-    model = onnx.load(str(path))
+def check_graph(path: Path, flavor: str, model: onnx.ModelProto | None = None) -> dict[str, int]:
+    """onnx.checker with full shape inference + the op rules of the flavor; returns op counts.
+
+    The checker reads the file itself (no copy of the model through Python); `model`, the file's content when the
+    caller holds it already, spares loading it again for the op rules."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise MaskrtError(f"{path}: fails onnx.checker ({str(exc).splitlines()[0]})") from None
+    if model is None:
+        model = onnx.load(str(path))
     counts: dict[str, int] = {}
     for node in model.graph.node:
         key = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
@@ -146,9 +153,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
             path = staging / GRAPH_FILES[graph]
             _export_one(deploys[graph], path, batch=batch, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
                         opset=opset)
-            _pin_io_shapes(path, deploys[graph], batch, dynamic_batch, dynamic_size)
+            saved = _pin_io_shapes(path, deploys[graph], batch, dynamic_batch, dynamic_size)
             graphs[graph] = GraphFile(file=GRAPH_FILES[graph], sha256=sha256(path),
-                                      ops=check_graph(path, GRAPH_KINDS[graph][0]))
+                                      ops=check_graph(path, GRAPH_KINDS[graph][0], saved))
         info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, inp, max_detections=max_detections,
                             opset=opset)
         info.write(staging)
