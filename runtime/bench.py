@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from maskrt.core.errors import MaskrtError
 from maskrt.core.versions import versions
-from maskrt.runtime.postprocess import to_detections
+from maskrt.runtime.postprocess import Detections, to_detections
 from maskrt.runtime.predictor import Predictor
 
 STAGES = ("preprocess", "network", "paste")
@@ -32,16 +32,47 @@ def synthetic_images(count: int, height: int = 480, width: int = 640, seed: int 
     return [gen.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 / p90 / p99 in milliseconds of durations in seconds."""
     ms = np.asarray(values) * 1e3
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
 
 
-def _machine(threads: int | None) -> dict[str, Any]:
+def _cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int | None) -> dict[str, Any]:
+    """The machine a measurement ran on, with the threads it used."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": _cpu_name(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "onnxruntime_threads": threads,
             "gpu": gpu}
+
+
+@torch.no_grad()
+def timed_predict(predictor: Predictor, images: list[np.ndarray]
+                  ) -> tuple[dict[str, float], list[Detections], tuple[int, int]]:
+    """One batch through `predictor`: (seconds per stage and end to end, detections, padded (h, w))."""
+    t0 = time.perf_counter()
+    canvas, sizes = predictor.preprocessor(images)
+    t1 = time.perf_counter()
+    raws = predictor.backend.run(canvas, sizes)
+    t2 = time.perf_counter()
+    resized = [(int(h), int(w)) for h, w in sizes.tolist()]
+    original = [(int(img.shape[0]), int(img.shape[1])) for img in images]
+    detections = [to_detections(raw, r, o, score_threshold=predictor.score_threshold)
+                  for raw, r, o in zip(raws, resized, original, strict=True)]
+    t3 = time.perf_counter()
+    seconds = dict(zip((*STAGES, "end_to_end"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True))
+    return seconds, detections, (int(canvas.shape[-2]), int(canvas.shape[-1]))
 
 
 def run_bench(predictor: Predictor, images: list[np.ndarray], *, batch: int = 1, warmup: int = 3, iters: int = 20,
@@ -54,31 +85,23 @@ def run_bench(predictor: Predictor, images: list[np.ndarray], *, batch: int = 1,
     chosen = [images[i % len(images)] for i in range(batch)]
     original = [(int(img.shape[0]), int(img.shape[1])) for img in chosen]
     times: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "end_to_end")}
-    with torch.no_grad():
-        for i in tqdm(range(warmup + iters), desc=f"bench {predictor.backend.name}", unit="it", disable=not progress):
-            t0 = time.perf_counter()
-            canvas, sizes = predictor.preprocessor(chosen)
-            t1 = time.perf_counter()
-            raws = predictor.backend.run(canvas, sizes)
-            t2 = time.perf_counter()
-            resized = [(int(h), int(w)) for h, w in sizes.tolist()]
-            for raw, r, o in zip(raws, resized, original, strict=True):
-                to_detections(raw, r, o, score_threshold=predictor.score_threshold)
-            t3 = time.perf_counter()
-            if i >= warmup:
-                for stage, seconds in zip((*STAGES, "end_to_end"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
-                    times[stage].append(seconds)
+    for i in tqdm(range(warmup + iters), desc=f"bench {predictor.backend.name}", unit="it", disable=not progress):
+        seconds, _, padded = timed_predict(predictor, chosen)
+        if i >= warmup:
+            for stage, value in seconds.items():
+                times[stage].append(value)
     end_to_end = np.asarray(times["end_to_end"])
     return {
         "backend": predictor.backend.name, "batch": batch, "warmup": warmup, "iters": iters,
-        "image_sizes": original, "padded_size": list(canvas.shape[-2:]),
+        "image_sizes": original, "padded_size": list(padded),
         "images_per_second": round(batch / float(np.median(end_to_end)), 3),
-        "stages": {stage: _percentiles(values) for stage, values in times.items()},
-        "machine": _machine(threads), "versions": _backend_versions(predictor.backend.name),
+        "stages": {stage: percentiles(values) for stage, values in times.items()},
+        "machine": machine(threads), "versions": backend_versions(predictor.backend.name),
     }
 
 
-def _backend_versions(backend: str) -> dict[str, str]:
+def backend_versions(backend: str) -> dict[str, str]:
+    """maskrt's, torch's, ... versions and ONNX Runtime's (and TensorRT's for that backend)."""
     found = dict(versions())
     import onnxruntime
 

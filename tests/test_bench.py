@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import random_checkpoint
 from PIL import Image
 
+from maskrt.cli import main
 from maskrt.export.onnx_export import export_checkpoint
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
@@ -48,3 +51,65 @@ def test_bench_writes_percentiles_per_stage(slim: tuple[Path, Path], tmp_path: P
     again = subprocess.run([*CLI, "bench", "--model", str(model), "--backend", backend, "--json", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "exists (pass --force" in again.stderr
+
+
+def test_bench_compare_runs_every_candidate_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`bench --compare` on a seeded random slim model at a tiny size: export, INT8 quantization, torchvision's ONNX
+    export and the parts are made in --work; the table and the JSON hold every candidate with sane numbers."""
+    out, md, work = tmp_path / "compare.json", tmp_path / "compare.md", tmp_path / "work"
+    argv = ["bench", "--compare", "--random", "slim", "--size", "64", "--threads", "1", "--warmup", "1", "--iters", "2",
+            "--int8", "--work", str(work), "--json", str(out), "--markdown", str(md), "-q"]
+    threads = torch.get_num_threads()
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert torch.get_num_threads() == threads  # the caller's torch threads are restored
+    stdout = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert list(result["candidates"]) == ["eager", "torchvision_onnx", "portable", "trt", "portable_int8"]
+    assert result["padded_size"] == [128, 128] and result["image_sizes"] == [[64, 64]]  # slim resizes to 128
+    assert result["threads"] == result["machine"]["onnxruntime_threads"] == result["machine"]["torch_threads"] == 1
+    assert result["iters"] == 2 and {"torch", "torchvision", "onnxruntime"} <= set(result["versions"])
+    assert result["command"] == shlex.join(["maskrt", *argv])
+    assert {"export_s", "quantize_s", "torchvision_onnx_export_s"} <= set(result["setup_seconds"])
+    assert (work / "export" / "model.onnx").is_file() and (work / "export-int8" / "model.int8.onnx").is_file()
+    candidates = result["candidates"]
+    e2e = {name: c["stages"]["end_to_end"]["p50_ms"] for name, c in candidates.items()}
+    for name, c in candidates.items():
+        for p in c["stages"].values():
+            assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
+        assert c["stages"]["end_to_end"]["p50_ms"] >= c["stages"]["network"]["p50_ms"]
+        assert c["x_eager"] == pytest.approx(e2e["eager"] / e2e[name], rel=0.01)
+        assert c["x_torchvision_onnx"] == pytest.approx(e2e["torchvision_onnx"] / e2e[name], rel=0.01)
+        assert c["end_to_end_over_parts"] == pytest.approx(e2e[name] / result["parts_sum_p50_ms"], rel=0.01)
+    assert "paste" not in candidates["torchvision_onnx"]["stages"]  # its graph pastes the masks itself
+    assert all("paste" in candidates[g]["stages"] for g in ("eager", "portable", "trt", "portable_int8"))
+    # every fp32 candidate finds the same detections on the image: all 100 slots of the seeded random model
+    counts = {name: c["detections"]["per_image"] for name, c in candidates.items()}
+    assert counts["eager"] == counts["torchvision_onnx"] == counts["portable"] == counts["trt"] == [100]
+    assert counts["portable_int8"][0] > 0
+    parts = result["parts"]
+    assert list(parts) == ["backbone+FPN", "RPN head", "box head (300 RoIs)", "mask head (100 RoIs)"]
+    assert all(p["p50_ms"] > 0 for p in parts.values())
+    assert result["parts_sum_p50_ms"] == pytest.approx(sum(p["p50_ms"] for p in parts.values()), abs=0.01)
+    table = stdout.split("\nwrote ")[0].strip()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| | end to end p50 ms | p90 ms |") and len(rows) == 1 + 5 + 1 + 4 + 1
+    assert f"| {candidates['portable']['label']} | {e2e['portable']:.1f} |" in table
+    assert md.read_text() == f"{table}\n\n`{result['command']}`\n"
+
+
+def test_bench_compare_refuses_bad_inputs(slim: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    ckpt, export = slim
+    other = random_checkpoint(tmp_path / "other.pt", seed=1)
+    for args, message in (
+        (["--compare"], "needs one of --checkpoint CKPT or --random CONFIG"),
+        (["--compare", "--random", "slim", "--checkpoint", str(ckpt)], "needs one of --checkpoint"),
+        (["--compare", "--checkpoint", str(ckpt), "--graph", "trt"], "drop --backend, --graph"),
+        (["--compare", "--checkpoint", str(other), "--model", str(export)], "exported from another checkpoint"),
+        (["--compare", "--checkpoint", str(ckpt), "--work", str(export.parent)], "holds input"),
+        (["--random", "slim"], "bench needs --model"),
+        (["--model", str(export), "--int8"], "--int8 belongs to --compare"),
+    ):
+        assert main(["bench", *args, "-q"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (args, err)

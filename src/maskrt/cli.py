@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -293,14 +294,24 @@ def _predictor_for_model(args: argparse.Namespace):  # noqa: ANN202
 def cmd_bench(args: argparse.Namespace) -> int:
     from maskrt.runtime.bench import format_bench, load_images, run_bench, synthetic_images
 
-    if args.json:
-        check_output_file(args.json, force=args.force)
+    for out in (args.json, args.markdown):
+        if out:
+            check_output_file(out, force=args.force)
+    if args.compare:
+        return _bench_compare(args)
+    if not args.model:
+        raise MaskrtError("bench needs --model (or --compare with --checkpoint or --random)")
+    for option, value in (("--random", args.random), ("--work", args.work), ("--markdown", args.markdown),
+                          ("--calibration", args.calibration), ("--int8", args.int8)):
+        if value:
+            raise MaskrtError(f"{option} belongs to --compare")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     predictor = _predictor_for_model(args)
-    images = load_images(args.images) if args.images else synthetic_images(args.batch)
+    side = args.size or 0
+    images = load_images(args.images) if args.images else synthetic_images(args.batch, *((side, side) if side else ()))
     result = run_bench(predictor, images, batch=args.batch, warmup=args.warmup, iters=args.iters,
                        threads=args.threads, progress=not args.quiet)
     result["model"] = str(args.model)
@@ -308,6 +319,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    """`maskrt bench --compare`: eager, torchvision-ONNX and our graphs side by side (runtime/bench_compare.py)."""
+    from maskrt.runtime.bench import load_images
+    from maskrt.runtime.bench_compare import format_compare, run_compare
+
+    if (args.checkpoint is None) == (args.random is None):
+        raise MaskrtError("--compare needs one of --checkpoint CKPT or --random CONFIG")
+    if args.backend != "onnxruntime" or args.graph != "portable" or args.batch != 1 or args.device != "cpu":
+        raise MaskrtError("--compare runs every backend and graph itself, one image at a time, on the CPU: drop "
+                          "--backend, --graph, --batch and --device")
+    if args.images and args.size:
+        raise MaskrtError("--size sets the random input image; with --images the images' own sizes are used")
+    if args.work:  # --force empties it: no input may live there
+        work = Path(args.work).resolve()
+        for item in (args.checkpoint, args.model, args.images, args.calibration):
+            if item and (Path(item).resolve() == work or work in Path(item).resolve().parents):
+                raise MaskrtError(f"{args.work}: holds input {item}; choose a work folder outside the inputs")
+    result = run_compare(checkpoint=args.checkpoint, random_config=args.random, export=args.model,
+                         images=load_images(args.images) if args.images else None, size=args.size or 800,
+                         threads=args.threads, warmup=args.warmup, iters=args.iters, int8=args.int8,
+                         calibration=args.calibration, work=args.work, force=args.force, progress=not args.quiet)
+    result["command"] = args.command_line
+    table = format_compare(result)
+    print(table)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        from maskrt.core.files import write_atomic
+
+        write_atomic(args.markdown, f"{table}\n\n`{result['command']}`\n".encode())
+        print(f"wrote {args.markdown}")
     return 0
 
 
@@ -374,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
 
-    def add_model(p: argparse.ArgumentParser) -> None:  # what `_predictor_for_model` reads
-        p.add_argument("--model", required=True,
+    def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:  # what `_predictor_for_model` reads
+        p.add_argument("--model", required=required,
                        help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
         p.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
         p.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
@@ -508,15 +554,33 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--force", action="store_true", help="replace an existing engine")
     bld.set_defaults(func=cmd_build)
 
-    bench = add("bench", "latency (p50/p90/p99) and images/s of a backend, end to end and per stage")
-    add_model(bench)
-    bench.add_argument("--images", help="folder of images (default: seeded random 640x480 images)")
+    bench = add("bench", "latency (p50/p90/p99) and images/s of a backend, end to end and per stage; --compare: "
+                "torchvision eager, torchvision's ONNX export and our graphs side by side")
+    add_model(bench, required=False)
+    bench.add_argument("--images", help="folder of images (default: seeded random images, 640x480 or --size)")
+    bench.add_argument("--size", type=_image_side, help="side of the seeded random square image(s) used without "
+                       "--images (default 640x480; with --compare 800)")
     bench.add_argument("--batch", type=_positive_int, default=1, help="images per run (default 1)")
     bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
     bench.add_argument("--iters", type=_positive_int, default=20, help="timed runs (default 20)")
     add_threads(bench)
     bench.add_argument("--json", help="also write the result (with machine and versions) to this JSON file")
-    bench.add_argument("--force", action="store_true", help="replace an existing --json file")
+    cmp = bench.add_argument_group(
+        "--compare", "eager model(images), torchvision's own ONNX export on ONNX Runtime, model.onnx, model.trt.onnx "
+        "(host plugins) and model.int8.onnx, each end to end, runs alternated, plus the network parts alone; "
+        "--model is then an existing export of the checkpoint (default: exported into --work)")
+    cmp.add_argument("--compare", action="store_true", help="compare the candidates side by side (markdown table)")
+    cmp.add_argument("--random", choices=["slim", "r50-fpn", "r50-fpn-v2"],
+                     help="instead of --checkpoint: a seeded random-init model of this config with 90 classes that "
+                     "fills its 100 detection slots on every image")
+    cmp.add_argument("--int8", action="store_true", help="also time model.int8.onnx, made with `maskrt quantize` when "
+                     "the export has none (an export that has one is always timed)")
+    cmp.add_argument("--calibration", help="INT8 calibration images folder (default: the benchmark images)")
+    cmp.add_argument("--work", help="folder for the exports, torchvision's ONNX graph and the parts (default: a "
+                     "temporary one, removed at the end)")
+    cmp.add_argument("--markdown", help="also write the table (and the command) to this markdown file")
+    bench.add_argument("--force", action="store_true", help="replace an existing --json / --markdown file or a "
+                       "non-empty --work folder")
     bench.set_defaults(func=cmd_bench)
 
     quant = add("quantize", "INT8 post-training quantization (QDQ) of an export's model.onnx, calibrated on images")
@@ -569,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maskrt` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: staged outputs and temporary files are cleaned up
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["maskrt", *argv])  # what the user ran, for the records that keep it
     try:
         return args.func(args)
     except MaskrtError as exc:
