@@ -77,13 +77,15 @@ class OnnxRuntimeBackend:
     """ONNX Runtime on model.onnx, model.trt.onnx or model.trt.fp16.onnx (static or dynamic batch).
 
     `threads` sets ONNX Runtime's intra-op threads; None uses its default, one per physical core. `device` "cuda"
-    runs model.onnx with the CUDAExecutionProvider (onnxruntime-gpu).
+    runs model.onnx with the CUDAExecutionProvider (onnxruntime-gpu). `spinning` False makes idle workers block at
+    once instead of spin-waiting for the next run (for processes that run other work between runs, e.g. `bench
+    --compare`).
     """
 
     name = "onnxruntime"
 
     def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
-                 threads: int | None = None, device: str = "cpu") -> None:
+                 threads: int | None = None, device: str = "cpu", spinning: bool = True) -> None:
         if threads is not None and threads < 1:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
         path = info.graph_path(export_dir, graph)
@@ -96,6 +98,8 @@ class OnnxRuntimeBackend:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 0
         so.log_severity_level = 3
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             if GRAPH_KINDS[graph][0] == "trt":
                 set_host_threads(threads)  # the plugin ops' host build: the same threads as ONNX Runtime

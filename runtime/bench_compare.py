@@ -17,7 +17,10 @@ For one checkpoint, on one machine with the same threads everywhere, each candid
 Runs alternate: every round runs each candidate and part once on the round's image (the images cycle), starting one
 job further along each round so that drift and cache effects spread evenly; warm-up rounds are not counted. The
 ratios come from the p50s of this one run: speed-up over eager and over torchvision-ONNX, and end to end over the sum
-of the network parts' p50s.
+of the network parts' p50s. Every ONNX Runtime session here blocks its idle workers at once
+(session.intra_op.allow_spinning = 0): with several sessions and torch in one process, the workers a session leaves
+spin-waiting take the cores from the next candidate (measured on the trained slim model, 2 cores: eager p50 130 ms
+and p90 1.7 s with spinning, 29 ms and 35 ms without).
 
 Without `--checkpoint`, `random_checkpoint` makes a seeded random-init one whose box classifier is scaled so that
 every image fills its detection slots (100 detections), and a seeded random SxS image is the input.
@@ -103,6 +106,7 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -278,7 +282,7 @@ def _compare(checkpoint: str | Path | None, random_config: str | None, export: s
     graphs = {"portable": export_dir, "trt": export_dir}
     if int8_dir is not None:
         graphs["portable_int8"] = int8_dir
-    predictors = {g: Predictor.from_export(d, graph=g, threads=threads) for g, d in graphs.items()}
+    predictors = {g: Predictor.from_export(d, graph=g, threads=threads, spinning=False) for g, d in graphs.items()}
     runners.update({g: _Deployed(p) for g, p in predictors.items()})
     first_detections = runners["eager"](images[0])[1]
     parts = steps("parts_export_s", "exporting the network parts alone",
@@ -335,7 +339,8 @@ def _record(checkpoint: Path, random_config: str | None, export_dir: Path, image
         "model": model, "checkpoint": {"file": str(checkpoint), "sha256": sha256(checkpoint)},
         "export": str(export_dir), "graphs": {g: GRAPH_FILES[g] for g in candidates if g in GRAPH_FILES},
         "images": len(images), "image_sizes": sorted({(int(i.shape[0]), int(i.shape[1])) for i in images}),
-        "padded_size": [int(padded[0]), int(padded[1])], "threads": threads, "warmup": warmup, "iters": iters,
+        "padded_size": [int(padded[0]), int(padded[1])], "threads": threads, "onnxruntime_spinning": False,
+        "warmup": warmup, "iters": iters,
         "candidates": candidates, "parts": parts, "parts_sum_p50_ms": parts_sum, "setup_seconds": setup,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(threads), "versions": backend_versions("onnxruntime"),

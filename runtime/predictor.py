@@ -47,8 +47,9 @@ class Predictor:
     @classmethod
     def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
-                    threads: int | None = None, device: str = "cpu") -> Predictor:
-        """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas."""
+                    threads: int | None = None, device: str = "cpu", spinning: bool = True) -> Predictor:
+        """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas (`threads`,
+        `device` and `spinning`: OnnxRuntimeBackend's)."""
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         info = ExportInfo.read(export_dir)
@@ -62,7 +63,7 @@ class Predictor:
                                   f"those of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
-            impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device)
+            impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device, spinning)
         elif backend == "tensorrt":
             raise MaskrtError(f"{export_dir}: the tensorrt backend runs an engine file: build one with `maskrt build "
                               f"--model {export_dir}` and pass it as the model")
