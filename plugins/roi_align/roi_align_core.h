@@ -146,54 +146,79 @@ MASKRT_HD Geometry roiGeometry(float const* box, Params const& p, Levels const& 
     return g;
 }
 
-/// One bilinear sample of a [H, W] plane; `at(y, x)` returns the float value of element (y, x).
-template <typename At>
-MASKRT_HD float bilinear(At const& at, int64_t height, int64_t width, float y, float x)
+/// The two taps of one sample coordinate along one axis of a plane of `size` elements, and their weights.
+struct AxisTap
 {
+    int64_t low;
+    int64_t high;
+    float l;    // weight of `high`
+    float h;    // weight of `low` (1 - l)
+    bool valid; // false: the sample lies outside [-1, size] (or is NaN) and contributes 0
+};
+
+/// torchvision's bilinear_interpolate, one axis: clamp to the plane, split into low/high taps and weights.
+MASKRT_HD AxisTap axisTap(float v, int64_t size)
+{
+    AxisTap t{0, 0, 0.f, 1.f, false};
     // Written as a negation so that NaN samples are rejected too.
-    if (!(y >= -1.0f && y <= static_cast<float>(height) && x >= -1.0f && x <= static_cast<float>(width)))
+    if (!(v >= -1.0f && v <= static_cast<float>(size)))
+    {
+        return t;
+    }
+    t.valid = true;
+    if (v <= 0.f)
+    {
+        v = 0.f;
+    }
+    t.low = static_cast<int64_t>(v);
+    if (t.low >= size - 1)
+    {
+        t.high = t.low = size - 1;
+        v = static_cast<float>(t.low);
+    }
+    else
+    {
+        t.high = t.low + 1;
+    }
+    t.l = v - static_cast<float>(t.low);
+    t.h = 1.f - t.l;
+    return t;
+}
+
+/// The bilinear sample at taps (ty, tx): `at(y, x)` returns the float value of element (y, x). The products and sums
+/// are torchvision's, in its order; every build (host, CUDA) evaluates this one expression.
+template <typename At>
+MASKRT_HD float interpolate(At const& at, AxisTap const& ty, AxisTap const& tx)
+{
+    if (!(ty.valid && tx.valid))
     {
         return 0.f;
     }
-    if (y <= 0.f)
-    {
-        y = 0.f;
-    }
-    if (x <= 0.f)
-    {
-        x = 0.f;
-    }
-    int64_t yLow = static_cast<int64_t>(y);
-    int64_t xLow = static_cast<int64_t>(x);
-    int64_t yHigh;
-    int64_t xHigh;
-    if (yLow >= height - 1)
-    {
-        yHigh = yLow = height - 1;
-        y = static_cast<float>(yLow);
-    }
-    else
-    {
-        yHigh = yLow + 1;
-    }
-    if (xLow >= width - 1)
-    {
-        xHigh = xLow = width - 1;
-        x = static_cast<float>(xLow);
-    }
-    else
-    {
-        xHigh = xLow + 1;
-    }
-    float const ly = y - static_cast<float>(yLow);
-    float const lx = x - static_cast<float>(xLow);
-    float const hy = 1.f - ly;
-    float const hx = 1.f - lx;
-    float const w1 = hy * hx;
-    float const w2 = hy * lx;
-    float const w3 = ly * hx;
-    float const w4 = ly * lx;
-    return w1 * at(yLow, xLow) + w2 * at(yLow, xHigh) + w3 * at(yHigh, xLow) + w4 * at(yHigh, xHigh);
+    float const w1 = ty.h * tx.h;
+    float const w2 = ty.h * tx.l;
+    float const w3 = ty.l * tx.h;
+    float const w4 = ty.l * tx.l;
+    return w1 * at(ty.low, tx.low) + w2 * at(ty.low, tx.high) + w3 * at(ty.high, tx.low) + w4 * at(ty.high, tx.high);
+}
+
+/// Sample coordinate iy (of gridH) of output row ph, on the RoI's level (y; the x axis is the same with W).
+MASKRT_HD float sampleY(Geometry const& g, int ph, int iy)
+{
+    return g.startY + static_cast<float>(ph) * g.binH
+        + (static_cast<float>(iy) + .5f) * g.binH / static_cast<float>(g.gridH);
+}
+
+MASKRT_HD float sampleX(Geometry const& g, int pw, int ix)
+{
+    return g.startX + static_cast<float>(pw) * g.binW
+        + (static_cast<float>(ix) + .5f) * g.binW / static_cast<float>(g.gridW);
+}
+
+/// One bilinear sample of a [H, W] plane at (y, x).
+template <typename At>
+MASKRT_HD float bilinear(At const& at, int64_t height, int64_t width, float y, float x)
+{
+    return interpolate(at, axisTap(y, height), axisTap(x, width));
 }
 
 /// Average of the grid samples of output bin (ph, pw) on one channel plane.
@@ -203,13 +228,10 @@ MASKRT_HD float binValue(At const& at, int64_t height, int64_t width, Geometry c
     float acc = 0.f;
     for (int iy = 0; iy < g.gridH; ++iy)
     {
-        float const y = g.startY + static_cast<float>(ph) * g.binH
-            + (static_cast<float>(iy) + .5f) * g.binH / static_cast<float>(g.gridH);
+        AxisTap const ty = axisTap(sampleY(g, ph, iy), height);
         for (int ix = 0; ix < g.gridW; ++ix)
         {
-            float const x = g.startX + static_cast<float>(pw) * g.binW
-                + (static_cast<float>(ix) + .5f) * g.binW / static_cast<float>(g.gridW);
-            acc += bilinear(at, height, width, y, x);
+            acc += interpolate(at, ty, axisTap(sampleX(g, pw, ix), width));
         }
     }
     return acc / g.count;
