@@ -114,6 +114,10 @@ MASKRT_HD bool suppresses(float const* i, float areaI, float const* j, float are
     float const w = maxOf(0.f, subRn(xx2, xx1));
     float const h = maxOf(0.f, subRn(yy2, yy1));
     float const inter = mulRn(w, h);
+    if (inter == 0.f)
+    {
+        return false; // IoU 0 (or NaN, -0): never above a threshold in [0, 1]; skips the division
+    }
     float const iou = inter / subRn(addRn(areaI, areaJ), inter);
     return iou > iouThreshold;
 }

@@ -1,19 +1,20 @@
 // CUDA kernels of BatchedNMS. Four launches, no host round trip, per image b of the batch:
-//  1. compact: one block walks the N scores and writes the sort keys (nms_core.h sortKey) of the candidates
-//     (score > threshold) to a dense list, in index order (warp ballots + a block scan); count C_b.
+//  1. compact: the counts are zeroed, then one thread per score writes the sort keys (nms_core.h sortKey) of the
+//     candidates (score > threshold) to a dense list, in no particular order (warp ballots, one atomic add per warp);
+//     count C_b.
 //  2. rank: a counting sort of the C_b keys (all keys are distinct, so the rank of a key is its position in the
-//     stable descending order): one thread per candidate compares its key with every other through shared-memory
-//     tiles, O(C_b^2) comparisons in parallel. Candidates of rank < kMaxCandidates are gathered in sorted order
-//     (index, box, area, group). Blocks past C_b exit at once, so N = 90,000 with a few hundred candidates costs
-//     little more than reading the scores.
-//  3. mask: the upper triangle of the M_b x M_b suppression bitmask (M_b = min(C_b, kMaxCandidates)), one block of
-//     64 threads per 64 x 64 tile, like torchvision's CUDA nms; boxes of different groups never set a bit.
-//  4. greedy: one warp per image walks the sorted candidates 64 at a time: the tile's keep decisions come from the
-//     diagonal mask words held in registers (warp shuffles), then the kept rows are ORed into a shared-memory
-//     removal set; stops at max_output_boxes, pads keep with -1 and writes count.
-// Workspace (from workspaceSize): keys [B, N] u64, counts [B], order [B, M] i32, boxes [B, M, 4], areas [B, M],
-// groups [B, M], mask [B, M, ceil(M / 64)] u64, with M = min(N, kMaxCandidates): 8 MiB per image at most for the
-// mask, plus 8 bytes per input box.
+//     stable descending order): kRankLanes threads per candidate each compare its key with a slice of the others
+//     (shared-memory tiles), and a warp reduction adds the partial ranks; O(C_b^2) comparisons spread over C_b x 16
+//     threads. Candidates of rank < kMaxCandidates are gathered in sorted order (index, box, area, group). Blocks past
+//     C_b exit at once, so N = 90,000 with a few hundred candidates costs little more than reading the scores.
+//  3. mask: the upper triangle of the M_b x M_b suppression bitmask (M_b = min(C_b, kMaxCandidates)), one block per
+//     64 x 64 tile, like torchvision's CUDA nms, but 4 threads per row (16 columns each) for 4x the parallelism;
+//     boxes of different groups never set a bit.
+//  4. greedy: one block of 8 warps per image walks the sorted candidates 64 at a time (one mask word). The block
+//     loads the tile's 64 rows (8 per warp, the words spread over the lanes) while the previous tile is resolved;
+//     one thread resolves the tile from its diagonal words in shared memory (64 dependent steps on registers, no
+//     memory round trip per box); then every lane ORs the kept rows of its words into the shared removal set. It
+//     stops at max_output_boxes, pads keep with -1 and writes count.
 #include <cuda_fp16.h>
 
 #include <string>
@@ -30,10 +31,17 @@ namespace nms
 namespace
 {
 
-constexpr int kCompactThreads = 1024;
+constexpr int kCompactThreads = 256;
 constexpr int kRankThreads = 256;
-constexpr int kTile = 64; // bitmask tile side = bits per word
+constexpr int kRankLanes = 16;                             // threads per candidate in rankKernel
+constexpr int kRankPerBlock = kRankThreads / kRankLanes;   // candidates per rank block
+constexpr int kRankTile = 1024;                            // keys staged in shared memory at a time
+constexpr int kTile = 64;                                  // bitmask tile side = bits per word
+constexpr int kMaskSplit = 4;                              // threads per mask row
+constexpr int kGreedyThreads = 256;                        // 8 warps
+constexpr int kRowsPerWarp = kTile / (kGreedyThreads / 32); // rows of a tile per warp
 constexpr int kMaxWords = (kMaxCandidates + kTile - 1) / kTile;
+constexpr int kFarLoads = (kMaxWords - 1) / 32; // further 32-word loads per greedy tile (words 32..127 ahead)
 constexpr size_t kAlign = 256;
 
 size_t alignUp(size_t bytes)
@@ -79,52 +87,31 @@ __device__ __forceinline__ float toFloat(__half v)
     return __half2float(v);
 }
 
+/// Grid (chunks of kCompactThreads scores, images); counts[b] zeroed before. Each warp reserves room for its
+/// candidates with one atomic add, so the dense list is in no particular order: the rank kernel orders it by key.
 template <typename T>
 __global__ void __launch_bounds__(kCompactThreads) compactKernel(
     T const* __restrict__ scores, int64_t numBoxes, float threshold, uint64_t* __restrict__ keys, int32_t* counts)
 {
-    __shared__ int warpTotals[kCompactThreads / 32];
-    __shared__ int base;
-    int64_t const b = blockIdx.x;
+    int64_t const b = blockIdx.y;
     int const lane = threadIdx.x & 31;
-    int const warp = threadIdx.x >> 5;
-    if (threadIdx.x == 0)
+    int64_t const i = static_cast<int64_t>(blockIdx.x) * kCompactThreads + threadIdx.x;
+    float const score = i < numBoxes ? toFloat(scores[b * numBoxes + i]) : 0.f;
+    bool const pass = i < numBoxes && isCandidate(score, threshold);
+    unsigned const ballot = __ballot_sync(0xffffffffu, pass);
+    if (ballot == 0)
     {
-        base = 0;
+        return;
     }
-    for (int64_t start = 0; start < numBoxes; start += kCompactThreads)
+    int base = 0;
+    if (lane == 0)
     {
-        int64_t const i = start + threadIdx.x;
-        float const score = i < numBoxes ? toFloat(scores[b * numBoxes + i]) : 0.f;
-        bool const pass = i < numBoxes && isCandidate(score, threshold);
-        unsigned const ballot = __ballot_sync(0xffffffffu, pass);
-        if (lane == 0)
-        {
-            warpTotals[warp] = __popc(ballot);
-        }
-        __syncthreads();
-        int before = 0; // candidates of earlier warps in this chunk
-        int chunkTotal = 0;
-        for (int w = 0; w < kCompactThreads / 32; ++w)
-        {
-            before += w < warp ? warpTotals[w] : 0;
-            chunkTotal += warpTotals[w];
-        }
-        if (pass)
-        {
-            int const pos = base + before + __popc(ballot & ((1u << lane) - 1u));
-            keys[b * numBoxes + pos] = sortKey(score, static_cast<uint32_t>(i));
-        }
-        __syncthreads();
-        if (threadIdx.x == 0)
-        {
-            base += chunkTotal;
-        }
+        base = atomicAdd(counts + b, __popc(ballot));
     }
-    __syncthreads();
-    if (threadIdx.x == 0)
+    base = __shfl_sync(0xffffffffu, base, 0);
+    if (pass)
     {
-        counts[b] = base;
+        keys[b * numBoxes + base + __popc(ballot & ((1u << lane) - 1u))] = sortKey(score, static_cast<uint32_t>(i));
     }
 }
 
@@ -132,31 +119,40 @@ __global__ void __launch_bounds__(kRankThreads) rankKernel(float const* __restri
     int32_t const* __restrict__ groups, int64_t numBoxes, uint64_t const* __restrict__ keys,
     int32_t const* __restrict__ counts, int32_t* order, float* sortedBoxes, float* areas, int32_t* sortedGroups)
 {
-    __shared__ uint64_t tile[kRankThreads];
+    __shared__ uint64_t tile[kRankTile];
     int64_t const b = blockIdx.y;
     int64_t const c = counts[b];
-    int64_t const first = static_cast<int64_t>(blockIdx.x) * kRankThreads;
+    int64_t const first = static_cast<int64_t>(blockIdx.x) * kRankPerBlock;
     if (first >= c)
     {
         return;
     }
     int64_t const m = numBoxes < kMaxCandidates ? numBoxes : kMaxCandidates;
-    int64_t const i = first + threadIdx.x;
+    int const sub = threadIdx.x % kRankLanes; // this thread compares keys sub, sub + kRankLanes, ...
+    int64_t const i = first + threadIdx.x / kRankLanes;
     uint64_t const* k = keys + b * numBoxes;
     uint64_t const key = i < c ? k[i] : ~0ull;
     int64_t rank = 0;
-    for (int64_t t = 0; t < c; t += kRankThreads)
+    for (int64_t t = 0; t < c; t += kRankTile)
     {
         __syncthreads();
-        tile[threadIdx.x] = t + threadIdx.x < c ? k[t + threadIdx.x] : ~0ull;
+        for (int j = threadIdx.x; j < kRankTile; j += kRankThreads)
+        {
+            tile[j] = t + j < c ? k[t + j] : ~0ull;
+        }
         __syncthreads();
-        int const n = c - t < kRankThreads ? static_cast<int>(c - t) : kRankThreads;
-        for (int j = 0; j < n; ++j)
+        int const n = c - t < kRankTile ? static_cast<int>(c - t) : kRankTile;
+        for (int j = sub; j < n; j += kRankLanes)
         {
             rank += tile[j] < key ? 1 : 0;
         }
     }
-    if (i < c && rank < m)
+#pragma unroll
+    for (int offset = kRankLanes / 2; offset > 0; offset /= 2)
+    {
+        rank += __shfl_xor_sync(0xffffffffu, rank, offset, kRankLanes);
+    }
+    if (sub == 0 && i < c && rank < m)
     {
         int64_t const index = keyIndex(key);
         int64_t const at = b * m + rank;
@@ -171,13 +167,15 @@ __global__ void __launch_bounds__(kRankThreads) rankKernel(float const* __restri
     }
 }
 
-__global__ void __launch_bounds__(kTile) maskKernel(float const* __restrict__ boxes, float const* __restrict__ areas,
-    int32_t const* __restrict__ groups, int32_t const* __restrict__ counts, int64_t m, float iouThreshold,
-    uint64_t* __restrict__ mask)
+/// Block (kTile, kMaskSplit): thread (x, y) computes row x of the tile against columns y, y + kMaskSplit, ...
+__global__ void __launch_bounds__(kTile* kMaskSplit) maskKernel(float const* __restrict__ boxes,
+    float const* __restrict__ areas, int32_t const* __restrict__ groups, int32_t const* __restrict__ counts, int64_t m,
+    float iouThreshold, uint64_t* __restrict__ mask)
 {
     __shared__ float colBoxes[kTile * 4];
     __shared__ float colAreas[kTile];
     __shared__ int32_t colGroups[kTile];
+    __shared__ uint64_t partial[kMaskSplit][kTile];
     int64_t const b = blockIdx.z;
     int const rowTile = blockIdx.y;
     int const colTile = blockIdx.x;
@@ -187,125 +185,203 @@ __global__ void __launch_bounds__(kTile) maskKernel(float const* __restrict__ bo
         return;
     }
     int64_t const words = (m + kTile - 1) / kTile;
-    int64_t const col = static_cast<int64_t>(colTile) * kTile + threadIdx.x;
+    int const x = threadIdx.x;
+    int const y = threadIdx.y;
+    int64_t const col = static_cast<int64_t>(colTile) * kTile + x;
     if (col < mb)
     {
-        for (int d = 0; d < 4; ++d)
+        for (int d = y; d < 4; d += kMaskSplit)
         {
-            colBoxes[threadIdx.x * 4 + d] = boxes[(b * m + col) * 4 + d];
+            colBoxes[x * 4 + d] = boxes[(b * m + col) * 4 + d];
         }
-        colAreas[threadIdx.x] = areas[b * m + col];
-        colGroups[threadIdx.x] = groups[b * m + col];
+        if (y == 0)
+        {
+            colAreas[x] = areas[b * m + col];
+            colGroups[x] = groups[b * m + col];
+        }
     }
     __syncthreads();
-    int64_t const row = static_cast<int64_t>(rowTile) * kTile + threadIdx.x;
-    if (row >= mb)
-    {
-        return;
-    }
-    float box[4];
-    for (int d = 0; d < 4; ++d)
-    {
-        box[d] = boxes[(b * m + row) * 4 + d];
-    }
-    float const area = areas[b * m + row];
-    int32_t const group = groups[b * m + row];
-    int const n = mb - static_cast<int64_t>(colTile) * kTile < kTile
-        ? static_cast<int>(mb - static_cast<int64_t>(colTile) * kTile)
-        : kTile;
-    int const startCol = colTile == rowTile ? threadIdx.x + 1 : 0;
+    int64_t const row = static_cast<int64_t>(rowTile) * kTile + x;
     uint64_t bits = 0;
-    for (int j = startCol; j < n; ++j)
+    if (row < mb)
     {
-        if (colGroups[j] == group && suppresses(box, area, colBoxes + j * 4, colAreas[j], iouThreshold))
+        float box[4];
+        for (int d = 0; d < 4; ++d)
         {
-            bits |= 1ull << j;
+            box[d] = boxes[(b * m + row) * 4 + d];
+        }
+        float const area = areas[b * m + row];
+        int32_t const group = groups[b * m + row];
+        int const n = mb - static_cast<int64_t>(colTile) * kTile < kTile
+            ? static_cast<int>(mb - static_cast<int64_t>(colTile) * kTile)
+            : kTile;
+        int const startCol = colTile == rowTile ? x + 1 : 0;
+        for (int j = y; j < n; j += kMaskSplit)
+        {
+            if (j >= startCol && colGroups[j] == group
+                && suppresses(box, area, colBoxes + j * 4, colAreas[j], iouThreshold))
+            {
+                bits |= 1ull << j;
+            }
         }
     }
-    mask[(b * m + row) * words + colTile] = bits;
-}
-
-/// Removes the lowest set bit of `bits` and returns its position; returns `fallback` when `bits` is 0.
-__device__ __forceinline__ int popLowestBit(uint64_t& bits, int fallback)
-{
-    if (bits == 0)
+    partial[y][x] = bits;
+    __syncthreads();
+    if (y == 0 && row < mb)
     {
-        return fallback;
+        for (int s = 1; s < kMaskSplit; ++s)
+        {
+            bits |= partial[s][x];
+        }
+        mask[(b * m + row) * words + colTile] = bits;
     }
-    int const j = __ffsll(static_cast<long long>(bits)) - 1;
-    bits &= bits - 1;
-    return j;
 }
 
-__global__ void __launch_bounds__(32) greedyKernel(int32_t const* __restrict__ order,
+/// Loads row `first + r` (r = warp * kRowsPerWarp + k) of the mask at word `word` for k < kRowsPerWarp; 0 outside.
+__device__ __forceinline__ void loadRows(uint64_t const* rows, int64_t words, int64_t first, int n, int64_t word,
+    int64_t usedWords, int warp, uint64_t (&v)[kRowsPerWarp])
+{
+#pragma unroll
+    for (int k = 0; k < kRowsPerWarp; ++k)
+    {
+        int const r = warp * kRowsPerWarp + k;
+        v[k] = r < n && word < usedWords ? rows[(first + r) * words + word] : 0ull;
+    }
+}
+
+__global__ void __launch_bounds__(kGreedyThreads) greedyKernel(int32_t const* __restrict__ order,
     uint64_t const* __restrict__ mask, int32_t const* __restrict__ counts, int64_t m, int maxOutputBoxes,
     int32_t* __restrict__ keep, int32_t* __restrict__ count)
 {
     __shared__ uint64_t removed[kMaxWords];
+    __shared__ uint64_t diag[kTile];
+    __shared__ uint64_t keptShared;
+    __shared__ int keptTotal;
     int64_t const b = blockIdx.x;
-    int const lane = threadIdx.x;
+    int const lane = threadIdx.x & 31;
+    int const warp = threadIdx.x >> 5;
     int64_t const mb = counts[b] < m ? counts[b] : m;
     int64_t const words = (m + kTile - 1) / kTile;
     int64_t const usedWords = (mb + kTile - 1) / kTile;
     uint64_t const* rows = mask + b * m * words;
-    for (int64_t w = lane; w < usedWords; w += 32)
+    for (int64_t w = threadIdx.x; w < usedWords; w += kGreedyThreads)
     {
         removed[w] = 0;
     }
-    __syncwarp();
+    if (threadIdx.x == 0)
+    {
+        keptTotal = 0;
+    }
     int32_t* out = keep + b * maxOutputBoxes;
+    // Registers: this thread's rows of the current tile at word (tile + lane), and the next tile's (prefetched).
+    uint64_t v[kRowsPerWarp];
+    uint64_t next[kRowsPerWarp];
+    int n = mb < kTile ? static_cast<int>(mb) : kTile;
+    loadRows(rows, words, 0, n, lane, usedWords, warp, v);
+    __syncthreads();
     int kept = 0;
-    // Tile by tile (64 candidates = one word): resolve the tile in registers from the rows' diagonal words, then
-    // OR the kept rows into the later words. The loads of a tile are independent of each other (no per-box round
-    // trip to memory), which keeps the single warp latency-tolerant.
     for (int64_t w = 0; w < usedWords && kept < maxOutputBoxes; ++w)
     {
         int64_t const first = w * kTile;
-        int const n = mb - first < kTile ? static_cast<int>(mb - first) : kTile;
-        uint64_t const diag0 = lane < n ? rows[(first + lane) * words + w] : 0;
-        uint64_t const diag1 = lane + 32 < n ? rows[(first + 32 + lane) * words + w] : 0;
-        uint64_t current = removed[w];
-        uint64_t keptBits = 0;
-        int const keptBefore = kept;
-        for (int j = 0; j < n && kept < maxOutputBoxes; ++j)
+        n = mb - first < kTile ? static_cast<int>(mb - first) : kTile;
+        if (lane == 0)
         {
-            uint64_t const row = __shfl_sync(0xffffffffu, j < 32 ? diag0 : diag1, j & 31);
-            if (!((current >> j) & 1ull))
+#pragma unroll
+            for (int k = 0; k < kRowsPerWarp; ++k)
             {
-                keptBits |= 1ull << j;
-                current |= row;
-                ++kept;
+                diag[warp * kRowsPerWarp + k] = v[k];
             }
         }
-        for (int j = lane; j < kTile; j += 32)
+        __syncthreads();
+        int64_t const nextFirst = first + kTile;
+        int const nextN = mb - nextFirst < kTile ? static_cast<int>(mb - nextFirst) : kTile;
+        loadRows(rows, words, nextFirst, nextN, w + 1 + lane, usedWords, warp, next);
+        // The kept rows' words beyond the registers' 32 (N > 2048 only): loaded now, used after the resolve.
+        uint64_t far[kFarLoads][kRowsPerWarp];
+#pragma unroll
+        for (int f = 0; f < kFarLoads; ++f)
         {
-            if ((keptBits >> j) & 1ull)
+            loadRows(rows, words, first, n, w + 32 * (f + 1) + lane, usedWords, warp, far[f]);
+        }
+        if (threadIdx.x == 0)
+        {
+            // Rows past the candidates count as removed. Resolve without the output limit, then keep the first ones.
+            // The diagonal words are read 16 at a time into registers, so that the dependent chain is pure ALU.
+            uint64_t current = removed[w] | (n < kTile ? ~0ull << n : 0ull);
+            uint64_t keptBits = 0;
+#pragma unroll
+            for (int j0 = 0; j0 < kTile; j0 += 16)
             {
-                out[keptBefore + __popcll(keptBits & ((1ull << j) - 1ull))] = order[b * m + first + j];
+                uint64_t d[16];
+#pragma unroll
+                for (int j = 0; j < 16; ++j)
+                {
+                    d[j] = diag[j0 + j];
+                }
+#pragma unroll
+                for (int j = 0; j < 16; ++j)
+                {
+                    uint64_t const bit = 1ull << (j0 + j);
+                    if (!(current & bit))
+                    {
+                        keptBits |= bit;
+                        current |= d[j];
+                    }
+                }
+            }
+            int const room = maxOutputBoxes - kept;
+            while (__popcll(keptBits) > room)
+            {
+                keptBits &= ~(1ull << (63 - __clzll(static_cast<long long>(keptBits))));
+            }
+            keptShared = keptBits;
+            keptTotal = kept + __popcll(keptBits);
+        }
+        __syncthreads();
+        uint64_t const keptBits = keptShared;
+        if (threadIdx.x < kTile && ((keptBits >> threadIdx.x) & 1ull))
+        {
+            out[kept + __popcll(keptBits & ((1ull << threadIdx.x) - 1ull))] = order[b * m + first + threadIdx.x];
+        }
+        // OR the kept rows into the later words: word w + lane from registers, further words (> 32 ahead) loaded.
+        uint64_t acc = 0;
+#pragma unroll
+        for (int k = 0; k < kRowsPerWarp; ++k)
+        {
+            acc |= ((keptBits >> (warp * kRowsPerWarp + k)) & 1ull) ? v[k] : 0ull;
+        }
+        if (lane > 0 && acc != 0)
+        {
+            atomicOr(reinterpret_cast<unsigned long long*>(removed + w + lane), static_cast<unsigned long long>(acc));
+        }
+#pragma unroll
+        for (int f = 0; f < kFarLoads; ++f)
+        {
+            acc = 0;
+#pragma unroll
+            for (int k = 0; k < kRowsPerWarp; ++k)
+            {
+                acc |= ((keptBits >> (warp * kRowsPerWarp + k)) & 1ull) ? far[f][k] : 0ull;
+            }
+            if (acc != 0)
+            {
+                atomicOr(reinterpret_cast<unsigned long long*>(removed + w + 32 * (f + 1) + lane),
+                    static_cast<unsigned long long>(acc));
             }
         }
-        for (int64_t word = w + 1 + lane; word < usedWords; word += 32)
+#pragma unroll
+        for (int k = 0; k < kRowsPerWarp; ++k)
         {
-            uint64_t acc = 0;
-            uint64_t bits = keptBits;
-            while (bits != 0) // four rows per round, so that four loads are in flight
-            {
-                int const j0 = popLowestBit(bits, 0);
-                int const j1 = popLowestBit(bits, j0);
-                int const j2 = popLowestBit(bits, j0);
-                int const j3 = popLowestBit(bits, j0);
-                acc |= rows[(first + j0) * words + word] | rows[(first + j1) * words + word]
-                    | rows[(first + j2) * words + word] | rows[(first + j3) * words + word];
-            }
-            removed[word] |= acc;
+            v[k] = next[k];
         }
-        __syncwarp();
+        kept = keptTotal;
+        __syncthreads();
     }
-    for (int k = kept + lane; k < maxOutputBoxes; k += 32)
+    for (int k = kept + threadIdx.x; k < maxOutputBoxes; k += kGreedyThreads)
     {
         out[k] = -1;
     }
-    if (lane == 0)
+    if (threadIdx.x == 0)
     {
         count[b] = kept;
     }
@@ -341,26 +417,35 @@ cudaError_t launch(float const* boxes, void const* scores, ScoreType scoreType, 
     int64_t const m = numBoxes < kMaxCandidates ? numBoxes : kMaxCandidates;
     unsigned const grid = static_cast<unsigned>(batch);
 
-    if (scoreType == ScoreType::kFLOAT)
+    cudaError_t const zeroed = cudaMemsetAsync(counts, 0, sizeof(int32_t) * batch, stream);
+    if (zeroed != cudaSuccess)
     {
-        compactKernel<float><<<grid, kCompactThreads, 0, stream>>>(
-            static_cast<float const*>(scores), numBoxes, p.scoreThreshold, keys, counts);
-    }
-    else
-    {
-        compactKernel<__half><<<grid, kCompactThreads, 0, stream>>>(
-            static_cast<__half const*>(scores), numBoxes, p.scoreThreshold, keys, counts);
+        return zeroed;
     }
     if (numBoxes > 0)
     {
-        dim3 const rankGrid(static_cast<unsigned>((numBoxes + kRankThreads - 1) / kRankThreads), grid);
+        dim3 const compactGrid(static_cast<unsigned>((numBoxes + kCompactThreads - 1) / kCompactThreads), grid);
+        if (scoreType == ScoreType::kFLOAT)
+        {
+            compactKernel<float><<<compactGrid, kCompactThreads, 0, stream>>>(
+                static_cast<float const*>(scores), numBoxes, p.scoreThreshold, keys, counts);
+        }
+        else
+        {
+            compactKernel<__half><<<compactGrid, kCompactThreads, 0, stream>>>(
+                static_cast<__half const*>(scores), numBoxes, p.scoreThreshold, keys, counts);
+        }
+    }
+    if (numBoxes > 0)
+    {
+        dim3 const rankGrid(static_cast<unsigned>((numBoxes + kRankPerBlock - 1) / kRankPerBlock), grid);
         rankKernel<<<rankGrid, kRankThreads, 0, stream>>>(
             boxes, groups, numBoxes, keys, counts, order, sortedBoxes, areas, sortedGroups);
         unsigned const tiles = static_cast<unsigned>((m + kTile - 1) / kTile);
         dim3 const maskGrid(tiles, tiles, grid);
-        maskKernel<<<maskGrid, kTile, 0, stream>>>(sortedBoxes, areas, sortedGroups, counts, m, p.iouThreshold, mask);
+        maskKernel<<<maskGrid, dim3(kTile, kMaskSplit), 0, stream>>>(sortedBoxes, areas, sortedGroups, counts, m, p.iouThreshold, mask);
     }
-    greedyKernel<<<grid, 32, 0, stream>>>(order, mask, counts, m, p.maxOutputBoxes, keep, count);
+    greedyKernel<<<grid, kGreedyThreads, 0, stream>>>(order, mask, counts, m, p.maxOutputBoxes, keep, count);
     return cudaGetLastError();
 }
 
