@@ -144,3 +144,30 @@ def test_tensorrt_engine_matches_host_build(nms) -> None:
     host_keep, host_count = nms.cpu(boxes, scores, groups, iou_threshold=0.5, score_threshold=0.05,
                                     max_output_boxes=300)  # fmt: skip
     assert torch.equal(count.cpu(), host_count) and torch.equal(keep.cpu(), host_keep)
+
+
+@pytest.mark.parametrize("n", [63, 64, 65, 129, 2049, 4100])
+@pytest.mark.parametrize("max_out", [1, 7, 64, 65, 300])
+def test_tile_edges_and_output_limits_match_host_build(nms, n: int, max_out: int) -> None:
+    """Tile boundaries of the greedy pass (64 candidates per word, 32 words per register load) and the early stop."""
+    boxes, scores, groups = _case(n * 7 + max_out, 2, n, 3, size=300.0)
+    for iou in (0.1, 0.5, 0.9):
+        keep, count, host_keep, host_count = _both(nms, boxes, scores, groups, iou_threshold=iou,
+                                                   score_threshold=0.0, max_output_boxes=max_out)  # fmt: skip
+        assert torch.equal(count, host_count) and torch.equal(keep, host_keep), (n, max_out, iou)
+
+
+@pytest.mark.parametrize(("batch", "n", "groups"), [(8, 1000, 1), (4, 5000, 90), (8, 300, 90)])
+def test_batched_dense_clusters_match_host_build(nms, batch: int, n: int, groups: int) -> None:
+    """Heavily overlapping boxes (long suppression chains) over a batch, as the RPN and box head see them."""
+    gen = torch.Generator().manual_seed(batch * n + groups)
+    centres = torch.rand(batch, 20, 2, generator=gen) * 400
+    pick = torch.randint(0, 20, (batch, n), generator=gen)
+    centre = torch.gather(centres, 1, pick[..., None].expand(-1, -1, 2)) + torch.randn(batch, n, 2, generator=gen) * 4
+    wh = 40 + torch.rand(batch, n, 2, generator=gen) * 20
+    boxes = torch.cat([centre - wh / 2, centre + wh / 2], -1)
+    scores = torch.rand(batch, n, generator=gen)
+    ids = torch.randint(0, groups, (batch, n), generator=gen, dtype=torch.int32)
+    keep, count, host_keep, host_count = _both(nms, boxes, scores, ids, iou_threshold=0.5, score_threshold=0.05,
+                                               max_output_boxes=1000)  # fmt: skip
+    assert torch.equal(count, host_count) and torch.equal(keep, host_keep)

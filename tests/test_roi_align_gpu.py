@@ -13,6 +13,10 @@ pytestmark = [
 ]
 
 P2_P5 = (0.25, 0.125, 0.0625, 0.03125)
+# torchvision's CUDA kernel is compiled with FMA contraction: its sample coordinates (up to ~300 px on a level, ulp
+# ~3e-5) and weights round differently from its CPU kernel, which ours follows exactly (host build bit for bit below,
+# torchvision's CPU op within 1e-5 in test_roi_align_cpu.py). Measured on an H100: up to 7e-5 on N(0, 1) features.
+TORCHVISION_CUDA_TOL = 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_multi_level_matches_torchvision_cuda(roi_align, seed: int, dtype: torch
     ref = pooler({str(i): f.float() for i, f in enumerate(feats)}, list(rois.unbind(0)), [(512, 768)] * 2)
     assert out.dtype == dtype
     err = (out.float().reshape(ref.shape) - ref).abs().max().item()
-    assert err <= (1e-2 if dtype == torch.float16 else 1e-5), err
+    assert err <= (1e-2 if dtype == torch.float16 else TORCHVISION_CUDA_TOL), err
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -52,7 +56,7 @@ def test_single_level_matches_torchvision_cuda(roi_align, aligned: bool, ratio: 
     out = roi_align.cuda(feats[:1], rois, output_size=7, spatial_scales=P2_P5[:1], sampling_ratio=ratio,
                          aligned=aligned)  # fmt: skip
     ref = torchvision.ops.roi_align(feats[0], list(rois.unbind(0)), 7, 0.25, ratio, aligned)
-    assert (out.reshape(ref.shape) - ref).abs().max().item() <= 1e-5
+    assert (out.reshape(ref.shape) - ref).abs().max().item() <= TORCHVISION_CUDA_TOL
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -67,6 +71,22 @@ def test_cuda_matches_host_build_including_non_finite_rois(roi_align, dtype: tor
         torch.cuda.synchronize()
         assert (out.cpu().float() - host.float()).abs().max().item() <= (1e-2 if dtype == torch.float16 else 1e-5)
         assert torch.equal(out[0, :2].float().cpu(), torch.zeros_like(out[0, :2].float().cpu()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("size", "ratio", "aligned"), [(7, 2, False), (14, 2, True), ((5, 3), 0, False), (7, 1, True),
+                                                      (7, 3, False), (28, 0, True)])  # fmt: skip
+def test_cuda_equals_host_build_bit_for_bit(roi_align, dtype: torch.dtype, size, ratio: int, aligned: bool) -> None:
+    """Both builds evaluate the same expressions (roi_align_core.h): identical bits, fp32 and fp16, for the table path
+    (grid 2 in registers, other grids from shared memory) and the per-output path (adaptive grids on huge RoIs)."""
+    feats, rois = _case(30 + ratio, rois=96, channels=67, dtype=dtype)
+    rois[1, :8] = torch.tensor([-2000.0, -2000.0, 4000.0, 3000.0], device="cuda")  # adaptive grid beyond the tables
+    out = roi_align.cuda(feats, rois, output_size=size, spatial_scales=P2_P5, sampling_ratio=ratio, aligned=aligned)
+    host = roi_align.cpu([f.cpu() for f in feats], rois.cpu(), output_size=size, spatial_scales=P2_P5,
+                         sampling_ratio=ratio, aligned=aligned)  # fmt: skip
+    torch.cuda.synchronize()
+    bits = torch.int16 if dtype == torch.float16 else torch.int32
+    assert torch.equal(out.cpu().view(bits), host.view(bits))
 
 
 def test_empty_inputs(roi_align) -> None:
@@ -131,4 +151,4 @@ def test_tensorrt_engine_matches_torchvision(roi_align, fp16: bool) -> None:
     pooler = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     ref = pooler({str(i): f.float() for i, f in enumerate(feats)}, list(rois.unbind(0)), [(512, 768)] * 2)
     err = (out.float().reshape(ref.shape) - ref).abs().max().item()
-    assert err <= (1e-2 if fp16 else 1e-5), err
+    assert err <= (1e-2 if fp16 else TORCHVISION_CUDA_TOL), err
