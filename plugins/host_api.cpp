@@ -107,12 +107,15 @@ void parallelFor(int64_t n, int64_t minChunk, Fn fn)
     }
 }
 
+/// MultiLevelRoIAlign over the RoIs [first, last): per RoI, the taps of its sample rows and columns are computed once
+/// (the CUDA kernel's tables) and every channel only loads and weighs them - binValue's arithmetic, in its order.
 template <typename T>
-void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t batch, int64_t numRois,
-    int64_t channels, T* out)
+void roiAlignRois(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t numRois, int64_t channels,
+    T* out, int64_t first, int64_t last)
 {
     int64_t const bins = static_cast<int64_t>(p.outHeight) * p.outWidth;
-    parallelFor(batch * numRois, 8, [&](int64_t first, int64_t last) {
+    std::vector<ra::AxisTap> ys;
+    std::vector<ra::AxisTap> xs;
     for (int64_t roi = first; roi < last; ++roi)
     {
         int64_t const b = roi / numRois;
@@ -128,19 +131,54 @@ void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const&
         }
         int64_t const h = levels.height[g.level];
         int64_t const w = levels.width[g.level];
+        ys.resize(static_cast<size_t>(p.outHeight) * g.gridH);
+        xs.resize(static_cast<size_t>(p.outWidth) * g.gridW);
+        for (int ph = 0; ph < p.outHeight; ++ph)
+        {
+            for (int iy = 0; iy < g.gridH; ++iy)
+            {
+                ys[static_cast<size_t>(ph) * g.gridH + iy] = ra::axisTap(ra::sampleY(g, ph, iy), h);
+            }
+        }
+        for (int pw = 0; pw < p.outWidth; ++pw)
+        {
+            for (int ix = 0; ix < g.gridW; ++ix)
+            {
+                xs[static_cast<size_t>(pw) * g.gridW + ix] = ra::axisTap(ra::sampleX(g, pw, ix), w);
+            }
+        }
         T const* base = static_cast<T const*>(levels.data[g.level]);
         for (int64_t c = 0; c < channels; ++c)
         {
             PlaneAt<T> const at{base + (b * channels + c) * h * w, w};
+            T* oc = o + c * bins;
             for (int ph = 0; ph < p.outHeight; ++ph)
             {
+                ra::AxisTap const* rowY = ys.data() + static_cast<size_t>(ph) * g.gridH;
                 for (int pw = 0; pw < p.outWidth; ++pw)
                 {
-                    store(o + c * bins + ph * p.outWidth + pw, ra::binValue(at, h, w, g, ph, pw));
+                    ra::AxisTap const* rowX = xs.data() + static_cast<size_t>(pw) * g.gridW;
+                    float acc = 0.f;
+                    for (int iy = 0; iy < g.gridH; ++iy)
+                    {
+                        for (int ix = 0; ix < g.gridW; ++ix)
+                        {
+                            acc += ra::interpolate(at, rowY[iy], rowX[ix]);
+                        }
+                    }
+                    store(oc + ph * p.outWidth + pw, acc / g.count);
                 }
             }
         }
     }
+}
+
+template <typename T>
+void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t batch, int64_t numRois,
+    int64_t channels, T* out)
+{
+    parallelFor(batch * numRois, 8, [&](int64_t first, int64_t last) {
+        roiAlignRois(rois, levels, p, numRois, channels, out, first, last);
     });
 }
 
