@@ -40,6 +40,30 @@ QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "Resize")
 NETWORKS = ("/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/")
 
 
+def inline_shared_constants(model: onnx.ModelProto) -> int:
+    """Give every consumer of a shared initializer its own copy: torch.onnx stores equal tensors once and feeds the
+    others through Identity nodes (the zero biases of a freshly initialised FPN, RPN and mask head, for example).
+    ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into one int8 QLinearConv only when the bias is an
+    initializer, so behind an Identity a convolution stays fp32 between a dequantize and a quantize. Returns how many
+    Identity nodes were replaced."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    keep, added = [], []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            added.append(copy)
+        else:
+            keep.append(node)
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.initializer.extend(added)
+    return len(added)
+
+
 def network_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the quantizable nodes inside the networks."""
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name.startswith(NETWORKS)]
@@ -97,8 +121,13 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
         try:
-            nodes = network_nodes(onnx.load(str(source), load_external_data=False))
-            quantize_static(str(source), str(target), _Images(files, info, progress), quant_format=QuantFormat.QDQ,
+            model = onnx.load(str(source))
+            inline_shared_constants(model)
+            prepared = staging / "model.fp32-for-int8.onnx"
+            onnx.save(model, str(prepared))
+            nodes = network_nodes(model)
+            del model
+            quantize_static(str(prepared), str(target), _Images(files, info, progress), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method])
@@ -108,6 +137,7 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
             raise MaskrtError(f"{source}: quantization failed ({str(exc).splitlines()[0]})") from None
         finally:
             root.setLevel(level)
+            (staging / "model.fp32-for-int8.onnx").unlink(missing_ok=True)
         onnx.checker.check_model(onnx.load(str(target)), full_check=True)
         graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
                                                             check_graph(target, "portable"))}
