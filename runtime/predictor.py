@@ -47,7 +47,7 @@ class Predictor:
     @classmethod
     def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
-                    threads: int | None = None, device: str = "cpu", spinning: bool = True) -> Predictor:
+                    threads: int | None = None, device: str = "cpu", spinning: bool = False) -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas (`threads`,
         `device` and `spinning`: OnnxRuntimeBackend's)."""
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
