@@ -6,16 +6,23 @@ ONNX Runtime's quantization tools calibrate model.onnx on images pre-processed e
 QuantizeLinear/DequantizeLinear pairs (the QDQ form TensorRT also consumes for INT8) around the convolutions and
 matrix products and the ops between them, inside the networks only: backbone, FPN, RPN head, box and mask heads
 (weights int8 per channel, activations uint8 per tensor - the fast form on x86 VNNI). Everything else stays fp32 -
-anchors and box decoding, top-k, sigmoid/softmax, NMS, RoIAlign and its level mapping, clipping - because only the
-networks' nodes (by their module path) are quantized. The result is a new export folder: the input
-folder's graphs plus model.int8.onnx (graph `portable_int8`) and the calibration record in export.json. Whether it
-ships is `maskrt parity --graph portable_int8`'s call (INT8 gate: |dAP| <= 1.0).
+the output layers (box predictor: class scores and box deltas; mask predictor), anchors and box decoding, top-k,
+sigmoid/softmax, NMS, RoIAlign and its level mapping, clipping - because only the networks' nodes (by their module
+path) are quantized. Before calibration, initializers that torch.onnx shares through Identity nodes are given to each
+consumer (`inline_shared_constants`), so that ONNX Runtime fuses every quantized convolution into an int8 kernel.
+The result is a new export folder: the input folder's graphs plus model.int8.onnx (graph `portable_int8`) and the
+calibration record in export.json. Whether it ships is `maskrt parity --graph portable_int8`'s call (INT8 gate:
+|dAP| <= 1.0).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +43,9 @@ METHODS = ("minmax", "entropy", "percentile")
 #: Add, Relu, max-pooling, FPN upsampling) so that activations stay int8 from one convolution to the next.
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "Resize")
 #: The networks, by the module path the exporter writes into node names; decoding, NMS, RoIAlign, level mapping and
-#: the rest of the graph are never quantized.
-NETWORKS = ("/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/")
+#: the rest of the graph are never quantized. The output layers (box_predictor, mask_predictor) stay fp32: they are
+#: small, and their rounding goes straight into the scores and masks.
+NETWORKS = ("/backbone/", "/rpn_head/", "/box_head/", "/mask_head/")
 
 
 def inline_shared_constants(model: onnx.ModelProto) -> int:
@@ -89,6 +97,28 @@ class _Images:
         return {"images": batch.numpy(), "image_sizes": sizes.numpy()}
 
 
+@contextmanager
+def _flat_histograms() -> Iterator[None]:
+    """ONNX Runtime's histogram calibrators (entropy, percentile) stack each tensor's per-image values with
+    np.asarray, which fails for a tensor whose shape depends on the image (the mask head's activations: one row per
+    detection). The collectors flatten the stack anyway, so concatenating the flattened values first gives the same
+    histograms."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    original = HistogramCollector.collect
+
+    def collect(self, name_to_arr: dict) -> object:  # noqa: ANN001
+        flat = {name: np.concatenate([np.asarray(a).ravel() for a in values]) if isinstance(values, list) and values
+                else values for name, values in name_to_arr.items()}  # fmt: skip
+        return original(self, flat)
+
+    HistogramCollector.collect = collect
+    try:
+        yield
+    finally:
+        HistogramCollector.collect = original
+
+
 def calibration_files(folder: str | Path, count: int) -> list[Path]:
     """The first `count` images of a folder, sorted by name."""
     files = image_folder(folder, "calibration images")
@@ -127,10 +157,11 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
             onnx.save(model, str(prepared))
             nodes = network_nodes(model)
             del model
-            quantize_static(str(prepared), str(target), _Images(files, info, progress), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method])
+            with _flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
+                quantize_static(str(prepared), str(target), _Images(files, info, progress),
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+                                nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=methods[method])
         except MaskrtError:
             raise
         except Exception as exc:  # onnxruntime's quantizer raises its own exception types

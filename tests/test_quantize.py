@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from conftest import random_checkpoint
 from onnx import TensorProto, helper
 from PIL import Image
@@ -61,3 +62,19 @@ def test_inline_shared_constants_keeps_the_values() -> None:
     assert {t.name for t in model.graph.initializer} == {"bias", "bias_copy"}
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.array_equal(before[0], after[0]) and np.array_equal(after[0], [2.0, 0.0])
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibrations_take_image_dependent_shapes(tmp_path: Path, method: str) -> None:
+    """The mask head's activations have one row per detection, so their shapes differ between calibration images;
+    ONNX Runtime's histogram collectors stack them with np.asarray, which raised before `_flat_histograms`."""
+    ckpt = random_checkpoint(tmp_path / "slim.pt", "slim", num_classes=3, seed=2)
+    export_checkpoint(ckpt, tmp_path / "export")
+    images = tmp_path / "calibration"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(96, 128), (128, 96), (64, 64)]):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(images / f"{i}.png")
+    info = quantize_export(tmp_path / "export", images, tmp_path / "int8", images=3, method=method, progress=False)
+    assert info.quantization["method"] == method
+    assert (tmp_path / "int8" / "model.int8.onnx").is_file()
