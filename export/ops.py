@@ -3,7 +3,7 @@
 - `portable` (model.onnx): standard ONNX only. RoIAlign pools each RoI once, at the level the FPN level mapping
   chooses (NonZero per level, ONNX RoiAlign-16, one Concat and one Gather back to box order); NMS is ONNX
   NonMaxSuppression (per-group classes when there are few groups, torchvision's coordinate-offset trick otherwise),
-  re-sorted by score and scattered into a fixed [B, K] index table.
+  its output (merged by score across classes when there are several) scattered into a fixed [B, K] index table.
 - `trt` (model.trt.onnx): one `maskrt::MultiLevelRoIAlign` and one `maskrt::BatchedNMS` node per site,
   the plugin ops of plugins/ (docs/architecture.md section 5, docs/plugins.md).
 
@@ -161,14 +161,18 @@ class _OnnxNMS(torch.autograd.Function):
                     const(iou_threshold, torch.float32), const(score_threshold, torch.float32))
 
 
-def _table_from_selected(selected: Tensor, scores: Tensor, width: int) -> Tensor:
-    """ONNX NMS output [n, 3] -> [B, width] int64 indices sorted by descending score, -1 padded."""
+def _table_from_selected(selected: Tensor, scores: Tensor, width: int, one_class: bool) -> Tensor:
+    """ONNX NMS output [n, 3] -> [B, width] int64 indices sorted by descending score, -1 padded.
+
+    With one class the output is already in that order (per batch, the kept boxes by descending score, as ONNX
+    Runtime and TensorRT's NMS layer emit them); with several classes it is grouped by class and merged here."""
     b_idx, box_idx = selected[:, 0], selected[:, 2]
-    s = scores[b_idx, box_idx]
-    # sort by (batch ascending, score descending); scores of kept boxes are > threshold >= -1
-    key = b_idx.to(s.dtype) * 4.0 - s.clamp(min=-1.0, max=2.0)
-    order = torch.topk(-key, key.shape[0]).indices  # ascending key; ties keep ONNX NMS's order
-    b_idx, box_idx = b_idx[order], box_idx[order]
+    if not one_class:
+        s = scores[b_idx, box_idx]
+        # sort by (batch ascending, score descending); scores of kept boxes are > threshold >= -1
+        key = b_idx.to(s.dtype) * 4.0 - s.clamp(min=-1.0, max=2.0)
+        order = torch.topk(-key, key.shape[0]).indices  # ascending key; ties keep ONNX NMS's order
+        b_idx, box_idx = b_idx[order], box_idx[order]
     rows = torch.arange(scores.shape[0], dtype=torch.int64)  # traced from the shape: dynamic batch works
     per_batch = (b_idx[None, :] == rows[:, None]).sum(1)
     starts = torch.cumsum(per_batch, 0) - per_batch
@@ -194,13 +198,14 @@ def nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, num_groups: int, iou_t
         onehot = torch.nn.functional.one_hot(groups, num_groups).permute(0, 2, 1).to(torch.bool)
         grouped = torch.where(onehot, scores[:, None, :], torch.full_like(scores[:, None, :], -math.inf))
         selected = _OnnxNMS.apply(boxes, grouped, max_output_boxes, iou_threshold, score_threshold)
+        return _table_from_selected(selected, scores, max_output_boxes, one_class=num_groups == 1)
     else:  # torchvision's coordinate trick: offset each group so that groups never overlap
         valid = scores > score_threshold
         max_coord = torch.where(valid[..., None], boxes, torch.zeros_like(boxes)).amax(dim=(1, 2), keepdim=True)
         offsets = groups.to(boxes.dtype)[..., None] * (max_coord + 1)
         selected = _OnnxNMS.apply(boxes + offsets, scores[:, None, :], max_output_boxes, iou_threshold,
                                   score_threshold)
-    return _table_from_selected(selected, scores, max_output_boxes)
+    return _table_from_selected(selected, scores, max_output_boxes, one_class=True)
 
 
 def multi_level_roi_align(rois: Tensor, features: list[Tensor], spec: RoIAlignSpec, *, flavor: str) -> Tensor:
