@@ -134,6 +134,14 @@ def register_ops() -> None:
     _registered = True
 
 
+def _has_config(options: ort.SessionOptions, key: str) -> bool:
+    try:
+        options.get_session_config_entry(key)
+    except RuntimeError:  # onnxruntime raises for a key that is not set
+        return False
+    return True
+
+
 def trt_graph_session(path: str | Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An onnxruntime InferenceSession running model.trt.onnx with the plugin ops' host build."""
     register_ops()
@@ -141,6 +149,7 @@ def trt_graph_session(path: str | Path, options: ort.SessionOptions | None = Non
     so = options or ort.SessionOptions()
     # The plugin ops run on their own threads (maskrt.plugins.set_host_threads) while ONNX Runtime's workers wait;
     # spinning workers would take their cores (r50-fpn at 800x800 on 2 cores: 1293 -> 1111 ms without spinning).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not _has_config(so, "session.intra_op.allow_spinning"):
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.register_custom_ops_library(get_library_path())
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
