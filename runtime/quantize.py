@@ -22,7 +22,6 @@ import io
 import logging
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,7 +96,7 @@ class _Images:
         return {"images": batch.numpy(), "image_sizes": sizes.numpy()}
 
 
-@contextmanager
+@contextlib.contextmanager
 def _flat_histograms() -> Iterator[None]:
     """ONNX Runtime's histogram calibrators (entropy, percentile) stack each tensor's per-image values with
     np.asarray, which fails for a tensor whose shape depends on the image (the mask head's activations: one row per
