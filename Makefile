@@ -7,12 +7,27 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_SOURCES := $(shell find plugins -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name 'CMakeLists.txt' -o -name '*.cmake')
 
-.PHONY: demo test test-fast lint plugin wheel clean
+# `maskrt serve` runs in its own venv: PyTriton pins numpy < 2, and its Triton python backend needs a Python built with
+# a shared libpython (Debian's own python3.11 is; the pyenv one first on PATH is not).
+SERVE_PYTHON ?= /usr/bin/python3.11
+SERVE_VENV   := .venv-serve
+SERVE_STAMP  := $(SERVE_VENV)/.installed
+
+.PHONY: demo test test-fast lint plugin wheel clean serve-env
 
 $(STAMP): pyproject.toml $(PLUGIN_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+# After $(STAMP): both editable installs build the plugins in build/, one at a time.
+$(SERVE_STAMP): pyproject.toml $(PLUGIN_SOURCES) $(STAMP)
+	@test -x $(SERVE_PYTHON) || { echo "error: $(SERVE_PYTHON) not found: set SERVE_PYTHON to a Python >= 3.11 with a shared libpython"; exit 2; }
+	@test -x $(SERVE_VENV)/bin/python || $(SERVE_PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+	@touch $@
+
+serve-env: $(SERVE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/maskrt demo
@@ -24,8 +39,9 @@ lint: $(STAMP)
 plugin: $(STAMP)
 	@$(BIN)/python -c "import maskrt.plugins as p; print('host library:', p.host_library_path()); print('plugin build:', p.build_info())"
 
-test: $(STAMP) lint plugin
-	$(BIN)/pytest
+# The serving tests (tests/test_serve.py) start `maskrt serve` from the serving venv.
+test: $(STAMP) $(SERVE_STAMP) lint plugin
+	MASKRT_SERVE_PYTHON=$(CURDIR)/$(SERVE_VENV)/bin/python $(BIN)/pytest
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow" -q

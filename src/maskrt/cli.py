@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -49,6 +50,8 @@ _unit_float = _checked(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")  # NaN fai
 _canvas_side = _checked(int, lambda v: v % 32 == 0 and 32 <= v <= MAX_CANVAS_SIDE,
                         f"a multiple of 32 in [32, {MAX_CANVAS_SIDE}]")
 _export_batch = _checked(int, lambda v: 1 <= v <= MAX_EXPORT_BATCH, f"in [1, {MAX_EXPORT_BATCH}]")
+_port = _checked(int, lambda v: 1 <= v <= 65535, "a port in 1..65535")
+_model_name = _checked(str, lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", v)), "letters, digits, '.', '_', '-'")
 _opset = _checked(int, lambda v: MIN_OPSET <= v <= MAX_OPSET, f"in [{MIN_OPSET}, {MAX_OPSET}]")
 
 
@@ -297,8 +300,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for out in (args.json, args.markdown):
         if out:
             check_output_file(out, force=args.force)
+    if args.compare and args.server:
+        raise MaskrtError("--compare and --server are separate benchmarks: choose one")
     if args.compare:
         return _bench_compare(args)
+    if args.server:
+        return _bench_server(args)
+    if args.concurrency != 1:
+        raise MaskrtError("--concurrency belongs to --server")
     if not args.model:
         raise MaskrtError("bench needs --model (or --compare with --checkpoint or --random)")
     for option, value in (("--random", args.random), ("--work", args.work), ("--markdown", args.markdown),
@@ -316,6 +325,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        threads=args.threads, progress=not args.quiet)
     result["model"] = str(args.model)
     print(format_bench(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_server(args: argparse.Namespace) -> int:
+    """`maskrt bench --server URL`: through a served model, and in process beside it when --model is given."""
+    from maskrt.core.images import decode_rgb, image_folder
+    from maskrt.runtime.bench import run_bench, synthetic_images
+    from maskrt.serving.bench_server import encode_png, format_server_bench, run_server_bench
+
+    for option, value in (("--random", args.random), ("--work", args.work), ("--markdown", args.markdown),
+                          ("--calibration", args.calibration), ("--int8", args.int8)):
+        if value:
+            raise MaskrtError(f"{option} belongs to --compare")
+    if args.images and args.size:
+        raise MaskrtError("--size sets the random input images; with --images the images' own sizes are used")
+    if args.images:
+        files = image_folder(args.images)
+        blobs = [f.read_bytes() for f in files]
+        arrays = [decode_rgb(b, str(f)) for b, f in zip(blobs, files, strict=True)]
+    else:
+        side = args.size or 0
+        arrays = synthetic_images(args.batch, *((side, side) if side else ()))
+        blobs = [encode_png(a) for a in arrays]
+    result = run_server_bench(args.server, blobs, model=args.server_model, batch=args.batch, warmup=args.warmup,
+                              iters=args.iters, concurrency=args.concurrency)
+    local = None
+    if args.model:
+        predictor = _predictor_for_model(args)
+        try:
+            local = run_bench(predictor, arrays, batch=args.batch, warmup=args.warmup, iters=args.iters,
+                              threads=args.threads, progress=not args.quiet)
+        finally:
+            predictor.close()
+        result["in_process"] = local
+    print(format_server_bench(result, local))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -365,6 +412,41 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     q = info.quantization
     print(f"wrote {args.out}: model.int8.onnx (INT8 QDQ, {q['method']} calibration on {q['images']} images) beside "
           f"a copy of {args.model}; check it with `maskrt parity --graph portable_int8 --model {args.out}`")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from maskrt.serving.server import ServeOptions, pytriton_available, serve
+
+    pytriton_available()  # before loading the model: say how to install it first
+    port = args.port
+    grpc_port = args.grpc_port or port + 1
+    metrics_port = args.metrics_port or port + 2
+    if len({port, grpc_port, metrics_port}) != 3:
+        raise MaskrtError(f"HTTP, gRPC and metrics need three different ports, got {port}, {grpc_port}, "
+                          f"{metrics_port}")
+    for p in (grpc_port, metrics_port):
+        if not 1 <= p <= 65535:
+            raise MaskrtError(f"port {p} is outside 1..65535 (--port {port} puts gRPC and metrics at +1, +2)")
+    options = ServeOptions(host=args.host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           model_name=args.name, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+                           max_pixels=int(args.max_megapixels * 1e6), verbose=args.verbose)
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C stops the server even where SIGINT came in ignored (a `&` job)
+    predictor = _predictor_for_model(args)
+    urls = options.urls()
+
+    def ready() -> None:
+        print(f"serving {args.model} as model '{args.name}' ({predictor.backend.name}) with Triton Inference Server: "
+              f"HTTP {urls['http']}, gRPC {urls['grpc']}, metrics {urls['metrics']}; dynamic batching up to "
+              f"{args.max_batch} images; Ctrl-C stops", flush=True)
+
+    try:
+        serve(predictor, options, on_ready=ready)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        predictor.close()
+    print("stopped", flush=True)
     return 0
 
 
@@ -555,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     bld.set_defaults(func=cmd_build)
 
     bench = add("bench", "latency (p50/p90/p99) and images/s of a backend, end to end and per stage; --compare: "
-                "torchvision eager, torchvision's ONNX export and our graphs side by side")
+                "torchvision eager, torchvision's ONNX export and our graphs side by side; --server: through a "
+                "served model")
     add_model(bench, required=False)
     bench.add_argument("--images", help="folder of images (default: seeded random images, 640x480 or --size)")
     bench.add_argument("--size", type=_image_side, help="side of the seeded random square image(s) used without "
@@ -565,6 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=_positive_int, default=20, help="timed runs (default 20)")
     add_threads(bench)
     bench.add_argument("--json", help="also write the result (with machine and versions) to this JSON file")
+    srv_group = bench.add_argument_group(
+        "--server", "through a served model (`maskrt serve`, or Triton on a `maskrt triton` repository): each request "
+        "carries --batch encoded images; with --model the same images also run in process, and the difference is the "
+        "cost of serving")
+    srv_group.add_argument("--server", metavar="URL", help="http://HOST:PORT or grpc://HOST:PORT")
+    srv_group.add_argument("--server-model", default="maskrt", help="the served model's name (default maskrt)")
+    srv_group.add_argument("--concurrency", type=_positive_int, default=1,
+                           help="client threads sending requests at once (default 1)")
     cmp = bench.add_argument_group(
         "--compare", "eager model(images), torchvision's own ONNX export on ONNX Runtime, model.onnx, model.trt.onnx "
         "(host plugins) and model.int8.onnx, each end to end, runs alternated, plus the network parts alone; "
@@ -592,6 +683,28 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx added")
     quant.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     quant.set_defaults(func=cmd_quantize)
+
+    srv = add("serve", "serve a model with a real Triton Inference Server (PyTriton) on this machine: HTTP, gRPC, "
+              "health, metrics, dynamic batching; images in, COCO results out (Ctrl-C stops)")
+    add_model(srv)
+    srv.add_argument("--score-threshold", type=_unit_float, default=0.5,
+                     help="drop detections below, in [0, 1] (default 0.5, as predict)")
+    add_threads(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                     "only; 0.0.0.0 for every interface)")
+    srv.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000); gRPC and metrics default "
+                     "to PORT+1 and PORT+2")
+    srv.add_argument("--grpc-port", type=_port, help="gRPC port (default PORT+1)")
+    srv.add_argument("--metrics-port", type=_port, help="Prometheus metrics port (default PORT+2)")
+    srv.add_argument("--name", default="maskrt", type=_model_name, help="model name clients ask for (default maskrt)")
+    srv.add_argument("--max-batch", type=_positive_int, default=8,
+                     help="largest dynamic batch and request, in images (default 8; 1 = no batching)")
+    srv.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
+                     help="how long the dynamic batcher waits to fill a batch, microseconds (default 2000)")
+    srv.add_argument("--max-megapixels", type=_positive_float, default=40.0,
+                     help="refuse larger images before decoding them (default 40)")
+    srv.add_argument("--verbose", action="store_true", help="Triton's and PyTriton's logs")
+    srv.set_defaults(func=cmd_serve)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

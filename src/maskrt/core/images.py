@@ -5,6 +5,7 @@
   before they are decoded, as are paths that are not regular files (folders, FIFOs, devices).
 """
 
+import io
 import os
 from pathlib import Path
 
@@ -59,12 +60,24 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise MaskrtError(f"{path}: image file not found")
     if not path.is_file():
         raise MaskrtError(f"{path}: not a regular file")
-    limit = max_image_pixels()
+    return _decode(path, str(path), max_image_pixels())
+
+
+def decode_rgb(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """`load_rgb` of encoded image bytes (a request body, e.g. PNG or JPEG); `name` is what errors call it and
+    `max_pixels` the limit (default: `max_image_pixels()`), checked from the header before decoding."""
+    if not data:
+        raise MaskrtError(f"{name}: empty (no image bytes)")
+    return _decode(io.BytesIO(data), name, max_image_pixels() if max_pixels is None else max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, limit: int) -> np.ndarray:
+    """Decode an image file or stream to HxWx3 uint8 RGB (see `load_rgb`)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
             if w * h > limit:
-                raise MaskrtError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the limit of "
+                raise MaskrtError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the limit of "
                                   f"{limit / 1e6:g} (set MASKRT_MAX_IMAGE_PIXELS to raise it)")
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -75,7 +88,10 @@ def load_rgb(path: str | Path) -> np.ndarray:
                 arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise MaskrtError(f"{path}: cannot read image ({exc})") from None
+    except UnidentifiedImageError as exc:
+        reason = exc if isinstance(source, Path) else "not an image file: no format PIL reads"
+        raise MaskrtError(f"{name}: cannot read image ({reason})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise MaskrtError(f"{name}: cannot read image ({exc})") from None
     except MemoryError:
-        raise MaskrtError(f"{path}: not enough memory to decode it") from None
+        raise MaskrtError(f"{name}: not enough memory to decode it") from None

@@ -1,0 +1,316 @@
+"""`maskrt serve`: a real Triton Inference Server (PyTriton) on loopback, driven by tritonclient.
+
+The server runs from the serving venv (.venv-serve, made by `make test`; PyTriton pins numpy < 2 and needs a Python
+with a shared libpython), the client and `maskrt predict` from this one. One server serves the whole module; the
+last test stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "maskrt.cli"]
+THRESHOLD = "0.1"
+
+
+def serve_python() -> Path:
+    """The serving venv's python: MASKRT_SERVE_PYTHON, else REPO/.venv-serve. `make test` sets the variable, so
+    there a missing venv fails; a plain `pytest` without one skips with the reason."""
+    configured = os.environ.get("MASKRT_SERVE_PYTHON")
+    path = Path(configured) if configured else REPO / ".venv-serve" / "bin" / "python"
+    if not path.exists():
+        if configured:
+            pytest.fail(f"MASKRT_SERVE_PYTHON={configured} does not exist (make serve-env makes it)")
+        pytest.skip("no serving venv: `make serve-env` makes .venv-serve (PyTriton), `make test` does it itself")
+    return path
+
+
+def free_ports(count: int) -> int:
+    """A port P with P..P+count-1 all free on loopback."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def rss_mib(pids: list[int]) -> float:
+    """Resident memory of processes, MiB."""
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid all-black RGB PNG of width x height, built row by row (never the whole image in memory)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp, row, parts = zlib.compressobj(9), b"\x00" * (1 + 3 * width), []
+    for _ in range(height):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+class Server:
+    """A `maskrt serve` process and how to reach it."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, lines: list[str]) -> None:
+        self.proc, self.port, self.lines = proc, port, lines
+        self.http, self.grpc = f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port + 1}"
+        self.metrics = f"http://127.0.0.1:{port + 2}/metrics"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A random-init slim model (100 detections per image) exported with a dynamic batch, three images of different
+    sizes and formats, and `maskrt serve` on it."""
+    from maskrt.runtime.bench_compare import random_checkpoint
+
+    python = serve_python()
+    root = tmp_path_factory.mktemp("serve")
+    ckpt = random_checkpoint(root / "ckpt.pt", "slim")
+    export = root / "export"
+    subprocess.run([*CLI, "export", "--checkpoint", str(ckpt), "--out", str(export), "--dynamic-batch"],
+                   check=True, capture_output=True)
+    images = root / "images"
+    images.mkdir()
+    gen = np.random.default_rng(0)
+    for name, (h, w) in (("a.png", (120, 160)), ("b.jpg", (96, 96)), ("c.png", (200, 100))):
+        Image.fromarray(gen.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / name)
+    port = free_ports(3)
+    proc = subprocess.Popen([str(python), "-m", "maskrt.cli", "serve", "--model", str(export), "--port", str(port),
+                             "--score-threshold", THRESHOLD, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("serving "):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 180
+    while not ready.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not ready.is_set():
+        proc.kill()
+        pytest.fail("maskrt serve did not come up:\n" + "".join(lines[-40:]))
+    server = Server(proc, port, lines)
+    server.root, server.export, server.images = root, export, images  # type: ignore[attr-defined]
+    yield server
+    if proc.poll() is None:  # the shutdown test did not run or failed: leave nothing behind
+        pids = tree(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+        proc.wait(30)
+
+
+def client(url: str):  # noqa: ANN201
+    from maskrt.serving.client import Client
+
+    return Client(url)
+
+
+def predict_results(server: Server, tmp_path: Path) -> dict[str, list[dict]]:
+    """`maskrt predict` on the served export and images: results per image name, without the file fields."""
+    out = tmp_path / "pred"
+    subprocess.run([*CLI, "predict", "--model", str(server.export), "--score-threshold", THRESHOLD, "--out", str(out),
+                    "-q", str(server.images)], check=True, capture_output=True)
+    per: dict[str, list[dict]] = {}
+    for r in json.loads((out / "results.json").read_text()):
+        name = Path(r.pop("file_name")).name
+        for key in ("image_id", "overlay"):
+            r.pop(key)
+        per.setdefault(name, []).append(r)
+    return per
+
+
+def test_one_request_equals_predict(served: Server, tmp_path: Path) -> None:
+    expected = predict_results(served, tmp_path)
+    files = sorted(served.images.iterdir())
+    assert all(expected.get(f.name) for f in files), "the model detects on every test image"
+    for url in (served.http, served.grpc):
+        with client(url) as c:
+            assert c.ready()
+            for f in files:
+                got = c.detect([f.read_bytes()])[0]
+                assert got == expected[f.name], f"{url} {f.name}: differs from maskrt predict"
+            # one request holding all three images (different sizes) answers each as alone
+            assert c.detect([f.read_bytes() for f in files]) == [expected[f.name] for f in files]
+
+
+def test_load_200_requests_concurrency_8(served: Server, tmp_path: Path) -> None:
+    expected = predict_results(served, tmp_path)
+    files = sorted(served.images.iterdir())
+    blobs = [f.read_bytes() for f in files]
+    server_pids = tree(served.proc.pid)
+    assert len(server_pids) >= 3, f"maskrt serve, tritonserver and the python backend stub: {server_pids}"
+    local = threading.local()
+
+    def one(i: int) -> tuple[int, float, list[dict]]:
+        if not hasattr(local, "client"):
+            local.client = client(served.http if i % 2 == 0 else served.grpc)
+        t0 = time.perf_counter()
+        got = local.client.detect([blobs[i % len(blobs)]])[0]
+        return i, time.perf_counter() - t0, got
+
+    with ThreadPoolExecutor(8) as pool:  # warm-up: the same traffic, so the batch sizes the load will see
+        list(pool.map(one, range(48)))
+    warm = rss_mib(tree(served.proc.pid))
+    print("\n", {p: round(rss_mib([p])) for p in tree(served.proc.pid)})
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(one, range(200)))
+    wall = time.perf_counter() - t0
+    after = rss_mib(tree(served.proc.pid))
+    print({p: round(rss_mib([p])) for p in tree(served.proc.pid)})
+    wrong = [i for i, _, got in done if got != expected[files[i % len(files)].name]]
+    assert not wrong, f"{len(wrong)} of 200 responses differ from maskrt predict (requests {wrong[:10]})"
+    ms = np.array([t for _, t, _ in done]) * 1e3
+    print(f"\nserve load: 200 requests, concurrency 8, HTTP+gRPC: p50 {np.percentile(ms, 50):.1f} ms, p99 "
+          f"{np.percentile(ms, 99):.1f} ms, {200 / wall:.1f} requests/s; server memory {warm:.0f} MiB after warm-up, "
+          f"{after:.0f} MiB after the load ({(after / warm - 1) * 100:+.1f}%)")
+    assert after <= warm * 1.10, f"server memory grew from {warm:.0f} to {after:.0f} MiB under load"
+
+
+def _infer_raw(url: str, array: np.ndarray, dtype: str) -> None:
+    """Send `array` as the image input with Triton type `dtype`, bypassing the client's own checks."""
+    c = client(url)
+    try:
+        tensor = c._lib.InferInput("image", list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        c.infer_raw([tensor])
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("url_kind", ["http", "grpc"])
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(served: Server, url_kind: str) -> None:
+    from maskrt.serving.client import ServerError
+
+    url = served.http if url_kind == "http" else served.grpc
+    good = sorted(served.images.iterdir())[0].read_bytes()
+    cases = {
+        "wrong dtype (UINT8 pixels, not encoded bytes)": (np.zeros((1, 1), np.uint8), "UINT8", "data-type"),
+        "wrong shape [1, 2]": (np.array([[good, good]], dtype=np.object_), "BYTES", "shape"),
+        "non-image bytes": (np.array([[b"this is not an image"]], dtype=np.object_), "BYTES", "not an image"),
+        "empty image bytes": (np.array([[b""]], dtype=np.object_), "BYTES", "empty"),
+        "empty batch": (np.zeros((0, 1), dtype=np.object_), "BYTES", ""),
+        "20000x20000 image": (np.array([[huge_png(20000, 20000)]], dtype=np.object_), "BYTES", "megapixels"),
+    }
+    with client(url) as c:
+        for what, (array, dtype, fragment) in cases.items():
+            with pytest.raises(ServerError) as err:
+                _infer_raw(url, array, dtype)
+            print(f"{url_kind} {what}: {err.value}")
+            assert fragment.lower() in str(err.value).lower(), f"{what}: {err.value}"
+            assert "Traceback" not in str(err.value) and "\n" not in str(err.value), f"{what}: one line: {err.value}"
+            assert c.detect([good])[0], f"the server stopped serving after: {what}"
+    assert served.proc.poll() is None
+
+
+def test_health_and_metrics(served: Server) -> None:
+    import urllib.request
+
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/maskrt/ready"):
+        with urllib.request.urlopen(served.http + path, timeout=10) as r:
+            assert r.status == 200, path
+    with urllib.request.urlopen(served.metrics, timeout=10) as r:
+        text = r.read().decode()
+    success = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="maskrt"')]
+    assert success and float(success[0].split()[-1]) >= 1, "Triton counts the requests it served"
+
+
+def test_bench_through_the_server(served: Server) -> None:
+    proc = subprocess.run([*CLI, "bench", "--server", served.http, "--images", str(served.images), "--iters", "6",
+                           "--warmup", "1", "--concurrency", "2", "--model", str(served.export), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "through the server" in proc.stdout and "in process" in proc.stdout, proc.stdout
+    assert "serving overhead" in proc.stdout, proc.stdout
+
+
+def test_shutdown_leaves_no_process(served: Server) -> None:
+    """Last in the module: Ctrl-C (SIGINT) stops Triton, the backend stub and the server process, and frees the
+    ports."""
+    pids = tree(served.proc.pid)
+    os.kill(served.proc.pid, signal.SIGINT)
+    code = served.proc.wait(60)
+    assert code == 0, "".join(served.lines[-30:])
+    assert "stopped" in "".join(served.lines[-3:])
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)], f"processes left behind: {[p for p in pids if alive(p)]}"
+    for port in range(served.port, served.port + 3):
+        with socket.socket() as s:  # free again: a restarted server can listen there (clients' TIME_WAIT aside)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
