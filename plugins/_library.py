@@ -21,6 +21,7 @@ from typing import Any
 from maskrt.plugins.spec import PluginIdentity
 
 PLUGIN_LIBRARY = "libmaskrt_plugins.so"
+TRITON_LIBRARY = "libmaskrt_triton.so"  # registers PLUGIN_LIBRARY's creators where it is only dlopen()ed (Triton)
 HOST_LIBRARY = "libmaskrt_host.so"
 BUILD_INFO = "build-info.json"
 BUILD_HINT = (
@@ -64,6 +65,12 @@ def _find(name: str, env: str) -> Path:
 def library_path() -> Path:
     """The CUDA plugin library (libmaskrt_plugins.so); FileNotFoundError naming how to build it if absent."""
     return _find(PLUGIN_LIBRARY, "MASKRT_PLUGIN_LIBRARY")
+
+
+def triton_library_path() -> Path:
+    """libmaskrt_triton.so, which Triton's tensorrt backend loads (it then registers libmaskrt_plugins.so's creators
+    from its own folder, so the two are kept side by side)."""
+    return _find(TRITON_LIBRARY, "MASKRT_TRITON_LIBRARY")
 
 
 def host_library_path() -> Path:

@@ -1,6 +1,7 @@
-// Entry points of the maskrt plugin library (libmaskrt_plugins.so), found by IPluginRegistry::loadLibrary,
-// `trtexec --dynamicPlugins` and Triton's `--backend-config=tensorrt,plugins=`. The library never calls into the
-// plugin registry itself (no REGISTER_TENSORRT_PLUGIN): TensorRT asks for the creators through getCreators.
+// Entry points of the maskrt plugin library (libmaskrt_plugins.so), found by IPluginRegistry::loadLibrary and
+// `trtexec --dynamicPlugins`. The library never calls into the plugin registry itself (no REGISTER_TENSORRT_PLUGIN):
+// TensorRT asks for the creators through getCreators. Where a library is only dlopen()ed (Triton's
+// `--backend-config=tensorrt,plugins=`), libmaskrt_triton.so registers these creators (triton/triton_register.cpp).
 //
 // To add an op: construct its IPluginCreatorV3One below, next to the others.
 #include <NvInferRuntime.h>

@@ -113,9 +113,10 @@ def pytriton_available() -> None:
                           ".venv-serve/bin/maskrt serve") from None
 
 
-def serve(predictor: Predictor, options: ServeOptions, *, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve `predictor` until interrupted (Ctrl-C / SIGTERM raise KeyboardInterrupt; Triton is stopped on the way
-    out)."""
+def serve(predictor: Predictor | None, options: ServeOptions, *, repository: Path | None = None,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Serve `predictor` (or every model of a `maskrt triton` `repository`, with the Triton binary PyTriton ships)
+    until interrupted (Ctrl-C / SIGTERM raise KeyboardInterrupt; Triton is stopped on the way out)."""
     pytriton_available()
     from pytriton.exceptions import PyTritonError
     from pytriton.triton import TritonConfig
@@ -128,7 +129,8 @@ def serve(predictor: Predictor, options: ServeOptions, *, on_ready: Callable[[],
         config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
                               grpc_port=options.grpc_port, metrics_address=options.host,
                               metrics_port=options.metrics_port, allow_gpu_metrics=False,
-                              log_verbose=1 if options.verbose else 0, exit_on_error=True, log_file=log_file)
+                              log_verbose=1 if options.verbose else 0, exit_on_error=True, log_file=log_file,
+                              model_repository=repository)
         try:
             _serve(predictor, options, config, on_ready)
         except (MaskrtError, PyTritonError) as exc:
@@ -138,21 +140,21 @@ def serve(predictor: Predictor, options: ServeOptions, *, on_ready: Callable[[],
             raise MaskrtError(f"Triton: {str(exc).strip().splitlines()[-1]}") from None
 
 
-def _serve(predictor: Predictor, options: ServeOptions, config: object,
+def _serve(predictor: Predictor | None, options: ServeOptions, config: object,
            on_ready: Callable[[], None] | None) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton
 
-    function = DetectFunction(predictor, options.max_pixels, options.max_batch)
     started = time.perf_counter()
     with Triton(config=config) as triton:  # type: ignore[arg-type]
-        triton.bind(model_name=options.model_name, infer_func=function,
-                    inputs=[Tensor(name=INPUT, dtype=np.bytes_, shape=(1,))],
-                    outputs=[Tensor(name=OUTPUT, dtype=np.bytes_, shape=(1,))],
-                    config=ModelConfig(max_batch_size=options.max_batch,
-                                       batcher=DynamicBatcher(max_queue_delay_microseconds=options.queue_delay_us)),
-                    strict=True)
-        triton.run()  # returns once Triton is up and the model is loaded
+        if predictor is not None:
+            function = DetectFunction(predictor, options.max_pixels, options.max_batch)
+            batcher = DynamicBatcher(max_queue_delay_microseconds=options.queue_delay_us)
+            triton.bind(model_name=options.model_name, infer_func=function,
+                        inputs=[Tensor(name=INPUT, dtype=np.bytes_, shape=(1,))],
+                        outputs=[Tensor(name=OUTPUT, dtype=np.bytes_, shape=(1,))],
+                        config=ModelConfig(max_batch_size=options.max_batch, batcher=batcher), strict=True)
+        triton.run()  # returns once Triton is up and the models are loaded
         log.debug("Triton up in %.1f s", time.perf_counter() - started)
         if on_ready is not None:
             on_ready()

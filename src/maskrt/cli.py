@@ -432,21 +432,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            model_name=args.name, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
                            max_pixels=int(args.max_megapixels * 1e6), verbose=args.verbose)
     signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C stops the server even where SIGINT came in ignored (a `&` job)
-    predictor = _predictor_for_model(args)
+    if (args.model is None) == (args.repository is None):
+        raise MaskrtError("serve needs one of --model (an export folder, engine or checkpoint) or --repository")
+    repository = None
+    if args.repository:
+        repository = Path(args.repository).resolve()
+        if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
+            raise MaskrtError(f"{args.repository}: not a Triton model repository (no MODEL/config.pbtxt; `maskrt "
+                              "triton` writes one)")
+    predictor = _predictor_for_model(args) if args.model else None
     urls = options.urls()
 
     def ready() -> None:
-        print(f"serving {args.model} as model '{args.name}' ({predictor.backend.name}) with Triton Inference Server: "
-              f"HTTP {urls['http']}, gRPC {urls['grpc']}, metrics {urls['metrics']}; dynamic batching up to "
-              f"{args.max_batch} images; Ctrl-C stops", flush=True)
+        if predictor is not None:
+            what = (f"{args.model} as model '{args.name}' ({predictor.backend.name}); dynamic batching up to "
+                    f"{args.max_batch} images")
+        else:
+            models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))  # type: ignore[union-attr]
+            what = f"the models of {repository}: {', '.join(models)}"
+        print(f"serving {what}, with Triton Inference Server: HTTP {urls['http']}, gRPC {urls['grpc']}, metrics "
+              f"{urls['metrics']}; Ctrl-C stops", flush=True)
 
     try:
-        serve(predictor, options, on_ready=ready)
+        serve(predictor, options, repository=repository, on_ready=ready)
     except KeyboardInterrupt:
         pass
     finally:
-        predictor.close()
+        if predictor is not None:
+            predictor.close()
     print("stopped", flush=True)
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from maskrt.serving.repository import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(name=args.name, network=args.network, graph=args.graph, max_batch=args.max_batch,
+                                instances=args.instances, queue_delay_us=args.queue_delay_us,
+                                score_threshold=args.score_threshold, max_pixels=int(args.max_megapixels * 1e6),
+                                threads=args.threads or 0)
+    check_not_input(Path(args.out), [args.model])
+    repo = write_repository(args.model, args.out, options, force=args.force)
+    batching = (f"dynamic batching up to {repo.max_batch_size} images" if repo.batched else
+                "no batching (static batch 1 export)")
+    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.network} network, {batching}, "
+          f"{args.instances} instance(s) each)")
+    print(f"start it: {repo.command}   (see {repo.path / 'README.md'})")
     return 0
 
 
@@ -686,7 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = add("serve", "serve a model with a real Triton Inference Server (PyTriton) on this machine: HTTP, gRPC, "
               "health, metrics, dynamic batching; images in, COCO results out (Ctrl-C stops)")
-    add_model(srv)
+    add_model(srv, required=False)
+    srv.add_argument("--repository", help="instead of --model: serve a `maskrt triton --network python` model "
+                     "repository with the Triton binary PyTriton ships (python backend only)")
     srv.add_argument("--score-threshold", type=_unit_float, default=0.5,
                      help="drop detections below, in [0, 1] (default 0.5, as predict)")
     add_threads(srv)
@@ -705,6 +738,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse larger images before decoding them (default 40)")
     srv.add_argument("--verbose", action="store_true", help="Triton's and PyTriton's logs")
     srv.set_defaults(func=cmd_serve)
+
+    tri = add("triton", "write a Triton Inference Server model repository (ensemble of pre-processing, network, "
+              "post-processing) for an engine or an export folder")
+    tri.add_argument("--model", required=True, help="engine file (tensorrt_plan) or export folder")
+    tri.add_argument("--out", required=True, help="repository folder to write")
+    tri.add_argument("--name", default="maskrt", type=_model_name,
+                     help="the ensemble's name; its steps are NAME_preprocess, NAME_network, NAME_postprocess")
+    tri.add_argument("--network", choices=["onnxruntime", "tensorrt", "python"],
+                     help="network backend (default: tensorrt for an engine, onnxruntime for an export folder; "
+                     "python runs the graph with ONNX Runtime in Triton's python backend)")
+    tri.add_argument("--graph", default="portable", choices=GRAPHS,
+                     help="the export's graph (onnxruntime: portable or portable_int8; python: any)")
+    tri.add_argument("--max-batch", type=_positive_int, default=8,
+                     help="max_batch_size of every model (default 8; a static batch 1 export does not batch)")
+    tri.add_argument("--instances", type=_positive_int, default=1, help="instances of each model (default 1)")
+    tri.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
+                     help="dynamic batcher's max queue delay, microseconds (default 2000)")
+    tri.add_argument("--score-threshold", type=_unit_float, default=0.5,
+                     help="post-processing drops detections below, in [0, 1] (default 0.5)")
+    tri.add_argument("--max-megapixels", type=_positive_float, default=40.0,
+                     help="pre-processing refuses larger images before decoding them (default 40)")
+    tri.add_argument("--threads", type=_positive_int, help="--network python: ONNX Runtime threads per instance")
+    tri.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    tri.set_defaults(func=cmd_triton)
 
     demo = add("demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")

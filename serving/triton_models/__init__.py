@@ -1,0 +1,1 @@
+"""The model.py files `maskrt triton` copies into a Triton model repository (python backend)."""
