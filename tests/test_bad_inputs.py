@@ -254,6 +254,22 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("bench-compare-no-calibration-images", lambda w, t: ["bench", "--compare", "--checkpoint", f"{w}/ckpt.pt",
                                                           "--int8", "--calibration", str(_empty_dir(t)),
                                                           "--iters", "1"], "holds no images", {}),
+    ("serve-without-pytriton", lambda w, t: ["serve", "--model", f"{w}/export"], "needs PyTriton", {}),
+    ("bench-server-nobody-listening", lambda w, t: ["bench", "--server", "http://127.0.0.1:9", "--iters", "1"],
+     "no server ready", {}),
+    ("bench-server-bad-url", lambda w, t: ["bench", "--server", "ftp://127.0.0.1:8000", "--iters", "1"],
+     "must be http://HOST:PORT or grpc://HOST:PORT", {}),
+    ("bench-server-and-compare", lambda w, t: ["bench", "--server", "http://127.0.0.1:9", "--compare", "--random",
+                                               "slim"], "separate benchmarks", {}),
+    ("triton-missing-model", lambda w, t: ["triton", "--model", f"{t}/nope", "--out", f"{t}/repo"], "not found", {}),
+    ("triton-existing-folder", lambda w, t: ["triton", "--model", f"{w}/export", "--out", str(_nonempty(t, "r"))],
+     "exists and is not empty", {}),
+    ("triton-out-is-the-export", lambda w, t: ["triton", "--model", f"{w}/export", "--out", f"{w}/export",
+                                               "--force"], "holds input", {}),
+    ("triton-out-holds-the-export", lambda w, t: ["triton", "--model", f"{w}/export", "--out", f"{w}", "--force"],
+     "holds input", {}),
+    ("triton-changed-graph", lambda w, t: ["triton", "--model", str(_changed_graph(w, t)), "--out", f"{t}/repo"],
+     "sha256 differs", {}),
     ("max-minutes-inf", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--max-minutes", "inf"],
      "must be positive and finite", {}),
     ("binary-classes-file", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{t}/c.pt",
@@ -273,6 +289,13 @@ def _renumber_3_as_9(dataset: dict) -> None:
         key = "id" if "supercategory" in item or "name" in item else "category_id"
         if item.get(key) == 3:
             item[key] = 9
+
+
+def _changed_graph(w: Path, t: Path) -> Path:
+    shutil.copytree(w / "export", t / "export")
+    with open(t / "export" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    return t / "export"
 
 
 def _empty_dir(t: Path) -> Path:

@@ -471,7 +471,9 @@ def cmd_triton(args: argparse.Namespace) -> int:
                                 instances=args.instances, queue_delay_us=args.queue_delay_us,
                                 score_threshold=args.score_threshold, max_pixels=int(args.max_megapixels * 1e6),
                                 threads=args.threads or 0)
-    check_not_input(Path(args.out), [args.model])
+    out, model = Path(args.out).resolve(), Path(args.model).resolve()
+    if out == model or out in model.parents:  # --force would empty it
+        raise MaskrtError(f"{args.out}: holds input {args.model}; choose a repository folder outside it")
     repo = write_repository(args.model, args.out, options, force=args.force)
     batching = (f"dynamic batching up to {repo.max_batch_size} images" if repo.batched else
                 "no batching (static batch 1 export)")
