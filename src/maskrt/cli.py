@@ -416,9 +416,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from maskrt.serving.server import ServeOptions, pytriton_available, serve
+    from maskrt.serving.server import ServeOptions, bound_malloc_arenas, pytriton_available, serve
 
     pytriton_available()  # before loading the model: say how to install it first
+    bound_malloc_arenas()  # before the model's and the server's threads start
     port = args.port
     grpc_port = args.grpc_port or port + 1
     metrics_port = args.metrics_port or port + 2
