@@ -383,7 +383,8 @@ container, or through the python backend's `EXECUTION_ENV_PATH` with a packed en
 `{INPUT}`: BYTES, shape [b, 1]: each element one encoded image file (PNG, JPEG, ...), b <= {max(max_batch, 1)}.
 `{OUTPUT}`: BYTES, shape [b, 1]: each element the image's detections as JSON, a list of COCO results
 `{{"category_id", "bbox": [x, y, w, h], "score", "segmentation": {{"size", "counts"}}}}` (RLE), the entries of
-`maskrt predict`'s results.json. A bad image fails only its own request.
+`maskrt predict`'s results.json. A bad image fails only its own request. A request holding several images pads
+them together, as torchvision's `model(images)` pads one batch; one image per request answers each image on its own.
 
 ```
 from maskrt.serving.client import Client          # or tritonclient directly

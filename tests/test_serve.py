@@ -183,6 +183,30 @@ def test_bench_through_the_server(served: Server) -> None:
     assert "serving overhead" in proc.stdout, proc.stdout
 
 
+def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Path) -> None:
+    """`maskrt serve --backend torch --model CKPT` (plain torchvision on each image) answers as `maskrt predict` with
+    the same backend; a second server beside the first, on its own ports."""
+    ckpt = served.root / "ckpt.pt"
+    out = tmp_path / "pred"
+    subprocess.run([*CLI, "predict", "--backend", "torch", "--model", str(ckpt), "--score-threshold", THRESHOLD,
+                    "--out", str(out), "-q", str(served.images)], check=True, capture_output=True)
+    expected: dict[str, list[dict]] = {}
+    for r in json.loads((out / "results.json").read_text()):
+        name = Path(r.pop("file_name")).name
+        r.pop("image_id"), r.pop("overlay")
+        expected.setdefault(name, []).append(r)
+    server = start_server(["--backend", "torch", "--model", str(ckpt), "--score-threshold", THRESHOLD],
+                          free_ports(3))
+    try:
+        assert "(torch)" in server.lines[-1]
+        with client(server.grpc) as c:
+            for f in sorted(served.images.iterdir()):
+                assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
+        stop_and_check(server)
+    finally:
+        kill_tree(server)
+
+
 def test_shutdown_leaves_no_process(served: Server) -> None:
     """Last in the module: Ctrl-C (SIGINT) stops Triton, the backend stub and the server process, and frees the
     ports."""
