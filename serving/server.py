@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -117,6 +118,19 @@ def bound_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def check_ports_free(options: ServeOptions) -> None:
+    """MaskrtError naming the first of the server's ports that something already listens on (Triton would fail to
+    bind it, and PyTriton would then talk to whatever holds it)."""
+    for what, port in (("HTTP", options.http_port), ("gRPC", options.grpc_port), ("metrics", options.metrics_port)):
+        with socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no obstacle
+            try:
+                sock.bind((options.host, port))
+            except OSError as exc:
+                raise MaskrtError(f"{options.host}:{port} ({what}) is not free ({exc.strerror}): another server "
+                                  "listens there? choose --port (gRPC and metrics follow at +1, +2)") from None
+
+
 def pytriton_available() -> None:
     """MaskrtError saying how to install serving when PyTriton is missing."""
     try:
@@ -132,8 +146,10 @@ def serve(predictor: Predictor | None, options: ServeOptions, *, repository: Pat
     """Serve `predictor` (or every model of a `maskrt triton` `repository`, with the Triton binary PyTriton ships)
     until interrupted (Ctrl-C / SIGTERM raise KeyboardInterrupt; Triton is stopped on the way out)."""
     pytriton_available()
+    check_ports_free(options)
     from pytriton.exceptions import PyTritonError
     from pytriton.triton import TritonConfig
+    from tritonclient.utils import InferenceServerException
 
     if not options.verbose:
         for name in ("pytriton", "tritonclient"):
@@ -147,7 +163,7 @@ def serve(predictor: Predictor | None, options: ServeOptions, *, repository: Pat
                               model_repository=repository)
         try:
             _serve(predictor, options, config, on_ready)
-        except (MaskrtError, PyTritonError) as exc:
+        except (MaskrtError, PyTritonError, InferenceServerException) as exc:
             if log_file is not None and log_file.exists():  # the reason is usually in Triton's log: show its end
                 tail = log_file.read_text(errors="replace").splitlines()[-15:]
                 print("\n".join(["tritonserver.log (last lines):", *tail]), file=sys.stderr)

@@ -183,6 +183,14 @@ def test_bench_through_the_server(served: Server) -> None:
     assert "serving overhead" in proc.stdout, proc.stdout
 
 
+def test_a_taken_port_is_one_clear_error(served: Server) -> None:
+    proc = subprocess.run([str(serve_python()), "-m", "maskrt.cli", "serve", "--model", str(served.export), "--port",
+                           str(served.port + 1)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"127.0.0.1:{served.port + 1} (HTTP) is not free" in proc.stderr and "Traceback" not in proc.stderr
+    assert served.proc.poll() is None
+
+
 def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Path) -> None:
     """`maskrt serve --backend torch --model CKPT` (plain torchvision on each image) answers as `maskrt predict` with
     the same backend; a second server beside the first, on its own ports."""

@@ -416,7 +416,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from maskrt.serving.server import ServeOptions, bound_malloc_arenas, pytriton_available, serve
+    from maskrt.serving.server import ServeOptions, bound_malloc_arenas, check_ports_free, pytriton_available, serve
 
     pytriton_available()  # before loading the model: say how to install it first
     bound_malloc_arenas()  # before the model's and the server's threads start
@@ -441,6 +441,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
             raise MaskrtError(f"{args.repository}: not a Triton model repository (no MODEL/config.pbtxt; `maskrt "
                               "triton` writes one)")
+    check_ports_free(options)  # before loading the model
     predictor = _predictor_for_model(args) if args.model else None
     urls = options.urls()
 
