@@ -192,8 +192,8 @@ def test_a_taken_port_is_one_clear_error(served: Server) -> None:
 
 
 def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Path) -> None:
-    """`maskrt serve --backend torch --model CKPT` (plain torchvision on each image) answers as `maskrt predict` with
-    the same backend; a second server beside the first, on its own ports."""
+    """`maskrt serve --model CKPT` (the torch backend, chosen from the file: plain torchvision on each image) answers
+    as `maskrt predict --backend torch`; a second server beside the first, on its own ports."""
     ckpt = served.root / "ckpt.pt"
     out = tmp_path / "pred"
     subprocess.run([*CLI, "predict", "--backend", "torch", "--model", str(ckpt), "--score-threshold", THRESHOLD,
@@ -203,8 +203,7 @@ def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Pat
         name = Path(r.pop("file_name")).name
         r.pop("image_id"), r.pop("overlay")
         expected.setdefault(name, []).append(r)
-    server = start_server(["--backend", "torch", "--model", str(ckpt), "--score-threshold", THRESHOLD],
-                          free_ports(3))
+    server = start_server(["--model", str(ckpt), "--score-threshold", THRESHOLD], free_ports(3))
     try:
         assert "(torch)" in server.lines[-1]
         with client(server.grpc) as c:

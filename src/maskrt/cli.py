@@ -442,6 +442,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise MaskrtError(f"{args.repository}: not a Triton model repository (no MODEL/config.pbtxt; `maskrt "
                               "triton` writes one)")
     check_ports_free(options)  # before loading the model
+    if args.model and args.backend is None:  # what the model file is says how it runs
+        model = Path(args.model)
+        args.backend = ("onnxruntime" if model.is_dir() else
+                        "tensorrt" if Path(f"{model}.json").is_file() else "torch")
     predictor = _predictor_for_model(args) if args.model else None
     urls = options.urls()
 
@@ -722,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv = add("serve", "serve a model with a real Triton Inference Server (PyTriton) on this machine: HTTP, gRPC, "
               "health, metrics, dynamic batching; images in, COCO results out (Ctrl-C stops)")
     add_model(srv, required=False)
+    srv.set_defaults(backend=None)  # default: onnxruntime for an export folder, tensorrt for an engine (ENGINE.json
+    # beside it), torch for a checkpoint
     srv.add_argument("--repository", help="instead of --model: serve a `maskrt triton --network python` model "
                      "repository with the Triton binary PyTriton ships (python backend only)")
     srv.add_argument("--score-threshold", type=_unit_float, default=0.5,
