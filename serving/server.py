@@ -107,9 +107,10 @@ class DetectFunction:
 
 
 def bound_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (unless MALLOC_ARENA_MAX is set): with one arena per request thread a server's
-    memory creeps up for hundreds of requests (measured +12% after 300 requests at concurrency 8 without the cap,
-    flat within 2% with 2 arenas). Call before threads start; a no-op where malloc is not glibc's."""
+    """Cap glibc's malloc arenas (unless MALLOC_ARENA_MAX is set): with an arena per request thread a server's memory
+    steps up unpredictably under concurrent requests (measured at concurrency 8: +7% and +12% over 200 requests after
+    a 48-request warm-up without the cap; with 2 arenas within 2% over 800 requests). Call before threads start; a
+    no-op where malloc is not glibc's."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return
     try:
