@@ -78,6 +78,7 @@ class Repository:
     batched: bool
     max_batch_size: int
     command: str
+    warnings: tuple[str, ...] = ()
 
 
 def _batch_tensors(specs: list[Tensor], batched: bool) -> list[Tensor]:
@@ -308,7 +309,12 @@ def write_repository(model: str | Path, out: str | Path, options: RepositoryOpti
         command = _command(out, network, names["net"])
         (stage / "README.md").write_text(_readme(model, out, o, network, names, batched, max_batch, command, info,
                                                  engine_info))
-    return Repository(out, (name, *names.values()), network, batched, max_batch, command)
+    warnings = ()
+    if engine_info is not None and engine_info.builder != "tensorrt":
+        warnings = (f"{model} was built by {engine_info.builder}: Triton's tensorrt backend runs TensorRT engines "
+                    "only; build one with `maskrt build --builder tensorrt` on the serving GPU and write the "
+                    "repository again",)
+    return Repository(out, (name, *names.values()), network, batched, max_batch, command, warnings)
 
 
 def _command(out: Path, network: str, net_name: str) -> str:
@@ -337,6 +343,9 @@ def _readme(model: Path, out: Path, o: RepositoryOptions, network: str, names: d
     if network == "tensorrt" and engine is not None:
         built = (f"compute capabilities {', '.join(engine.compute_capabilities)}, {engine.builder} "
                  f"{engine.builder_version}")
+        rtx = ("\n**This engine was built by TensorRT-RTX**, whose engines only its own runtime executes; Triton's "
+               "tensorrt backend\nruns TensorRT engines: build one with `maskrt build --builder tensorrt` on the "
+               "serving GPU and write the\nrepository again.\n" if engine.builder != "tensorrt" else "")
         plugin = f"""
 ## The plugin library
 
@@ -348,7 +357,7 @@ loads `{TRITON_FILE}` beside it: loaded after TensorRT, it loads `{PLUGIN_FILE}`
 registers its plugin creators with TensorRT's registry (it writes why to stderr when it cannot). Keep the two files
 together; moving the repository changes the path in that flag. The engine runs only on the GPU kinds it was built
 for ({built}).
-"""
+{rtx}"""
     pre_does = f"decode (any format PIL reads, at most {o.max_pixels / 1e6:g} megapixels), resize, normalise, pad"
     post_does = (f"boxes to the original image, masks pasted at its size (> 0.5), scores >= {o.score_threshold:g}, "
                  "COCO results")

@@ -170,7 +170,11 @@ def test_engine_repository(exports: dict[str, Path], tmp_path: Path, plugin_libr
     shim = folder / "plugins" / "libmaskrt_triton.so"
     assert shim.is_file()
     assert f"--backend-config=tensorrt,plugins={shim.resolve()}" in proc.stdout
-    assert f"--backend-config=tensorrt,plugins={shim.resolve()}" in (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text()
+    assert f"--backend-config=tensorrt,plugins={shim.resolve()}" in readme
+    # Triton's tensorrt backend is TensorRT: an RTX-built engine is written, with a warning saying so
+    assert "warning:" in proc.stderr and "built by tensorrt-rtx" in proc.stderr, proc.stderr
+    assert "This engine was built by TensorRT-RTX" in readme
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -486,6 +486,8 @@ def cmd_triton(args: argparse.Namespace) -> int:
     print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.network} network, {batching}, "
           f"{args.instances} instance(s) each)")
     print(f"start it: {repo.command}   (see {repo.path / 'README.md'})")
+    for warning in repo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
