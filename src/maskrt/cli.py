@@ -550,6 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
         p.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
 
+    def add_serving(p: argparse.ArgumentParser, name_help: str, batch_help: str) -> None:  # serve and triton
+        p.add_argument("--name", default="maskrt", type=_model_name, help=name_help)
+        p.add_argument("--max-batch", type=_positive_int, default=8, help=batch_help)
+        p.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
+                       help="how long the dynamic batcher waits to fill a batch, microseconds (default 2000)")
+        p.add_argument("--max-megapixels", type=_positive_float, default=40.0,
+                       help="refuse larger images before decoding them (default 40)")
+
     def add_threads(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int,
                        help="ONNX Runtime intra-op threads (default: one per physical core)")
@@ -741,13 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "to PORT+1 and PORT+2")
     srv.add_argument("--grpc-port", type=_port, help="gRPC port (default PORT+1)")
     srv.add_argument("--metrics-port", type=_port, help="Prometheus metrics port (default PORT+2)")
-    srv.add_argument("--name", default="maskrt", type=_model_name, help="model name clients ask for (default maskrt)")
-    srv.add_argument("--max-batch", type=_positive_int, default=8,
-                     help="largest dynamic batch and request, in images (default 8; 1 = no batching)")
-    srv.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
-                     help="how long the dynamic batcher waits to fill a batch, microseconds (default 2000)")
-    srv.add_argument("--max-megapixels", type=_positive_float, default=40.0,
-                     help="refuse larger images before decoding them (default 40)")
+    add_serving(srv, name_help="model name clients ask for (default maskrt)",
+                batch_help="largest dynamic batch and request, in images (default 8; 1 = no batching)")
     srv.add_argument("--verbose", action="store_true", help="Triton's and PyTriton's logs")
     srv.set_defaults(func=cmd_serve)
 
@@ -755,22 +758,16 @@ def build_parser() -> argparse.ArgumentParser:
               "post-processing) for an engine or an export folder")
     tri.add_argument("--model", required=True, help="engine file (tensorrt_plan) or export folder")
     tri.add_argument("--out", required=True, help="repository folder to write")
-    tri.add_argument("--name", default="maskrt", type=_model_name,
-                     help="the ensemble's name; its steps are NAME_preprocess, NAME_network, NAME_postprocess")
+    add_serving(tri, name_help="the ensemble's name; its steps are NAME_preprocess, NAME_network, NAME_postprocess",
+                batch_help="max_batch_size of every model (default 8; a static batch 1 export does not batch)")
     tri.add_argument("--network", choices=["onnxruntime", "tensorrt", "python"],
                      help="network backend (default: tensorrt for an engine, onnxruntime for an export folder; "
                      "python runs the graph with ONNX Runtime in Triton's python backend)")
     tri.add_argument("--graph", default="portable", choices=GRAPHS,
                      help="the export's graph (onnxruntime: portable or portable_int8; python: any)")
-    tri.add_argument("--max-batch", type=_positive_int, default=8,
-                     help="max_batch_size of every model (default 8; a static batch 1 export does not batch)")
     tri.add_argument("--instances", type=_positive_int, default=1, help="instances of each model (default 1)")
-    tri.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
-                     help="dynamic batcher's max queue delay, microseconds (default 2000)")
     tri.add_argument("--score-threshold", type=_unit_float, default=0.5,
                      help="post-processing drops detections below, in [0, 1] (default 0.5)")
-    tri.add_argument("--max-megapixels", type=_positive_float, default=40.0,
-                     help="pre-processing refuses larger images before decoding them (default 40)")
     tri.add_argument("--threads", type=_positive_int, help="--network python: ONNX Runtime threads per instance")
     tri.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     tri.set_defaults(func=cmd_triton)
