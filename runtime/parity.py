@@ -36,13 +36,13 @@ from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
 from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.runtime.backends import TorchBackend
-from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
+from maskrt.runtime.postprocess import Detections, RawOutput, coco_results, to_detections
 from maskrt.runtime.predictor import Predictor, preprocessor_for
 from maskrt.runtime.reference import REFERENCES, PlainReference
 from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.coco import load_split
-from maskrt.training.evaluate import coco_metrics, detections_to_coco
+from maskrt.training.evaluate import coco_metrics
 
 WORST_SHOWN = 4
 REFERENCE_TITLES = {"plain": "plain torchvision model(images)",
@@ -226,7 +226,6 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
                  Predictor.from_export(export_dir, backend=backend, graph=graph, threads=threads, device=device))
     indices = list(range(len(inputs.files)))[: limit or None]
     batch = info.input.batch
-    label_to_cat = {j + 1: c["id"] for j, c in enumerate(info.classes)}
     names = [c["name"] for c in info.classes]
     acc = _Accumulator()
     per_image: list[dict[str, Any]] = []
@@ -263,10 +262,7 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
             })
             shown[len(per_image) - 1] = (ref, cand)
             for dets, results in ((ref, ref_results), (cand, cand_results)):
-                results.extend(detections_to_coco(image_id, {
-                    "boxes": torch.from_numpy(dets.boxes), "scores": torch.from_numpy(dets.scores),
-                    "labels": torch.from_numpy(dets.labels), "masks": torch.from_numpy(dets.masks)[:, None]},
-                    label_to_cat))
+                results.extend(coco_results(dets, info.classes, image_id))
         worst = set(pick_worst(per_image, WORST_SHOWN))
         shown = {j: d for j, d in shown.items() if j in worst}
     summary, results = _summarize(acc, gates, inputs, [inputs.ids[i] for i in indices], ref_results, cand_results)

@@ -54,6 +54,16 @@ class RawOutput:
         return raw
 
 
+def coco_results(dets: Detections, classes: list[dict], image_id: int = 0) -> list[dict]:
+    """One image's detections as COCO results (category ids from `classes`, label i -> classes[i - 1]; RLE masks)."""
+    from maskrt.training.evaluate import detections_to_coco
+
+    label_to_cat = {i + 1: c["id"] for i, c in enumerate(classes)}
+    return detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes), "scores": torch.from_numpy(dets.scores),
+                                         "labels": torch.from_numpy(dets.labels),
+                                         "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat)
+
+
 def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int, int], *,
                   score_threshold: float = 0.0, device: str = "cpu") -> Detections:
     """Map one image's raw output to the original image: boxes scaled, masks pasted at full size (on `device`)."""

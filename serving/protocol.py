@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 import numpy as np
-import torch
 
 from maskrt.core.errors import MaskrtError
+from maskrt.runtime import postprocess
 from maskrt.runtime.postprocess import Detections
 
 INPUT = "image"
@@ -30,12 +30,7 @@ DEFAULT_QUEUE_DELAY_US = 2000
 
 def coco_results(dets: Detections, classes: list[dict]) -> list[dict[str, Any]]:
     """One image's detections as COCO results (as `maskrt predict` writes them, without image and file fields)."""
-    from maskrt.training.evaluate import detections_to_coco
-
-    label_to_cat = {i + 1: c["id"] for i, c in enumerate(classes)}
-    results = detections_to_coco(0, {"boxes": torch.from_numpy(dets.boxes), "scores": torch.from_numpy(dets.scores),
-                                     "labels": torch.from_numpy(dets.labels),
-                                     "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat)
+    results = postprocess.coco_results(dets, classes)
     for r in results:
         del r["image_id"]
     return results

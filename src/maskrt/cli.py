@@ -166,12 +166,11 @@ def _overlay_names(files: list[Path]) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from maskrt.core.images import load_rgb
+    from maskrt.runtime.postprocess import coco_results
     from maskrt.runtime.visualize import overlay
-    from maskrt.training.evaluate import detections_to_coco
 
     out = check_output_dir(args.out, force=args.force)
     files = _image_files(args.images)
@@ -180,7 +179,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MaskrtError(f"{out}: holds input image {inside[0]}; choose an output folder outside the inputs")
     predictor = _predictor_for_model(args)
     names = [c["name"] for c in predictor.classes]
-    label_to_cat = {i + 1: c["id"] for i, c in enumerate(predictor.classes)}
     results = []
     with staged_dir(out) as staging:
         for image_id, (path, overlay_name) in enumerate(
@@ -192,10 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             except MaskrtError as exc:
                 raise MaskrtError(f"{path}: {exc}") from None
             overlay(image, dets, names, staging / overlay_name)
-            coco = detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes),
-                                                 "scores": torch.from_numpy(dets.scores),
-                                                 "labels": torch.from_numpy(dets.labels),
-                                                 "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat)
+            coco = coco_results(dets, predictor.classes, image_id)
             results += [{**r, "file_name": str(path), "overlay": overlay_name} for r in coco]
         write_json(staging / "results.json", results)
     print(f"wrote {len(results)} detections for {len(files)} image(s) to {out / 'results.json'} and overlays to {out}")
