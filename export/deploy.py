@@ -90,8 +90,6 @@ class DeployMaskRCNN(nn.Module):
             raise MaskrtError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
         if precision == "fp16" and flavor != "trt":
             raise MaskrtError("an fp16 graph exists only for TensorRT (flavor 'trt')")
-        if precision == "fp16":  # a half copy of the networks; the caller's model stays fp32
-            model = copy.deepcopy(model).half()
         self.precision, self.dtype = precision, torch.float16 if precision == "fp16" else torch.float32
         if height % 32 or width % 32 or not (32 <= height <= MAX_CANVAS_SIDE and 32 <= width <= MAX_CANVAS_SIDE):
             raise MaskrtError(f"the canvas height and width must be multiples of 32 in [32, {MAX_CANVAS_SIDE}], got "
@@ -99,6 +97,11 @@ class DeployMaskRCNN(nn.Module):
         if max_detections < 1:
             raise MaskrtError(f"max_detections must be at least 1, got {max_detections}")
         model = model.eval()
+        with torch.no_grad():  # the level scales, from a small probe (the canvas sides are multiples of 32 too), in
+            # fp32: the shapes do not depend on the precision, and fp16 convolutions on a CPU are slow
+            feats = list(model.backbone(torch.zeros((1, 3, SCALE_PROBE, SCALE_PROBE))).values())
+        if precision == "fp16":  # a half copy of the networks; the caller's model stays fp32
+            model = copy.deepcopy(model).half()
         self.flavor = flavor
         self.height, self.width, self.max_detections = height, width, max_detections
         self.backbone, self.rpn_head = model.backbone, model.rpn.head
@@ -115,9 +118,6 @@ class DeployMaskRCNN(nn.Module):
         self.mask_head, self.mask_predictor = heads.mask_head, heads.mask_predictor
         self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)
         self.num_classes = int(heads.box_predictor.cls_score.out_features)  # incl. background
-        with torch.no_grad():  # the level scales, from a small probe (the canvas sides are multiples of 32 too)
-            probe = torch.zeros((1, 3, SCALE_PROBE, SCALE_PROBE), dtype=self.dtype)
-            feats = list(self.backbone(probe).values())
         # torchvision's AnchorGenerator: per level, the rounded cell anchors shifted over the feature-map grid
         self.cell_anchors = [a.to(torch.float32) for a in rpn.anchor_generator.cell_anchors]
         if len(self.cell_anchors) != len(feats):
