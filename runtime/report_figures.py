@@ -1,6 +1,7 @@
 """Figures for the parity report: where a deployed (candidate) model drifts from the reference.
 
-`side_by_side` draws both models' detections on one image next to each other, `match_plot` summarises the matched
+`side_by_side` draws both models' detections on one image next to each other (the reference detections the
+candidate missed and the candidate's extra detections outlined in white and tagged), `match_plot` summarises the matched
 pairs (score vs score, box IoU histogram) and `pick_worst` chooses which images are worth showing. Plots use
 matplotlib's Agg canvas directly (no pyplot, no global backend state), so they work headless and in threads.
 """
@@ -21,30 +22,43 @@ from maskrt.runtime.visualize import draw
 _TITLE_HEIGHT = 20  # pixels of the title strip above each panel
 _GAP = 4  # pixels between the two panels
 _EMPTY = "no matched detections"
+_MARK_WIDTH = 3  # pixels of the outline around a missed or extra detection
 
 
-def _panel(image: np.ndarray, dets: Detections, class_names: list[str], title: str, max_side: int) -> Image.Image:
-    """One overlay, downscaled so its longest side is at most `max_side`, under a title strip."""
+def _panel(image: np.ndarray, dets: Detections, class_names: list[str], title: str, max_side: int,
+           marked: Sequence[int] = (), tag: str = "") -> Image.Image:
+    """One overlay, downscaled so its longest side is at most `max_side`, under a title strip; the detections
+    `marked` get a white outline and `tag`."""
     im = draw(image, dets, class_names)
+    pen = ImageDraw.Draw(im)
+    for k in marked:
+        x1, y1, x2, y2 = (float(v) for v in dets.boxes[k])
+        pen.rectangle([x1 - 2, y1 - 2, x2 + 2, y2 + 2], outline=(255, 255, 255), width=_MARK_WIDTH)
+        ty = min(max(0.0, y2 + 3), im.height - 11)
+        pen.rectangle(pen.textbbox((x1, ty), tag), fill=(255, 255, 255))
+        pen.text((x1, ty), tag, fill=(0, 0, 0))
     scale = min(1.0, max_side / max(im.size))
     if scale < 1.0:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
     panel = Image.new("RGB", (im.width, im.height + _TITLE_HEIGHT), (0, 0, 0))
     panel.paste(im, (0, _TITLE_HEIGHT))
     n = len(dets)
-    ImageDraw.Draw(panel).text((4, 4), f"{title}: {n} detection{'' if n == 1 else 's'}", fill=(255, 255, 255))
+    note = f", {len(marked)} {tag}" if marked else ""
+    ImageDraw.Draw(panel).text((4, 4), f"{title}: {n} detection{'' if n == 1 else 's'}{note}", fill=(255, 255, 255))
     return panel
 
 
 def side_by_side(image: np.ndarray, reference: Detections, candidate: Detections, class_names: list[str],
-                 path: Path, *, titles: tuple[str, str] = ("reference", "candidate"), max_side: int = 640) -> Path:
+                 path: Path, *, titles: tuple[str, str] = ("reference", "candidate"), max_side: int = 640,
+                 missed: Sequence[int] = (), extra: Sequence[int] = ()) -> Path:
     """Write one PNG with the reference overlay (left) and the candidate overlay (right) of `image` (HxWx3 uint8).
 
     Each panel has a title strip with its title and number of detections, and is downscaled (aspect kept) so that
-    its longest side is at most `max_side`. Returns `path`.
+    its longest side is at most `max_side`. `missed` (indices into `reference`) and `extra` (into `candidate`) are
+    outlined in white and tagged "missed" / "extra". Returns `path`.
     """
-    left = _panel(image, reference, class_names, titles[0], max_side)
-    right = _panel(image, candidate, class_names, titles[1], max_side)
+    left = _panel(image, reference, class_names, titles[0], max_side, missed, "missed")
+    right = _panel(image, candidate, class_names, titles[1], max_side, extra, "extra")
     out = Image.new("RGB", (left.width + _GAP + right.width, max(left.height, right.height)), (255, 255, 255))
     out.paste(left, (0, 0))
     out.paste(right, (left.width + _GAP, 0))
@@ -106,15 +120,15 @@ def match_plot(reference_scores: Sequence[float], candidate_scores: Sequence[flo
 def pick_worst(per_image: list[dict], k: int = 4) -> list[int]:
     """Indices of the min(k, len(per_image)) images with the largest reference/candidate differences, worst first.
 
-    Ranked by missed reference detections (reference_above_floor - matched), then by 1 - box_iou_min, then by
-    score_diff_max (None counts as no difference). Images with neither reference detections above the floor nor
-    matched pairs come last; ties keep the original order.
+    Ranked by missed reference detections plus extra candidate detections (rows' "missed" and "extra"), then by
+    1 - box_iou_min, then by score_diff_max (None counts as no difference). Images with no detection above the floor
+    on either side come last; ties keep the original order.
     """
 
     def key(i: int) -> tuple[bool, int, float, float]:
         row = per_image[i]
-        empty = row["reference_above_floor"] == 0 and row["matched"] == 0
-        missed = row["reference_above_floor"] - row["matched"]
+        empty = row["reference_above_floor"] == 0 and row["candidate_above_floor"] == 0
+        missed = row["missed"] + row["extra"]
         iou_gap = 0.0 if row["box_iou_min"] is None else 1.0 - row["box_iou_min"]
         score_gap = 0.0 if row["score_diff_max"] is None else row["score_diff_max"]
         return empty, -missed, -iou_gap, -score_gap

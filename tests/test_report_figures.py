@@ -62,6 +62,27 @@ def test_side_by_side_panels(tmp_path: Path) -> None:
     assert not np.array_equal(out[:strip, :w], out[:strip, out.shape[1] - w:])
 
 
+def test_side_by_side_marks_missed_and_extra(tmp_path: Path) -> None:
+    """A missed reference detection is outlined in white on the left panel, an extra candidate one on the right;
+    unmarked detections are not."""
+    h, w = 120, 200
+    image, reference, _ = _pair(h, w)
+    extra_box = (w // 2 + 10, 8, w * 9 // 10, h // 5)
+    candidate = _dets([(w // 20, h // 6, w * 2 // 5, h * 3 // 4), extra_box], [1, 1], [0.85, 0.6], h, w)
+    path = side_by_side(image, reference, candidate, ["a", "b"], tmp_path / "marked.png", missed=[1], extra=[1])
+    with Image.open(path) as im:
+        out = np.asarray(im.convert("RGB")).astype(int)
+    strip = out.shape[0] - h
+    left, right = out[strip:, :w], out[strip:, out.shape[1] - w:]
+    white = lambda panel, y, x: bool((panel[y, x] == 255).all())  # noqa: E731
+    b = reference.boxes[1].astype(int)  # the missed one: its outline 2 px outside the box
+    assert white(left, b[1] - 2, (b[0] + b[2]) // 2) and not white(right, b[1] - 2, (b[0] + b[2]) // 2)
+    a = reference.boxes[0].astype(int)  # matched: no outline on either side
+    assert not white(left, a[1] - 2, (a[0] + a[2]) // 2) and not white(right, a[1] - 2, (a[0] + a[2]) // 2)
+    x1, _, x2, y2 = extra_box
+    assert white(right, y2 + 2, (x1 + x2) // 2) and not white(left, y2 + 2, (x1 + x2) // 2)
+
+
 def test_side_by_side_downscales(tmp_path: Path) -> None:
     h, w = 1000, 1500
     image, reference, candidate = _pair(h, w)
@@ -97,8 +118,10 @@ def test_match_plot_rejects_unpaired_scores(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.png").exists()
 
 
-def _row(above: int, matched: int, iou_min: float | None, score_diff: float | None) -> dict:
-    return {"reference_above_floor": above, "matched": matched, "box_iou_min": iou_min, "score_diff_max": score_diff}
+def _row(above: int, matched: int, iou_min: float | None, score_diff: float | None, extra: int = 0) -> dict:
+    return {"reference_above_floor": above, "matched": matched, "missed": above - matched,
+            "candidate_above_floor": matched + extra, "extra": extra, "box_iou_min": iou_min,
+            "score_diff_max": score_diff}
 
 
 def test_pick_worst_order() -> None:
@@ -119,3 +142,15 @@ def test_pick_worst_order() -> None:
     assert pick_worst([], k=3) == []
     # Empty images are still returned when nothing else is available.
     assert pick_worst([_row(0, 0, None, None), _row(0, 0, None, None)], k=4) == [0, 1]
+
+
+def test_pick_worst_counts_extra_detections() -> None:
+    """Extra candidate detections rank an image like missed reference ones; detections from nothing (no reference
+    detection at all) are not an "empty" image."""
+    rows = [
+        _row(3, 3, 0.95, 0.01),  # 0: clean
+        _row(0, 0, None, None, extra=2),  # 1: two detections where the reference has none
+        _row(3, 2, 0.99, 0.00, extra=2),  # 2: one missed + two extra: worst
+        _row(2, 1, 0.90, 0.02),  # 3: one missed
+    ]
+    assert pick_worst(rows, k=4) == [2, 1, 3, 0]

@@ -22,6 +22,7 @@ from maskrt.core.artifacts import GRAPH_FILES, MAX_CANVAS_SIDE, MAX_EXPORT_BATCH
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_not_input, check_output_dir, check_output_file, staged_dir
+from maskrt.runtime.parity_gates import DEFAULT_MIN_DETECTIONS
 
 log = logging.getLogger("maskrt")
 GRAPHS = list(GRAPH_FILES)  # portable, trt, trt_fp16 (export --fp16), portable_int8 (maskrt quantize)
@@ -203,13 +204,13 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, force=args.force)
     precision = EngineInfo.read(args.model).precision if args.backend == "tensorrt" else GRAPH_KINDS[args.graph][1]
-    gates = Gates.for_precision(precision, score_floor=args.score_floor)
+    gates = Gates.for_precision(precision, score_floor=args.score_floor, min_detections=args.min_detections)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
                         reference=args.reference, split=args.split, limit=args.limit, gates=gates,
                         progress=not args.quiet, threads=args.threads, device=args.device, force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
-    return 0 if report["passed"] else 1
+    return report["exit_code"]
 
 
 def _triple(text: str, parse: Callable[[str], T], example: str) -> tuple[T, T, T]:
@@ -488,7 +489,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.parity import run_parity, summary_line
+    from maskrt.runtime.parity import Candidate, run_parity_many, summary_line
     from maskrt.training.evaluate import format_metrics
     from maskrt.training.shapes import generate
     from maskrt.training.trainer import Trainer, TrainOptions
@@ -509,14 +510,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[3/4] exporting {run / 'last.pt'} to {export}")
     export_checkpoint(run / "last.pt", export, force=True)
     print(f"[4/4] parity of both graphs against plain torchvision model(images) ({args.parity_images} val images)")
-    failed = False
-    for graph in ("portable", "trt"):
-        report = run_parity(run / "last.pt", export, data, root / f"parity_{graph}", graph=graph,
-                            limit=args.parity_images, progress=not args.quiet, force=True)
+    candidates = [Candidate(export, root / f"parity_{graph}", graph=graph) for graph in ("portable", "trt")]
+    reports = run_parity_many(run / "last.pt", candidates, data, limit=args.parity_images, progress=not args.quiet,
+                              force=True)  # one reference pass for both graphs
+    for report in reports:
         print(summary_line(report))
-        failed |= not report["passed"]
     print(f"reports: {root}/parity_*/report.md")
-    return 1 if failed else 0
+    codes = [report["exit_code"] for report in reports]
+    return 1 if 1 in codes else max(codes)  # a failed gate first, then inconclusive (3), else 0
 
 
 # -- parser --------------------------------------------------------------------------------------------
@@ -640,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", help="image files or folders")
     pred.set_defaults(func=cmd_predict)
 
-    par = add("parity", "compare a deployed graph with the torch reference; exit 1 when a gate fails")
+    par = add("parity", "compare a deployed graph with the torch reference; exit 0 passed, 1 a gate failed, 3 "
+              "inconclusive (too few reference detections compared), 2 bad input")
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
     par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -653,7 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--split", default="val")
     par.add_argument("--limit", type=_positive_int, help="first N images only")
     par.add_argument("--score-floor", type=_unit_float, default=0.3,
-                     help="reference detections at or above this score must be matched, in [0, 1] (default 0.3)")
+                     help="detections at or above this score must find a counterpart on the other side (reference: "
+                     "recall, candidate: precision), in [0, 1] (default 0.3)")
+    par.add_argument("--min-detections", type=_positive_int, default=DEFAULT_MIN_DETECTIONS,
+                     help="reference detections at or above the score floor a run must compare to pass; with fewer "
+                     f"the verdict is INCONCLUSIVE, exit 3 (default {DEFAULT_MIN_DETECTIONS})")
     add_threads(par)
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     par.add_argument("--force", action="store_true", help="replace a non-empty --out folder")

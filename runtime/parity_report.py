@@ -1,0 +1,92 @@
+"""The parity report as people read it: report.md and the one-line summary `maskrt parity` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Missed and extra detections listed in report.md (report.json keeps more).
+LISTED_IN_MARKDOWN = 20
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _detection_rows(title: str, rows: list[dict[str, Any]], total: int, what: str) -> list[str]:
+    """A markdown table of missed or extra detections (the highest scores first)."""
+    if not total:
+        return [f"{title}: none."]
+    shown = rows[:LISTED_IN_MARKDOWN]
+    more = f"; the {len(shown)} highest scores" if total > len(shown) else ""
+    lines = [f"{title}: {total} ({what}){more}:", "", "| image | class | score | box (x1, y1, x2, y2) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['file']} | {r['name']} | {r['score']:.3f} | {', '.join(f'{v:.1f}' for v in r['box'])} |"
+              for r in shown]
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A short human-readable report: verdict, evidence, gates, AP, missed and extra detections, raw-output errors
+    and the figures."""
+    s = report["summary"]
+    verdict = report["verdict"].upper()
+    inp = report["input"]
+    size = "dynamic height/width" if inp["dynamic_size"] else f"static canvas {inp['height']}x{inp['width']}"
+    floor = report["tolerances"]["score_floor"]
+    lines = [
+        f"# Parity: {report['backend']} ({report['graph']} graph) vs {report['reference']} reference — {verdict}",
+        "",
+        f"**{verdict}**: {report['reason']}.",
+        "",
+        f"Reference: {report['reference_is']}. Candidate: {report['backend']} on {report['graph']} graph "
+        f"({size}).",
+        "",
+        f"{s['images']} images; {s['reference_detections_above_floor']} reference and "
+        f"{s['candidate_detections_above_floor']} candidate detections at or above the score floor {floor} "
+        f"(a run needs at least {report['evidence']['min_detections']} reference detections to pass).",
+        "",
+        "| gate | value | limit | result |",
+        "|---|---|---|---|",
+    ]
+    for g in report["gates"]:
+        result = {True: "pass", False: "FAIL", None: "no data"}[g["passed"]]
+        lines.append(f"| {g['gate']} | {_fmt(g['value'], '.6g')} | {g['op']} {g['limit']} | {result} |")
+    if s["coco"] is not None:
+        lines += ["", "| COCO AP | reference | candidate | delta |", "|---|---|---|---|"]
+        for t in ("bbox", "segm"):
+            lines.append(f"| {t} | {s['coco']['reference'][t]['AP']:.3f} | {s['coco']['candidate'][t]['AP']:.3f} | "
+                         f"{s['coco']['delta'][t]:+.4f} |")
+    else:
+        lines += ["", "No annotations (a folder of images): no COCO AP; the detection-level gates decide."]
+    lines += ["", f"Matched pairs: {s['matched_pairs']}; box IoU min {_fmt(s['box_iou']['min'], '.6f')} / median "
+              f"{_fmt(s['box_iou']['median'], '.6f')}, |score diff| max {_fmt(s['score_diff_max'], '.3g')} / median "
+              f"{_fmt(s['score_diff_median'], '.3g')}, median mask IoU {_fmt(s['mask_iou_median'], '.6f')}.", ""]
+    lines += _detection_rows("Extra candidate detections", report["unmatched_candidate_detections"],
+                             s["unmatched_candidate_detections"], "no reference detection of their class matches them")
+    lines.append("")
+    lines += _detection_rows("Missed reference detections", report["missed_reference_detections"],
+                             s["missed_reference_detections"], "no candidate detection of their class matches them")
+    lines += ["", "| raw output | max abs | mean abs | median abs | max rel | mean rel |", "|---|---|---|---|---|---|"]
+    for name, st in report["raw_outputs"].items():
+        lines.append(f"| {name} | {st['abs']['max']:.3g} | {st['abs']['mean']:.3g} | {st['abs']['median']:.3g} | "
+                     f"{st['rel']['max']:.3g} | {st['rel']['mean']:.3g} |")
+    figures = report.get("figures")
+    if figures:
+        lines += ["", "## Matched detections", "", f"![matched scores and box IoUs]({figures['matches']})", "",
+                  "## Largest differences (reference | candidate; missed and extra detections marked)", ""]
+        for fig in figures["worst"]:
+            row = report["per_image"][fig["row"]]
+            lines += [f"**{fig['image']}**: {row['matched']} of {row['reference_above_floor']} reference detections "
+                      f"matched, {row['extra']} extra candidate detection(s), min box IoU {_fmt(row['box_iou_min'])}, "
+                      f"max |score diff| {_fmt(row['score_diff_max'])}", "", f"![{fig['image']}]({fig['file']})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line for the CLI: verdict and why, dAPs, recall, precision, evidence."""
+    s = report["summary"]
+    ap = (f"dAP bbox {s['coco']['delta']['bbox']:+.3f} segm {s['coco']['delta']['segm']:+.3f}"
+          if s["coco"] is not None else "no annotations")
+    return (f"parity {report['backend']}/{report['graph']} vs {report['reference']}: {report['verdict'].upper()} "
+            f"({report['reason']}); {ap}, recall {_fmt(s['recall'], '.4f')}, precision {_fmt(s['precision'], '.4f')}, "
+            f"{s['reference_detections_above_floor']} reference detections, images {s['images']}")
