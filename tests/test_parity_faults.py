@@ -1,0 +1,129 @@
+"""The parity gate proven on injected faults (issue 21).
+
+A slim model trained to real accuracy (conftest.accurate_model: segm AP >= 50 on its 32 validation images) is exported
+with all four graphs; its clean export must pass `maskrt parity` on every graph, on the COCO split and on a folder of
+the same images. Then each fault of runtime/faults.py - faults a broken exporter, quantizer or runtime could introduce
+(weights, thresholds inside the graph, label map, box decoding, mask logits, RoIAlign, pre-processing, image-size
+mapping) - is injected into a copy of the export (export.json rewritten with the new sha256, as a buggy exporter
+would) and must FAIL: every fault on the fp32 graphs (portable, trt) with the fp32 gates, in both data modes; the gross
+faults also on trt_fp16 and portable_int8 with their own, looser gates (docs/architecture.md section 7 says which
+faults each precision catches and why). Every verdict is asserted with the evidence it rests on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskrt.runtime.faults import CLEAN, DATA_MODES, FAULTS, fault_matrix, format_matrix, inject
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+FP32_GRAPHS = ("portable", "trt")
+LOW_PRECISION_GRAPHS = ("trt_fp16", "portable_int8")
+#: Faults the looser fp16 and int8 gates must catch too: each moves detections far beyond any rounding (labels,
+#: duplicates, boxes, masks, inputs). The others are caught by the fp32 gates; at fp16 / int8 their effect is of the
+#: size of the precision's own drift (docs/architecture.md section 7).
+GROSS = ("nms_iou", "label_map", "box_decoding", "mask_logits", "normalization")
+#: The kinds of faults the issue names, each present in the catalogue.
+KINDS = {"weights", "threshold in the graph", "label map", "box decoding", "mask logits", "image-size mapping"}
+
+
+IMAGES = 16  # of the 32 validation images: about 125 reference detections above the floor
+
+
+@pytest.fixture(scope="module")
+def matrix(accurate_model, accurate_export: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: ANN001
+           ) -> dict[tuple[str, str, str], dict]:
+    """The clean export and every fault through the parity gate on both data modes: on all four graphs for the clean
+    export and the gross faults, on the fp32 graphs for the others (one reference pass per fault and data mode)."""
+    work = tmp_path_factory.mktemp("faults")
+    args = (accurate_model.checkpoint, accurate_export, accurate_model.data, work)
+    rows = fault_matrix(*args, faults=list(GROSS), limit=IMAGES)
+    rows += fault_matrix(*args, faults=[f for f in FAULTS if f not in GROSS], graphs=list(FP32_GRAPHS), clean=False,
+                         limit=IMAGES)
+    print(format_matrix(rows))  # the table, in the test log (pytest -s)
+    return {(r["fault"], r["graph"], r["mode"]): r for r in rows}
+
+
+def test_the_catalogue_covers_the_kinds_of_faults() -> None:
+    assert len(FAULTS) >= 8
+    assert KINDS <= {f.kind for f in FAULTS.values()}
+    assert set(GROSS) <= set(FAULTS)
+
+
+@pytest.mark.slow
+def test_the_fixture_has_real_accuracy(accurate_model) -> None:  # noqa: ANN001
+    assert accurate_model.metrics["segm"]["AP"] >= 50 and accurate_model.metrics["bbox"]["AP"] >= 40
+
+
+@pytest.mark.slow
+def test_clean_export_passes_every_graph_in_both_modes(matrix: dict) -> None:
+    for graph in (*FP32_GRAPHS, *LOW_PRECISION_GRAPHS):
+        for mode in DATA_MODES:
+            row = matrix[(CLEAN, graph, mode)]
+            assert row["verdict"] == "passed", row
+            assert row["images"] == IMAGES and row["reference_detections"] >= 50, row  # evidence, not an empty pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_fault_fails_the_fp32_gates(matrix: dict, fault: str) -> None:
+    for graph in FP32_GRAPHS:
+        for mode in DATA_MODES:
+            row = matrix[(fault, graph, mode)]
+            assert row["verdict"] == "failed" and row["failed_gates"], row
+            assert row["images"] == IMAGES and row["reference_detections"] >= 50, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", GROSS)
+def test_gross_faults_fail_the_fp16_and_int8_gates(matrix: dict, fault: str) -> None:
+    for graph in LOW_PRECISION_GRAPHS:
+        for mode in DATA_MODES:
+            row = matrix[(fault, graph, mode)]
+            assert row["verdict"] == "failed" and row["failed_gates"], row
+            assert row["reference_detections"] >= 50, row
+
+
+@pytest.mark.slow
+def test_duplicates_fail_on_a_folder_of_images_through_the_cli(accurate_model, accurate_export: Path,  # noqa: ANN001
+                                                               tmp_path: Path) -> None:
+    """The issue's first case as a user meets it: the box-head NMS IoU threshold 0.5 -> 0.9 in model.onnx (sha256
+    updated), `maskrt parity` on a folder of images (no annotations) exits 1 on the precision gate, and report.md
+    lists the extra detections; the clean export exits 0 on the same folder, and exits 3 when the run may not
+    compare enough detections to decide."""
+    from maskrt.runtime.faults import image_folder_of
+
+    folder = image_folder_of(accurate_model.data, "val", tmp_path / "images")
+    faulty = inject(accurate_export, "nms_iou", tmp_path / "faulty", graphs=["portable"])
+
+    def parity(model: Path, out: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+        proc = subprocess.run([*CLI, "parity", "--checkpoint", str(accurate_model.checkpoint), "--model", str(model),
+                               "--data", str(folder), "--out", str(tmp_path / out), "-q", *extra],
+                              capture_output=True, text=True, timeout=600)
+        return proc, json.loads((tmp_path / out / "report.json").read_text())
+
+    proc, report = parity(faulty, "faulty_report")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED" in proc.stdout and "precision" in proc.stdout
+    assert report["verdict"] == "failed" and report["summary"]["coco"] is None
+    assert report["summary"]["reference_detections_above_floor"] >= 50
+    extra = report["summary"]["unmatched_candidate_detections"]
+    assert extra > 0 and len(report["unmatched_candidate_detections"]) == min(extra, 200)
+    markdown = (tmp_path / "faulty_report" / "report.md").read_text()
+    assert f"Extra candidate detections: {extra} " in markdown and "— FAILED" in markdown
+
+    proc, report = parity(accurate_export, "clean_report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["verdict"] == "passed" and report["summary"]["unmatched_candidate_detections"] == 0
+
+    compared = report["summary"]["reference_detections_above_floor"]
+    proc, report = parity(accurate_export, "short_report", "--min-detections", str(compared + 1))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "INCONCLUSIVE" in proc.stdout and report["verdict"] == "inconclusive" and not report["passed"]
+    assert report["exit_code"] == 3 and f"fewer than the minimum {compared + 1}" in report["reason"]
+    assert "— INCONCLUSIVE" in (tmp_path / "short_report" / "report.md").read_text()
