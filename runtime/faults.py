@@ -145,28 +145,21 @@ def _scale_backbone_conv(graph: onnx.GraphProto, kind: str) -> None:
     _replace(target, numpy_helper.to_array(target) * 1.5)
 
 
-def _last_nms(graph: onnx.GraphProto) -> onnx.NodeProto:
-    """The box head's NMS: the graph's last NMS node (the RPN's comes first)."""
-    return _nodes(graph, ("NonMaxSuppression", "BatchedNMS"))[-1]
+#: ONNX NonMaxSuppression's threshold inputs (the BatchedNMS plugin has attributes of the same names).
+_NMS_INPUTS = {"iou_threshold": 3, "score_threshold": 4}
 
 
-def _box_nms_iou(graph: onnx.GraphProto, kind: str) -> None:
-    """The box head's class-wise NMS IoU threshold 0.5 -> 0.9: duplicate detections survive."""
-    node = _last_nms(graph)
-    if node.op_type == "BatchedNMS":
-        _set_attribute(node, "iou_threshold", 0.9)
-    else:
-        _set_input(graph, node, 3, np.array([0.9], np.float32))
+def _box_nms(threshold: str, value: float) -> GraphEdit:
+    """A graph edit that sets `threshold` of the box head's NMS - the graph's last NMS node (the RPN's comes first)."""
 
+    def edit(graph: onnx.GraphProto, kind: str) -> None:
+        node = _nodes(graph, ("NonMaxSuppression", "BatchedNMS"))[-1]
+        if node.op_type == "BatchedNMS":
+            _set_attribute(node, threshold, value)
+        else:
+            _set_input(graph, node, _NMS_INPUTS[threshold], np.array([value], np.float32))
 
-def _box_score_threshold(graph: onnx.GraphProto, kind: str) -> None:
-    """The box head's NMS score threshold 0.05 -> 0.6 (a display threshold baked into the graph): detections between
-    the score floor and 0.6 disappear."""
-    node = _last_nms(graph)
-    if node.op_type == "BatchedNMS":
-        _set_attribute(node, "score_threshold", 0.6)
-    else:
-        _set_input(graph, node, 4, np.array([0.6], np.float32))
+    return edit
 
 
 def _swap_classes(graph: onnx.GraphProto, kind: str) -> None:
@@ -250,9 +243,10 @@ def _normalization(record: dict[str, Any]) -> None:
 FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("backbone_weight", "weights", "one backbone convolution's weights x1.5", graph=_scale_backbone_conv),
     Fault("nms_iou", "threshold in the graph", "box head NMS IoU threshold 0.5 -> 0.9 (duplicates)",
-          graph=_box_nms_iou),
-    Fault("score_threshold", "threshold in the graph", "box head NMS score threshold 0.05 -> 0.6",
-          graph=_box_score_threshold),
+          graph=_box_nms("iou_threshold", 0.9)),
+    Fault("score_threshold", "threshold in the graph",
+          "box head NMS score threshold 0.05 -> 0.6 (a display threshold baked in)",
+          graph=_box_nms("score_threshold", 0.6)),
     Fault("label_map", "label map", "classifier rows of classes 1 and 2 swapped", graph=_swap_classes),
     Fault("box_decoding", "box decoding", "box head BoxCoder weights (10, 10, 5, 5) -> (1, 1, 1, 1)",
           graph=_box_coder_weights),
