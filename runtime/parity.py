@@ -96,6 +96,12 @@ def _listed(dets: Detections, indices: list[int], names: list[str], image_id: in
     return rows
 
 
+def _top(rows: list[dict[str, Any]], prune_above: int = 0) -> list[dict[str, Any]]:
+    """The LISTED_MAX listed detections with the highest scores, highest first; with `prune_above`, `rows` as they
+    are until they hold more than that (the lists stay small on a large dataset with a broken candidate)."""
+    return rows if len(rows) <= prune_above else sorted(rows, key=lambda r: -r["score"])[:LISTED_MAX]
+
+
 @dataclass
 class _Inputs:
     """The images parity runs on: a COCO-format split (with ground truth) or a folder of plain images."""
@@ -206,8 +212,8 @@ class _Comparison:
             self.raw.add(ref_raw[k], cand_raw[k])
             m, row = self.evidence.add(ref, cand, self.gates)
             self.per_image.append({"image_id": image_id, "file": file.name, **row})
-            self.missed += _listed(ref, m.missed, self.names, image_id, file.name)
-            self.extra += _listed(cand, m.extra, self.names, image_id, file.name)
+            self.missed = _top(self.missed + _listed(ref, m.missed, self.names, image_id, file.name), 4 * LISTED_MAX)
+            self.extra = _top(self.extra + _listed(cand, m.extra, self.names, image_id, file.name), 4 * LISTED_MAX)
             self.shown[len(self.per_image) - 1] = (ref, cand, m)
             self.results.extend(coco_results(cand, self.info.classes, image_id))
         worst = set(pick_worst(self.per_image, WORST_SHOWN))
@@ -218,7 +224,6 @@ class _Comparison:
         spec, info, gates, evidence = self.spec, self.info, self.gates, self.evidence
         summary = {"images": len(self.per_image), **evidence.summary(gates), "coco": coco}
         results, verdict, reason = judge(evidence, gates, coco["delta"] if coco else None)
-        by_score = lambda rows: sorted(rows, key=lambda r: -r["score"])[:LISTED_MAX]  # noqa: E731
         return {
             "verdict": verdict, "passed": verdict == PASSED, "reason": reason, "exit_code": EXIT_CODES[verdict],
             "backend": spec.backend, "graph": self.graph, "precision": self.precision, "reference": reference,
@@ -230,8 +235,8 @@ class _Comparison:
             "evidence": {"reference_detections_compared": evidence.reference_above,
                          "min_detections": gates.min_detections},
             "gates": results, "tolerances": asdict(gates), "summary": summary,
-            "missed_reference_detections": by_score(self.missed),
-            "unmatched_candidate_detections": by_score(self.extra),
+            "missed_reference_detections": _top(self.missed),
+            "unmatched_candidate_detections": _top(self.extra),
             "raw_outputs": self.raw.stats(),
             "per_image": self.per_image,
         }
