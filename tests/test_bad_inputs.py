@@ -184,6 +184,12 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                           "--out", f"{t}/o", f"{w}/photo.png"], "must be in [0, 1], got nan", {}),
     ("score-floor-2", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
                                     f"{w}/data", "--score-floor", "2", "--out", f"{t}/p"], "got 2", {}),
+    ("min-detections-0", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
+                                       f"{w}/data", "--min-detections", "0", "--out", f"{t}/p"],
+     "--min-detections: must be a positive integer, got 0", {}),
+    ("min-detections-text", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
+                                          f"{w}/data", "--min-detections", "many", "--out", f"{t}/p"],
+     "--min-detections: invalid int value: 'many'", {}),
     # resources
     ("max-detections-above-proposals", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
                                                      "--max-detections", "100000"], "exceeds the 300 proposals", {}),
