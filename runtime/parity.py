@@ -219,7 +219,8 @@ class _Comparison:
         worst = set(pick_worst(self.per_image, WORST_SHOWN))
         self.shown = {j: d for j, d in self.shown.items() if j in worst}
 
-    def report(self, checkpoint: str | Path, reference: str, coco: dict[str, Any] | None) -> dict[str, Any]:
+    def report(self, checkpoint: str | Path, checkpoint_sha256: str, reference: str, coco: dict[str, Any] | None
+               ) -> dict[str, Any]:
         """The report.json document."""
         spec, info, gates, evidence = self.spec, self.info, self.gates, self.evidence
         summary = {"images": len(self.per_image), **evidence.summary(gates), "coco": coco}
@@ -229,7 +230,7 @@ class _Comparison:
             "backend": spec.backend, "graph": self.graph, "precision": self.precision, "reference": reference,
             "reference_is": REFERENCE_TITLES[reference],
             "export": str(spec.model), "checkpoint": str(checkpoint),
-            "checkpoint_matches_export": sha256(checkpoint) == info.checkpoint.get("sha256"),
+            "checkpoint_matches_export": checkpoint_sha256 == info.checkpoint.get("sha256"),
             "input": {"dynamic_size": info.input.dynamic_size, "height": info.input.height,
                       "width": info.input.width},
             "evidence": {"reference_detections_compared": evidence.reference_above,
@@ -321,9 +322,10 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
         for comparison in comparisons:
             comparison.close()
     reports = []
+    checkpoint_sha256 = sha256(checkpoint)
     for comparison in comparisons:
         coco = None if inputs.coco is None else coco_comparison(inputs.coco, ref_results, comparison.results, ids)
-        report = comparison.report(checkpoint, reference, coco)
+        report = comparison.report(checkpoint, checkpoint_sha256, reference, coco)
         comparison.write(report, files, figures)
         reports.append(report)
     return reports
