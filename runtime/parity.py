@@ -223,7 +223,7 @@ class _Comparison:
                ) -> dict[str, Any]:
         """The report.json document."""
         spec, info, gates, evidence = self.spec, self.info, self.gates, self.evidence
-        summary = {"images": len(self.per_image), **evidence.summary(gates), "coco": coco}
+        summary = {"images": len(self.per_image), **evidence.summary(), "coco": coco}
         results, verdict, reason = judge(evidence, gates, coco["delta"] if coco else None)
         return {
             "verdict": verdict, "passed": verdict == PASSED, "reason": reason, "exit_code": EXIT_CODES[verdict],

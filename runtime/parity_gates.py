@@ -187,7 +187,7 @@ class Evidence:
     def precision(self) -> float | None:
         return (self.candidate_above - self.extra) / self.candidate_above if self.candidate_above else None
 
-    def summary(self, gates: Gates) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """The run's numbers (None where nothing was there to measure)."""
         median = lambda v: float(np.median(v)) if v else None  # noqa: E731
         return {

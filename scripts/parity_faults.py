@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--json", help="also write every row (verdict, reason, failing gates, evidence) to this file")
     args = parser.parse_args(argv)
+    work = Path(args.work).resolve()
+    for item in (args.checkpoint, args.model, args.data):
+        path = Path(item).resolve()
+        if work == path or work in path.parents or path in work.parents:
+            print(f"error: {args.work}: is, holds or lies inside the input {item}; choose a work folder apart from "
+                  "the inputs", file=sys.stderr)
+            return 2
     try:
         graphs = args.graphs or list(ExportInfo.read(args.model).graphs)
         names = args.faults or list(FAULTS)
