@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from maskrt.core.artifacts import EngineInfo, ExportInfo, Profile, TensorSpec
+from maskrt.core.artifacts import MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
@@ -67,9 +67,9 @@ def check_shapes(info: ExportInfo, shapes: ShapeRange) -> None:
         if not inp.accepts(h, w):
             raise MaskrtError(f"the {name} shape {h}x{w} is outside the export's inputs: multiples of 32 in height "
                               f"{list(inp.height_range or ())} x width {list(inp.width_range or ())}")
-        if b < 1 or (not inp.dynamic_batch and b != inp.batch):
+        if not 1 <= b <= MAX_EXPORT_BATCH or (not inp.dynamic_batch and b != inp.batch):
             raise MaskrtError(f"the {name} batch {b} does not fit the export (batch "
-                              f"{'dynamic' if inp.dynamic_batch else inp.batch})")
+                              f"{'dynamic, at most ' + str(MAX_EXPORT_BATCH) if inp.dynamic_batch else inp.batch})")
     for i, dim in enumerate(("batch", "height", "width")):
         if not shapes.min[i] <= shapes.opt[i] <= shapes.max[i]:
             raise MaskrtError(f"the profile's {dim} must satisfy min <= opt <= max, got "

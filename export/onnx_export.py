@@ -30,7 +30,7 @@ from maskrt.core.artifacts import (
 )
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.outputs import check_output_dir, staged_dir
+from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.core.versions import versions
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -136,6 +136,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         raise MaskrtError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
     if not 1 <= batch <= MAX_EXPORT_BATCH:
         raise MaskrtError(f"batch must be in [1, {MAX_EXPORT_BATCH}], got {batch}")
+    check_apart([out], [("checkpoint", checkpoint)])
     out = check_output_dir(out, force=force)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, source=checkpoint)

@@ -48,12 +48,25 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, max_detections: int) -> None:
         self.model = model.eval()
         self.max_detections = max_detections
+        self._finite = True
+        # torchvision drops NaN scores on the way out (an empty result): the backbone's features tell instead
+        self._hook = model.backbone.register_forward_hook(self._check_features)
+
+    def _check_features(self, module: torch.nn.Module, inputs: object, output: object) -> None:
+        features = output.values() if isinstance(output, dict) else [output]
+        self._finite = all(bool(torch.isfinite(f).all()) for f in features if isinstance(f, torch.Tensor))
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
-        return [RawOutput.from_torchvision(det, self.max_detections)
+        self._finite = True
+        outs = [RawOutput.from_torchvision(det, self.max_detections)
                 for det in eager_detections(self.model, canvas, sizes)]
+        if not self._finite:
+            raise MaskrtError("the network's backbone features hold non-finite values (NaN or infinity): its weights "
+                              "are broken")
+        return outs
 
     def close(self) -> None:
+        self._hook.remove()
         self.model = None  # type: ignore[assignment]
 
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from maskrt.core.artifacts import GRAPH_FILES, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.outputs import check_output_dir
+from maskrt.core.outputs import check_apart, check_output_dir
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.export.onnx_export import export_checkpoint
 from maskrt.runtime.bench import STAGES, backend_versions, machine, percentiles, synthetic_images, timed_predict
@@ -235,6 +235,8 @@ def run_compare(*, checkpoint: str | Path | None = None, random_config: str | No
     torch_threads = torch.get_num_threads()
     threads = threads or torch_threads
     temporary = tempfile.TemporaryDirectory(prefix="maskrt-compare-") if work is None else None
+    if work is not None:  # --force empties it
+        check_apart([work], [("checkpoint", checkpoint), ("export", export), ("calibration folder", calibration)])
     root = Path(temporary.name) if temporary else check_output_dir(work, force=force)
     if root.is_dir() and not temporary:  # --force: start from an empty work folder
         shutil.rmtree(root)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo
+from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo, check_same_classes
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
-from maskrt.core.outputs import check_output_dir, staged_dir
+from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.runtime.backends import TorchBackend
 from maskrt.runtime.parity_gates import EXIT_CODES, PASSED, Evidence, Gates, ImageMatch, judge, match
 from maskrt.runtime.parity_report import render_markdown, summary_line
@@ -122,9 +122,7 @@ class _Inputs:
                                   f"images ({', '.join(IMAGE_SUFFIXES)})")
             return cls(files, list(range(1, len(files) + 1)))
         dataset = load_split(data, split, train=False)
-        if [c["id"] for c in dataset.classes] != [c["id"] for c in info.classes]:
-            raise MaskrtError(f"{dataset.ann_file}: its categories {[c['id'] for c in dataset.classes]} differ from "
-                              f"the classes of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
+        check_same_classes(dataset.classes, dataset.ann_file, info.classes, Path(export_dir) / "export.json")
         return cls([dataset.image_path(i) for i in range(len(dataset))], list(dataset.ids), dataset.coco)
 
 
@@ -134,9 +132,7 @@ def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: 
     if name not in REFERENCES:
         raise MaskrtError(f"unknown reference '{name}' (choose from {', '.join(REFERENCES)})")
     ckpt = load_checkpoint(checkpoint)
-    if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in info.classes]:
-        raise MaskrtError(f"{checkpoint}: its classes {[c['id'] for c in ckpt['classes']]} differ from those of "
-                          f"{export_dir} {[c['id'] for c in info.classes]}")
+    check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
     model = model_from_checkpoint(ckpt, source=checkpoint)
     if name == "plain":
         return PlainReference(model, info.max_detections)
@@ -291,6 +287,8 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     `run_parity`)."""
     if not candidates:
         raise MaskrtError("no candidate to compare")
+    check_apart([c.out for c in candidates], [("checkpoint", checkpoint), ("dataset", data),
+                                              *(("model", c.model) for c in candidates)])
     comparisons = [_Comparison(spec, force) for spec in candidates]  # every output and record checked first
     outs = [c.out.resolve() for c in comparisons]
     if len(set(outs)) != len(outs):
@@ -317,7 +315,10 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
                 for dets, image_id in zip(ref_dets, chunk_ids, strict=True):
                     ref_results.extend(coco_results(dets, info.classes, image_id))
                 for comparison in comparisons:
-                    comparison.add(images, chunk_files, chunk_ids, ref_raw, ref_dets)
+                    try:
+                        comparison.add(images, chunk_files, chunk_ids, ref_raw, ref_dets)
+                    except MaskrtError as exc:  # name the image(s) of the batch
+                        raise MaskrtError(f"{', '.join(map(str, chunk_files))}: {exc}") from None
     finally:
         for comparison in comparisons:
             comparison.close()

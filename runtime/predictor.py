@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskrt.core.artifacts import ExportInfo
+from maskrt.core.artifacts import ExportInfo, check_same_classes
 from maskrt.core.errors import MaskrtError
 from maskrt.runtime.backends import Backend, OnnxRuntimeBackend, TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
@@ -32,6 +32,17 @@ def preprocessor_for(info: ExportInfo) -> Preprocessor:
     return Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
                         canvas=None if inp.dynamic_size else (inp.height, inp.width),
                         max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]
+
+
+def check_finite_outputs(outs: list[RawOutput]) -> None:
+    """MaskrtError when a network output holds NaN or infinity (a broken graph or weights): an error, never an empty
+    or garbage result. The caller names the image."""
+    for i, out in enumerate(outs):
+        bad = [name for name in ("boxes", "scores", "masks") if not np.isfinite(getattr(out, name)).all()]
+        if bad:
+            where = f" (image {i + 1} of the batch)" if len(outs) > 1 else ""
+            raise MaskrtError(f"the network's {' and '.join(bad)} hold non-finite values (NaN or infinity){where}: "
+                              "its weights or graph are broken")
 
 
 class Predictor:
@@ -58,9 +69,7 @@ class Predictor:
             if checkpoint is None:
                 raise MaskrtError("the torch backend needs a checkpoint")
             ckpt = load_checkpoint(checkpoint)
-            if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in info.classes]:
-                raise MaskrtError(f"{checkpoint}: its classes {[c['id'] for c in ckpt['classes']]} differ from "
-                                  f"those of {Path(export_dir) / 'export.json'} {[c['id'] for c in info.classes]}")
+            check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device, spinning)
@@ -104,6 +113,7 @@ class Predictor:
         """Fixed-shape outputs of a batch, with each image's resized and original (h, w)."""
         canvas, sizes = self.preprocessor(images)
         outs = self.backend.run(canvas, sizes)
+        check_finite_outputs(outs)
         resized = [(int(h), int(w)) for h, w in sizes.tolist()]
         return outs, resized, [(int(img.shape[0]), int(img.shape[1])) for img in images]
 

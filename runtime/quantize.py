@@ -33,7 +33,7 @@ from maskrt.core.artifacts import GRAPH_FILES, ExportInfo, GraphFile
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import image_folder, load_rgb
-from maskrt.core.outputs import check_not_input, check_output_dir, staged_dir
+from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.export.onnx_export import check_graph
 from maskrt.runtime.predictor import preprocessor_for
 
@@ -134,7 +134,7 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     if method not in METHODS:
         raise MaskrtError(f"unknown calibration method '{method}' (choose from {', '.join(METHODS)})")
     info = ExportInfo.read(export_dir)
-    check_not_input(out, [export_dir])
+    check_apart([out], [("export folder", export_dir), ("calibration folder", calibration)])
     out = check_output_dir(out, force=force)
     source = info.graph_path(export_dir, "portable")
     if sha256(source) != info.graphs["portable"].sha256:

@@ -23,7 +23,7 @@ from pathlib import Path
 from maskrt.core.artifacts import GRAPH_FILES, GRAPH_KINDS, OUTPUT_NAMES, EngineInfo, ExportInfo, TensorSpec
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.core.outputs import check_output_dir, staged_dir
+from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.serving.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_QUEUE_DELAY_US, INPUT, OUTPUT
 from maskrt.serving.steps import ORIGINAL_SIZES
 
@@ -228,6 +228,7 @@ def write_repository(model: str | Path, out: str | Path, options: RepositoryOpti
         if o.max_batch > engine_max:
             raise MaskrtError(f"--max-batch {o.max_batch} exceeds the engine's batch profile (max {engine_max}): "
                               f"build with --batch 1:1:{o.max_batch} or lower --max-batch")
+    check_apart([out], [("model", model)])
     check_output_dir(out, force=force)
     name = o.name
     names = {"pre": f"{name}_preprocess", "net": f"{name}_network", "post": f"{name}_postprocess"}

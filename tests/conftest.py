@@ -24,6 +24,31 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("shapes"), train=24, val=8, size=96, seed=3, progress=False)
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
+    """Inputs every row may use (and must leave untouched): data/, ckpt.pt (with a training state), export/,
+    photo.png (the bad-input sweeps: tests/test_bad_inputs.py, tests/test_outputs_safety.py)."""
+    import numpy as np
+    from PIL import Image
+
+    from maskrt.export.onnx_export import export_checkpoint
+    from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
+    from maskrt.training.models import build_model, default_model_config
+
+    root = tmp_path_factory.mktemp("world")
+    shutil.copytree(shapes_dir, root / "data")
+    torch.manual_seed(0)
+    cfg = default_model_config("slim", 3)
+    model = build_model(cfg)
+    classes = [{"id": i, "name": n} for i, n in ((1, "circle"), (2, "rectangle"), (3, "triangle"))]
+    state = {"step": 1, "elapsed_s": 1.0, "optimizer": {}, "rng": {}}
+    save_checkpoint(root / "ckpt.pt", make_checkpoint(model_config=cfg, state_dict=model.state_dict(),
+                                                      classes=classes, train_state=state))
+    export_checkpoint(root / "ckpt.pt", root / "export")
+    Image.fromarray(np.full((60, 80, 3), 120, np.uint8)).save(root / "photo.png")
+    return root
+
+
 #: The real-accuracy model (issue 21): the slim config at 96 px on 300 shapes images, 700 steps (about 2 minutes on 2
 #: cores; segm AP 52.6 after 600 steps, 64.8 after 900 here). Its 32 validation images hold about 80 objects, more
 #: than the parity gate's default minimum of 50 reference detections.

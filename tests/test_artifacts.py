@@ -42,7 +42,7 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d.pop("classes"), "export.json: classes is missing"),
         (lambda d: d.update(classes=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]), "category id twice"),
         (lambda d: d["input"].update(width=100), "multiples of 32"),
-        (lambda d: d["input"].update(batch=0), "input.batch must be an integer >= 1"),
+        (lambda d: d["input"].update(batch=0), r"input.batch must be an integer in \[1, 64\]"),
         (lambda d: d["input"].update(dynamic_batch="yes"), "input.dynamic_batch must be true or false"),
         (lambda d: d["normalization"].update(std=[0.2, 0.0, 0.2]), "normalization.std must be positive"),
         (lambda d: d["normalization"].update(mean=[0.5]), "normalization.mean must be a list of 3 numbers"),
@@ -58,6 +58,14 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d["input"].update(height=256), "lies outside its ranges"),
         (lambda d: d["input"].pop("dynamic_size"), "input.dynamic_size is missing"),
         (lambda d: d["input"].update(dynamic_size=False), "a static input .* must have ranges equal to its size"),
+        # the limits the CLI enforces (issue 22): an export.json cannot ask for more than `maskrt export` makes
+        (lambda d: d["input"].update(height_range=[32, 100000]), r"height_range must be .*in \[32, 4096\]"),
+        (lambda d: d["input"].update(batch=65), r"input.batch must be an integer in \[1, 64\]"),
+        (lambda d: d["limits"].update(max_detections=10**6), r"max_detections must be an integer in \[1, 1000\]"),
+        (lambda d: d.update(opset=99), r"opset must be an integer in \[17, 20\]"),
+        (lambda d: d["resize"].update(max_size=100000), r"resize.max_size must be an integer in \[1, 4096\]"),
+        (lambda d: d["resize"].update(min_size=192), "min_size 192 exceeds resize.max_size 160"),
+        (lambda d: d["normalization"].update(mean=[0.5, float("nan"), 0.3]), "mean finite"),
     ],
 )
 def test_export_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
@@ -82,7 +90,7 @@ def test_export_info_file_errors(tmp_path: Path) -> None:
 def _engine_info() -> EngineInfo:
     return EngineInfo(
         engine="model.fp16.engine", engine_sha256="00", builder="tensorrt-rtx", builder_version="1.7.1",
-        precision="fp16", profiles={"images": Profile((1, 3, 320, 320), (1, 3, 800, 1216), (4, 3, 1344, 1344))},
+        precision="fp16", profiles={"images": Profile((1, 3, 32, 64), (1, 3, 128, 160), (4, 3, 192, 192))},
         inputs=(TensorSpec("images", (-1, 3, -1, -1), "FLOAT"), TensorSpec("image_sizes", (-1, 2), "INT64")),
         outputs=(TensorSpec("num_detections", (-1,), "INT32"),), onnx_sha256="01", plugin_library_sha256="02",
         compute_capabilities=("8.6", "8.9"), build_seconds=4.5, export=_export_info(), versions={"maskrt": "0.1"},
@@ -108,6 +116,9 @@ def test_engine_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d.update(inputs=[{"name": "images", "shape": "?", "dtype": "FLOAT"}]), "inputs must be a list"),
         (lambda d: d.update(build_seconds=-1), "build_seconds must be a number >= 0"),
         (lambda d: d["export"].pop("classes"), "export: classes is missing"),
+        (lambda d: d["profiles"]["images"].update(max=[4, 3, 100000, 192]), "lies outside the export's input"),
+        (lambda d: d["profiles"]["images"].update(max=[65, 3, 192, 192]), r"batch must be in \[1, 64\]"),
+        (lambda d: d.update(profiles={}), "no entry for the input 'images'"),
     ],
 )
 def test_engine_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001

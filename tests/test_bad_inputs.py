@@ -18,29 +18,10 @@ import torch
 from PIL import Image
 
 from maskrt.cli import main
-from maskrt.export.onnx_export import export_checkpoint
 from maskrt.training.checkpoint import make_checkpoint, save_checkpoint
 from maskrt.training.models import build_model, default_model_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
-    """Inputs every row may use (and must leave untouched): data/, ckpt.pt (with a training state), export/,
-    photo.png."""
-    root = tmp_path_factory.mktemp("world")
-    shutil.copytree(shapes_dir, root / "data")
-    torch.manual_seed(0)
-    cfg = default_model_config("slim", 3)
-    model = build_model(cfg)
-    classes = [{"id": i, "name": n} for i, n in ((1, "circle"), (2, "rectangle"), (3, "triangle"))]
-    state = {"step": 1, "elapsed_s": 1.0, "optimizer": {}, "rng": {}}
-    save_checkpoint(root / "ckpt.pt", make_checkpoint(model_config=cfg, state_dict=model.state_dict(),
-                                                      classes=classes, train_state=state))
-    export_checkpoint(root / "ckpt.pt", root / "export")
-    Image.fromarray(np.full((60, 80, 3), 120, np.uint8)).save(root / "photo.png")
-    return root
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -127,7 +108,7 @@ W, T = "W", "T"  # placeholders in argv templates for the world and the row's ow
 ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] = [
     # data loss
     ("predict-out-holds-input", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{w}",
-                                              f"{w}/photo.png", "--force"], "holds input image", {}),
+                                              f"{w}/photo.png", "--force"], "holds the model", {}),
     ("train-existing-run", lambda w, t: ["train", "--data", f"{w}/data", "--out", str(_nonempty(t, "run")),
                                          "--iters", "1"], "exists and is not empty (pass --resume", {}),
     ("shapes-existing-folder", lambda w, t: ["data", "shapes", "--out", str(_nonempty(t, "d"))],
@@ -140,9 +121,50 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("eval-existing-file", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data",
                                          "--out", f"{w}/photo.png"], "photo.png: exists", {}),
     ("eval-out-is-the-checkpoint", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data",
-                                                 "--out", f"{w}/ckpt.pt", "--force"], "is an input", {}),
+                                                 "--out", f"{w}/ckpt.pt", "--force"], "is the checkpoint", {}),
     ("import-out-is-the-weights", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{w}/ckpt.pt",
-                                                "--force"], "is an input", {}),
+                                                "--force"], "is the weights file", {}),
+    # classes agree by id AND name (issue 22)
+    ("eval-names-permuted", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data",
+                                          str(_copy_data(w, t, _permute_names)), "--out", f"{t}/m.json"],
+     "label 1: id 1 'circle' vs id 1 'rectangle'", {}),
+    ("eval-ids-swapped", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data",
+                                       str(_copy_data(w, t, _swap_ids)), "--out", f"{t}/m.json"],
+     "disagree on the classes", {}),
+    ("parity-names-permuted", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export",
+                                            "--data", str(_copy_data(w, t, _permute_names)), "--out", f"{t}/p"],
+     "disagree on the classes", {}),
+    ("parity-checkpoint-names-permuted", lambda w, t: ["parity", "--checkpoint", str(_checkpoint(w, t, _names_ckpt)),
+                                                       "--model", f"{w}/export", "--data", f"{w}/data", "--out",
+                                                       f"{t}/p"], "disagree on the classes", {}),
+    ("predict-torch-names-permuted", lambda w, t: ["predict", "--model", f"{w}/export", "--backend", "torch",
+                                                   "--checkpoint", str(_checkpoint(w, t, _names_ckpt)), "--out",
+                                                   f"{t}/o", f"{w}/photo.png"], "disagree on the classes", {}),
+    ("resume-names-permuted", lambda w, t: ["train", "--data", str(_copy_data(w, t, _permute_names, "train")),
+                                            "--out", str(_full_resume_run(w, t)), "--resume", "--iters", "2"],
+     "disagree on the classes", {}),
+    # non-finite weights and outputs (issue 22)
+    ("export-nan-weight", lambda w, t: ["export", "--checkpoint", str(_checkpoint(w, t, _nan_weight)), "--out",
+                                        f"{t}/e"], "backbone.body.layer1.0.conv1.weight holds 1 non-finite", {}),
+    ("predict-torch-nan-weight", lambda w, t: ["predict", "--model", str(_checkpoint(w, t, _nan_weight)),
+                                               "--backend", "torch", "--out", f"{t}/o", f"{w}/photo.png"],
+     "non-finite value(s)", {}),
+    ("predict-nan-graph", lambda w, t: ["predict", "--model", str(_nan_graph(w, t)), "--out", f"{t}/o",
+                                        f"{w}/photo.png"], "photo.png: the network's boxes hold non-finite", {}),
+    # export.json and ENGINE.json within the CLI's limits (issue 22)
+    ("predict-height-range-100000", lambda w, t: ["predict", "--model", str(_copy_export(
+        w, t, lambda d: d["input"].update(height_range=[32, 100000]))), "--out", f"{t}/o", f"{w}/photo.png"],
+     "input.height_range must be", {}),
+    ("build-height-range-100000", lambda w, t: ["build", "--model", str(_copy_export(
+        w, t, lambda d: d["input"].update(height_range=[32, 100000])))], "input.height_range must be", {}),
+    ("build-batch-65", lambda w, t: ["build", "--model", f"{w}/export", "--batch", "1:1:65"],
+     "batch sizes must be integers in [1, 64]", {}),
+    # every path named is used or refused by name (issue 22)
+    ("predict-folder-named-like-an-image", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{t}/o",
+                                                         f"{w}/photo.png", str(_image_dir(w, t))],
+     "x.png: is a folder, not an image file", {}),
+    ("predict-only-an-empty-folder", lambda w, t: ["predict", "--model", f"{w}/export", "--out", f"{t}/o",
+                                                   str(_empty_dir(t))], "empty: folder holds no images", {}),
     # integrity and trust boundaries
     ("tampered-graph", lambda w, t: ["predict", "--model", str(_tamper(w, t)), "--out", f"{t}/o",
                                      f"{w}/photo.png"], "sha256 differs", {}),
@@ -162,13 +184,13 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                "--resume", "--iters", "2"], "train_state lacks optimizer", {}),
     ("parity-checkpoint-other-classes", lambda w, t: ["parity", "--checkpoint", str(_other_classes(w, t)),
                                                       "--model", f"{w}/export", "--data", f"{w}/data", "--out",
-                                                      f"{t}/p"], "classes [5, 6] differ", {}),
+                                                      f"{t}/p"], "label 1: id 5 'a' vs id 1 'circle'", {}),
     ("parity-dataset-other-categories", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model",
                                                       f"{w}/export", "--data", str(_copy_data(w, t, _renumber_3_as_9)),
-                                                      "--out", f"{t}/p"], "categories [1, 2, 9] differ", {}),
+                                                      "--out", f"{t}/p"], "label 3: id 9 'triangle' vs id 3 'triangle'", {}),
     ("predict-checkpoint-other-classes", lambda w, t: ["predict", "--model", f"{w}/export", "--backend", "torch",
                                                        "--checkpoint", str(_other_classes(w, t)), "--out", f"{t}/o",
-                                                       f"{w}/photo.png"], "differ from those of", {}),
+                                                       f"{w}/photo.png"], "disagree on the classes", {}),
     # wrong numbers, silently
     ("duplicate-image-ids", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(
         w, t, lambda d: d["images"][1].update(id=d["images"][0]["id"]))), "--out", f"{t}/m.json"],
@@ -234,7 +256,7 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("build-batch-on-static", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/m.engine",
                                             "--batch", "1:1:4"], "max batch 4 does not fit the export (batch 1)", {}),
     ("build-batch-zero", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/m.engine",
-                                       "--batch", "0:1:2"], "batch sizes must be positive integers", {}),
+                                       "--batch", "0:1:2"], "batch sizes must be integers in [1, 64]", {}),
     ("ort-device-cuda-without-onnxruntime-gpu", lambda w, t: ["predict", "--model", f"{w}/export", "--device", "cuda",
                                                               "--out", f"{t}/o", f"{w}/photo.png"],
      "--device cuda needs onnxruntime-gpu", {}),
@@ -245,7 +267,7 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                      str(_empty_dir(t)), "--out", f"{t}/q"], "holds no images", {}),
     ("quantize-out-is-the-input", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
                                                 f"{w}/data/train", "--out", f"{w}/export", "--force"],
-     "is an input", {}),
+     "is the export folder", {}),
     ("bench-images-empty-folder", lambda w, t: ["bench", "--model", f"{w}/export", "--images", str(_empty_dir(t)),
                                                 "--iters", "1"], "holds no images", {}),
     ("bench-tensorrt-on-a-folder", lambda w, t: ["bench", "--model", f"{w}/export", "--backend", "tensorrt",
@@ -256,7 +278,7 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
      "needs one of --checkpoint CKPT or --random CONFIG", {}),
     ("bench-compare-work-holds-an-input", lambda w, t: ["bench", "--compare", "--checkpoint", f"{w}/ckpt.pt",
                                                         "--work", str(w), "--iters", "1"],
-     "choose a work folder outside the inputs", {}),
+     "holds the checkpoint", {}),
     ("bench-compare-no-calibration-images", lambda w, t: ["bench", "--compare", "--checkpoint", f"{w}/ckpt.pt",
                                                           "--int8", "--calibration", str(_empty_dir(t)),
                                                           "--iters", "1"], "holds no images", {}),
@@ -279,9 +301,9 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("triton-existing-folder", lambda w, t: ["triton", "--model", f"{w}/export", "--out", str(_nonempty(t, "r"))],
      "exists and is not empty", {}),
     ("triton-out-is-the-export", lambda w, t: ["triton", "--model", f"{w}/export", "--out", f"{w}/export",
-                                               "--force"], "holds input", {}),
+                                               "--force"], "is the model", {}),
     ("triton-out-holds-the-export", lambda w, t: ["triton", "--model", f"{w}/export", "--out", f"{w}", "--force"],
-     "holds input", {}),
+     "holds the model", {}),
     ("triton-changed-graph", lambda w, t: ["triton", "--model", str(_changed_graph(w, t)), "--out", f"{t}/repo"],
      "sha256 differs", {}),
     ("max-minutes-inf", lambda w, t: ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--max-minutes", "inf"],
@@ -296,6 +318,62 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                    f"{t}/r", "--iters", "1", "--workers", "1", "-q"],
      "cannot read image", {}),
 ]
+
+
+def _permute_names(dataset: dict) -> None:
+    """Same ids, names of categories 1 and 2 exchanged."""
+    names = {c["id"]: c["name"] for c in dataset["categories"]}
+    for c in dataset["categories"]:
+        c["name"] = {1: names[2], 2: names[1]}.get(c["id"], c["name"])
+
+
+def _swap_ids(dataset: dict) -> None:
+    """Ids 1 and 2 exchanged, with their names and annotations following."""
+    swap = {1: 2, 2: 1}
+    for c in dataset["categories"]:
+        c["id"] = swap.get(c["id"], c["id"])
+    for a in dataset["annotations"]:
+        a["category_id"] = swap.get(a["category_id"], a["category_id"])
+
+
+def _names_ckpt(ckpt: dict) -> None:
+    ckpt["classes"][0]["name"], ckpt["classes"][1]["name"] = ckpt["classes"][1]["name"], ckpt["classes"][0]["name"]
+
+
+def _nan_weight(ckpt: dict) -> None:
+    ckpt["state_dict"]["backbone.body.layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+
+
+def _full_resume_run(w: Path, t: Path) -> Path:
+    (t / "run").mkdir()
+    shutil.copy(w / "ckpt.pt", t / "run" / "last.pt")
+    return t / "run"
+
+
+def _nan_graph(w: Path, t: Path) -> Path:
+    """The export with one NaN in a convolution weight of model.onnx (its sha256 updated, as a buggy tool would)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from maskrt.core.files import sha256
+
+    shutil.copytree(w / "export", t / "nan_export")
+    graph = onnx.load(t / "nan_export" / "model.onnx")
+    conv = [n for n in graph.graph.node if n.op_type == "Conv"][5]
+    init = next(i for i in graph.graph.initializer if i.name == conv.input[1])
+    weight = numpy_helper.to_array(init).copy()
+    weight.flat[0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(weight, init.name))
+    onnx.save(graph, t / "nan_export" / "model.onnx")
+    _edit_json(t / "nan_export" / "export.json",
+               lambda d: d["graphs"]["portable"].update(sha256=sha256(t / "nan_export" / "model.onnx")))
+    return t / "nan_export"
+
+
+def _image_dir(w: Path, t: Path) -> Path:
+    (t / "x.png").mkdir()
+    shutil.copy(w / "photo.png", t / "x.png" / "a.png")
+    return t / "x.png"
 
 
 def _renumber_3_as_9(dataset: dict) -> None:

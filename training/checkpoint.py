@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
+from maskrt.core.files import staging_prefix, write_faults
 from maskrt.core.versions import versions
 from maskrt.training.models import CONFIGS, build_model
 
@@ -29,13 +31,14 @@ _KEYS = ("format_version", "model_config", "state_dict", "classes", "train_state
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash (even SIGKILL) at any moment leaves either the previous file or the new one, never a torn one.
+    A crash (even SIGKILL) at any moment leaves either the previous file or the new one, never a torn one; a write
+    the machine refuses (full disk, file-size limit) is a MaskrtError naming `path`, the previous file intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with write_faults(path), os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -114,6 +117,9 @@ def _validate(ckpt: dict, path: Path) -> None:
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MaskrtError(f"{path}: model_config.{key} must be a positive integer, got {value!r}")
+    if not cfg["min_size"] <= cfg["max_size"] <= MAX_CANVAS_SIDE:
+        raise MaskrtError(f"{path}: model_config needs min_size <= max_size <= {MAX_CANVAS_SIDE}, got "
+                          f"{cfg['min_size']} and {cfg['max_size']}")
     classes = ckpt["classes"]
     ok = isinstance(classes, list) and classes and all(
         isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in classes)
@@ -126,10 +132,21 @@ def _validate(ckpt: dict, path: Path) -> None:
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MaskrtError(f"{path}: state_dict must be a dict of tensors")
+    check_finite(state, path)
     if ckpt["train_state"] is not None and not isinstance(ckpt["train_state"], dict):
         raise MaskrtError(f"{path}: train_state must be a dict or None")
     if not isinstance(ckpt["metrics"], dict):
         raise MaskrtError(f"{path}: metrics must be a dict")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """MaskrtError naming the first floating-point tensor that holds NaN or infinity (a diverged run or a corrupt
+    file: such a model detects nothing, silently)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise MaskrtError(f"{source}: weight {name} holds {bad} non-finite value(s) (NaN or infinity); the "
+                              "checkpoint is corrupt or its training diverged")
 
 
 def model_from_checkpoint(ckpt: dict, *, source: str | Path = "checkpoint") -> torch.nn.Module:

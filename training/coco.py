@@ -74,6 +74,13 @@ def read_coco_json(path: str | Path) -> COCO:
         if not isinstance(ann, dict) or not {"id", "image_id", "category_id"} <= ann.keys():
             raise MaskrtError(f"{path}: annotations[{i}] needs id, image_id and category_id")
     image_ids = _check_unique(path, data["images"], "image")
+    by_file: dict[str, list] = {}
+    for img in data["images"]:
+        by_file.setdefault(str(Path(img["file_name"])), []).append(img["id"])
+    for file_name, same in by_file.items():
+        if len(same) > 1:
+            log.warning("%s: image ids %s name the same file %s (it counts once per id in training and evaluation)",
+                        path, ", ".join(map(str, same)), file_name)
     cat_ids = _check_unique(path, data["categories"], "category")
     _check_unique(path, data["annotations"], "annotation")
     for ann in data["annotations"]:

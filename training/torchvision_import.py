@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
 from maskrt.core.outputs import check_not_input, check_output_file
-from maskrt.training.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
+from maskrt.training.checkpoint import check_finite, make_checkpoint, model_from_checkpoint, save_checkpoint
 from maskrt.training.models import default_model_config
 
 
@@ -45,8 +46,9 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
     weights = Path(weights)
     if not weights.is_file():
         raise MaskrtError(f"{weights}: weights file not found")
-    if min_size < 1 or max_size < min_size:
-        raise MaskrtError(f"min_size must be >= 1 and max_size >= min_size, got {min_size} and {max_size}")
+    if min_size < 1 or max_size < min_size or max_size > MAX_CANVAS_SIDE:
+        raise MaskrtError(f"min_size must be >= 1 and max_size in [min_size, {MAX_CANVAS_SIDE}], got {min_size} and "
+                          f"{max_size}")
     check_not_input(out, [weights])
     check_output_file(out, force=force)
     try:
@@ -59,6 +61,7 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise MaskrtError(f"{weights}: not a state_dict of tensors")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    check_finite(sd, weights)
     try:
         name, num_labels = detect_config(sd)
     except MaskrtError as exc:

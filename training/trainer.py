@@ -35,9 +35,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from maskrt.core.artifacts import check_same_classes
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import write_json
-from maskrt.core.outputs import check_output_dir
+from maskrt.core.files import write_faults, write_json
+from maskrt.core.outputs import check_apart, check_output_dir, clean_leftovers
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.coco import CocoDataset, collate, load_split
 from maskrt.training.evaluate import evaluate, format_metrics
@@ -170,6 +171,7 @@ class Trainer:
             raise MaskrtError(f"seed and workers must be >= 0, got {opts.seed} and {opts.workers}")
         if opts.resume and opts.force:
             raise MaskrtError("resume and force exclude each other: resume continues the run, force starts over")
+        check_apart([opts.out], [("dataset", opts.data)])
         if not opts.resume:
             check_output_dir(opts.out, force=opts.force, option="--resume to continue it, or --force")
         elif Path(opts.out).exists() and not Path(opts.out).is_dir():
@@ -185,8 +187,8 @@ class Trainer:
             if opts.force and not opts.resume and self.out.is_dir():
                 shutil.rmtree(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".*.pt.*.tmp"):  # left by a save that was killed mid-write
-                stale.unlink(missing_ok=True)
+            for checkpoint in ("last.pt", "best.pt"):  # temporary files of a save that was killed mid-write
+                clean_leftovers(self.out / checkpoint)
         if len(self.train_set) < opts.batch_size * self.world:
             raise MaskrtError(f"{self.train_set.ann_file}: {len(self.train_set)} usable images, fewer than "
                               f"batch size {opts.batch_size} x {self.world} process(es)")
@@ -227,8 +229,7 @@ class Trainer:
         missing = [k for k in ("step", "elapsed_s", "optimizer", "rng") if k not in state]
         if missing:
             raise MaskrtError(f"{path}: train_state lacks {', '.join(missing)}; cannot resume from it")
-        if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in self.classes]:
-            raise MaskrtError(f"{path}: classes differ from those of {self.train_set.ann_file}")
+        check_same_classes(ckpt["classes"], path, self.classes, self.train_set.ann_file)
         return ckpt
 
     def _restore(self, ckpt: dict) -> None:
@@ -268,7 +269,7 @@ class Trainer:
             assert self.val_set is not None
             self.metrics = evaluate(self.model, self.val_set, progress=self.opts.progress)
             ap = self.metrics["segm"]["AP"]
-            with open(self.out / "history.jsonl", "a") as f:
+            with write_faults(self.out / "history.jsonl"), open(self.out / "history.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed, 1), **self.metrics}) + "\n")
             tqdm.write(f"step {self.step}: " + format_metrics(self.metrics).replace("\n", " | "))
             ckpt = self._checkpoint()

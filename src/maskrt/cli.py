@@ -15,13 +15,21 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from maskrt.core.artifacts import GRAPH_FILES, MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
+from maskrt.core.artifacts import (
+    GRAPH_FILES,
+    MAX_CANVAS_SIDE,
+    MAX_EXPORT_BATCH,
+    MAX_OPSET,
+    MIN_OPSET,
+    check_same_classes,
+)
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import write_json
-from maskrt.core.outputs import check_not_input, check_output_dir, check_output_file, staged_dir
+from maskrt.core.files import WRITE_ERRNOS, write_json
+from maskrt.core.outputs import check_apart, check_output_dir, check_output_file, output_lock, staged_dir
 from maskrt.runtime.parity_gates import DEFAULT_MIN_DETECTIONS
 
 log = logging.getLogger("maskrt")
@@ -83,18 +91,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_out(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
     from maskrt.training.coco import load_split
     from maskrt.training.evaluate import evaluate, format_metrics
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
-    check_not_input(out, [args.checkpoint])
+    out = _eval_out(args)
     check_output_file(out, force=args.force)
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_split(args.data, args.split, train=False)
-    if [c["id"] for c in ckpt["classes"]] != [c["id"] for c in dataset.classes]:
-        raise MaskrtError(f"{args.checkpoint}: its classes differ from those of {dataset.ann_file}")
+    check_same_classes(ckpt["classes"], args.checkpoint, dataset.classes, dataset.ann_file)
     model = model_from_checkpoint(ckpt, source=args.checkpoint)
     metrics = evaluate(model, dataset, progress=not args.quiet)
     write_json(out, metrics)
@@ -138,16 +148,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _image_files(paths: list[str]) -> list[Path]:
-    from maskrt.core.images import list_images
+    """The images the user named: files are used as given; a folder is scanned for images only when named as one
+    (no image suffix, or a trailing '/'), and must hold some. Every other path is refused by name."""
+    from maskrt.core.images import IMAGE_SUFFIXES, list_images
 
     files: list[Path] = []
-    for p in map(Path, paths):
+    seen: dict[Path, str] = {}
+    for text in paths:
+        p = Path(text)
         if p.is_dir():
-            files += list_images(p)
+            if p.suffix.lower() in IMAGE_SUFFIXES and not text.endswith("/"):
+                raise MaskrtError(f"{text}: is a folder, not an image file (to scan a folder named like an image, "
+                                  f"write {text}/)")
+            found = list_images(p)
+            if not found:
+                raise MaskrtError(f"{text}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif p.is_file():
+            found = [p]
         elif p.exists():
-            files.append(p)
+            raise MaskrtError(f"{text}: not a regular file or folder")
         else:
-            raise MaskrtError(f"{p}: image not found")
+            raise MaskrtError(f"{text}: image not found")
+        for f in found:
+            key = f.resolve()
+            if key in seen:
+                log.warning("%s: named twice (%s and %s); predicted once", f, seen[key], text)
+                continue
+            seen[key] = text
+            files.append(f)
     if not files:
         raise MaskrtError("no images given")
     return files
@@ -175,9 +203,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out, force=args.force)
     files = _image_files(args.images)
-    inside = [f for f in files if out.resolve() in f.resolve().parents]
-    if inside:
-        raise MaskrtError(f"{out}: holds input image {inside[0]}; choose an output folder outside the inputs")
     predictor = _predictor_for_model(args)
     names = [c["name"] for c in predictor.classes]
     results = []
@@ -231,8 +256,8 @@ def _hw(text: str) -> tuple[int, int]:
 
 def _batch_profile(text: str) -> tuple[int, int, int]:
     def one(part: str) -> int:
-        if not part.strip().isdigit() or int(part) < 1:
-            raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text}")
+        if not part.strip().isdigit() or not 1 <= int(part) <= MAX_EXPORT_BATCH:
+            raise argparse.ArgumentTypeError(f"batch sizes must be integers in [1, {MAX_EXPORT_BATCH}], got {text}")
         return int(part)
 
     return _triple(text, one, "1:1:4")
@@ -377,11 +402,6 @@ def _bench_compare(args: argparse.Namespace) -> int:
                           "--backend, --graph, --batch and --device")
     if args.images and args.size:
         raise MaskrtError("--size sets the random input image; with --images the images' own sizes are used")
-    if args.work:  # --force empties it: no input may live there
-        work = Path(args.work).resolve()
-        for item in (args.checkpoint, args.model, args.images, args.calibration):
-            if item and (Path(item).resolve() == work or work in Path(item).resolve().parents):
-                raise MaskrtError(f"{args.work}: holds input {item}; choose a work folder outside the inputs")
     result = run_compare(checkpoint=args.checkpoint, random_config=args.random, export=args.model,
                          images=load_images(args.images) if args.images else None, size=args.size or 800,
                          threads=args.threads, warmup=args.warmup, iters=args.iters, int8=args.int8,
@@ -473,9 +493,6 @@ def cmd_triton(args: argparse.Namespace) -> int:
                                 instances=args.instances, queue_delay_us=args.queue_delay_us,
                                 score_threshold=args.score_threshold, max_pixels=int(args.max_megapixels * 1e6),
                                 threads=args.threads or 0)
-    out, model = Path(args.out).resolve(), Path(args.model).resolve()
-    if out == model or out in model.parents:  # --force would empty it
-        raise MaskrtError(f"{args.out}: holds input {args.model}; choose a repository folder outside it")
     repo = write_repository(args.model, args.out, options, force=args.force)
     batching = (f"dynamic batching up to {repo.max_batch_size} images" if repo.batched else
                 "no batching (static batch 1 export)")
@@ -518,6 +535,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"reports: {root}/parity_*/report.md")
     codes = [report["exit_code"] for report in reports]
     return 1 if 1 in codes else max(codes)  # a failed gate first, then inconclusive (3), else 0
+
+
+# -- what each command reads and writes -------------------------------------------------------------------
+Inputs = list[tuple[str, "str | Path | None"]]
+
+
+def _model_inputs(args: argparse.Namespace) -> Inputs:
+    """--model (with the ENGINE.json beside an engine file) and --checkpoint, where the command has them."""
+    model = getattr(args, "model", None)
+    items: Inputs = [("model", model), ("checkpoint", getattr(args, "checkpoint", None))]
+    if model and Path(model).is_file():
+        items.append(("engine description", f"{model}.json"))
+    return items
+
+
+def _build_io(args: argparse.Namespace) -> tuple[list[Path], Inputs]:
+    engine = Path(args.out) if args.out else Path(args.model) / f"model.{args.precision}.engine"
+    export = Path(args.model)
+    graphs = [("export file", export / name) for name in ("export.json", *GRAPH_FILES.values())]
+    return [engine, Path(f"{engine}.json")], graphs  # an engine is written into its export folder, beside its inputs
+
+
+#: command -> (outputs, (what, path) inputs). Before any work, every output is checked apart from every input (none
+#: is, holds or lies inside another: --force never deletes an input) and locked for the run (one writer per output).
+_IO: dict[str, Callable[[argparse.Namespace], tuple[list, Inputs]]] = {
+    "data": lambda a: ([a.out], []),
+    "train": lambda a: ([a.out], [("dataset", a.data)]),
+    "eval": lambda a: ([_eval_out(a)], [("checkpoint", a.checkpoint), ("dataset", a.data)]),
+    "import": lambda a: ([a.out], [("weights file", a.weights), ("class-names file", a.classes)]),
+    "export": lambda a: ([a.out], [("checkpoint", a.checkpoint)]),
+    "predict": lambda a: ([a.out], [*_model_inputs(a), *(("image", p) for p in a.images)]),
+    "parity": lambda a: ([a.out], [*_model_inputs(a), ("dataset", a.data)]),
+    "build": _build_io,
+    "bench": lambda a: ([p for p in (a.json, a.markdown, a.work) if p],
+                        [*_model_inputs(a), ("images", a.images), ("calibration folder", a.calibration)]),
+    "quantize": lambda a: ([a.out], [("export folder", a.model), ("calibration folder", a.calibration)]),
+    "serve": lambda a: ([], []),
+    "triton": lambda a: ([a.out], _model_inputs(a)),
+    "demo": lambda a: ([a.out], []),
+}
+
+
+def _lead_process() -> bool:
+    """False in the non-zero ranks of a torchrun launch (rank 0 holds the run folder's lock for all)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Run the command with its outputs checked apart from its inputs and locked (see `_IO`)."""
+    outputs, inputs = _IO[args.command](args)
+    check_apart(outputs, inputs)
+    with ExitStack() as stack:
+        if _lead_process():
+            for out in outputs:
+                stack.enter_context(output_lock(out))
+        return args.func(args)
 
 
 # -- parser --------------------------------------------------------------------------------------------
@@ -817,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["maskrt", *argv])  # what the user ran, for the records that keep it
     try:
-        return args.func(args)
+        return _guarded(args)
     except MaskrtError as exc:
         if os.environ.get("MASKRT_DEBUG"):
             raise
@@ -829,6 +902,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `maskrt ... | head -1`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a write the machine refused where no output path was at hand to name
+        if exc.errno not in WRITE_ERRNOS or os.environ.get("MASKRT_DEBUG"):
+            raise
+        print(f"error: {exc.filename or 'an output'}: cannot be written ({exc.strerror})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

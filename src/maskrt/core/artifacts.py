@@ -7,6 +7,8 @@ and the field (e.g. ``export.json: input.height must be a positive integer``).
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,8 @@ MIN_OPSET, MAX_OPSET = 17, 20
 MAX_CANVAS_SIDE = 4096
 #: Largest static batch (the example batch is traced through the whole model while exporting).
 MAX_EXPORT_BATCH = 64
+#: Most detection slots per image an export may have (torchvision's r50 keeps 1000 proposals per image).
+MAX_DETECTIONS = 1000
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
 
 
@@ -60,9 +64,11 @@ class _Fields:
             raise MaskrtError(f"{self.file}: {self._name(key)} must be {expected}, got {value!r}"[:300])
         return value
 
-    def int(self, key: str, minimum: int = 0) -> int:
-        ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum  # noqa: E731
-        return self._get(key, ok, f"an integer >= {minimum}")
+    def int(self, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+        ok = lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= minimum  # noqa: E731
+                        and (maximum is None or v <= maximum))
+        return self._get(key, ok, f"an integer >= {minimum}" if maximum is None else
+                         f"an integer in [{minimum}, {maximum}]")
 
     def bool(self, key: str) -> bool:
         return self._get(key, lambda v: isinstance(v, bool), "true or false")
@@ -91,6 +97,22 @@ def _classes(fields: _Fields) -> list[dict[str, Any]]:
     if len({c["id"] for c in classes}) != len(classes):
         raise MaskrtError(f"{fields.file}: classes holds a category id twice")
     return classes
+
+
+def check_same_classes(a: list[dict[str, Any]], a_source: str | Path, b: list[dict[str, Any]],
+                       b_source: str | Path) -> None:
+    """MaskrtError listing the differing entries unless `a` and `b` hold the same classes in the same order: contiguous
+    label i + 1 is classes[i] on both sides, and classes agree only when ids AND names agree."""
+    pairs = lambda cs: [(int(c["id"]), str(c["name"])) for c in cs]  # noqa: E731
+    left, right = pairs(a), pairs(b)
+    if left == right:
+        return
+    show = lambda c: f"id {c[0]} {c[1]!r}" if c else "none"  # noqa: E731
+    diffs = [f"label {i + 1}: {show(x)} vs {show(y)}" for i, (x, y) in
+             enumerate(itertools.zip_longest(left, right)) if x != y]
+    more = f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+    raise MaskrtError(f"{a_source} and {b_source} disagree on the classes ({'; '.join(diffs[:6])}{more}); a model "
+                      "only runs on data with the classes it was trained on, ids and names alike")
 
 
 def _safe_file_name(fields: _Fields, key: str) -> str:
@@ -136,12 +158,13 @@ class InputSpec:
     @classmethod
     def from_fields(cls, inp: _Fields) -> InputSpec:
         """Validate the `input` object of export.json."""
-        height, width = inp.int("height", 32), inp.int("width", 32)
-        side = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 32 and v % 32 == 0  # noqa: E731
-        what = "[min, max], multiples of 32 with min <= max"
+        height, width = inp.int("height", 32, MAX_CANVAS_SIDE), inp.int("width", 32, MAX_CANVAS_SIDE)
+        side = lambda v: (isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_CANVAS_SIDE  # noqa: E731
+                          and v % 32 == 0)
+        what = f"[min, max], multiples of 32 in [32, {MAX_CANVAS_SIDE}] with min <= max"
         h_range = tuple(inp.list("height_range", side, what, 2))
         w_range = tuple(inp.list("width_range", side, what, 2))
-        spec = cls(height, width, batch=inp.int("batch", 1), dynamic_batch=inp.bool("dynamic_batch"),
+        spec = cls(height, width, batch=inp.int("batch", 1, MAX_EXPORT_BATCH), dynamic_batch=inp.bool("dynamic_batch"),
                    dynamic_size=inp.bool("dynamic_size"), height_range=h_range, width_range=w_range)  # type: ignore[arg-type]
         if height % 32 or width % 32:
             raise MaskrtError(f"{inp.file}: input.height and input.width must be multiples of 32, got {height}x{width}")
@@ -233,21 +256,25 @@ class ExportInfo:
             graphs[flavor] = GraphFile(_safe_file_name(g, "file"), g.str("sha256"), dict(g.value.get("ops", {})))
         if not graphs:
             raise MaskrtError(f"{where}: graphs names no graph")
-        limits.int("max_detections", 1)
-        std = three("std")
-        if any(s <= 0 for s in std):
-            raise MaskrtError(f"{where}: normalization.std must be positive, got {list(std)}")
+        limits.int("max_detections", 1, MAX_DETECTIONS)
+        std, mean = three("std"), three("mean")
+        if any(not (math.isfinite(v) and v > 0) for v in std) or not all(math.isfinite(v) for v in mean):
+            raise MaskrtError(f"{where}: normalization.std must be positive and mean finite, got {list(std)} and "
+                              f"{list(mean)}")
+        min_size, max_size = resize.int("min_size", 1, MAX_CANVAS_SIDE), resize.int("max_size", 1, MAX_CANVAS_SIDE)
+        if min_size > max_size:
+            raise MaskrtError(f"{where}: resize.min_size {min_size} exceeds resize.max_size {max_size}")
         return cls(
             model_config=top.raw("model_config"),
             classes=_classes(top),
             input=InputSpec.from_fields(inp),
-            mean=three("mean"),
+            mean=mean,
             std=std,
-            min_size=resize.int("min_size", 1),
-            max_size=resize.int("max_size", 1),
+            min_size=min_size,
+            max_size=max_size,
             limits=dict(limits.value),
             roi_align={k: dict(v) for k, v in top.raw("roi_align").items()},
-            opset=top.int("opset", 1),
+            opset=top.int("opset", MIN_OPSET, MAX_OPSET),
             graphs=graphs,
             checkpoint={k: str(v) for k, v in top.raw("checkpoint").items()},
             versions={k: str(v) for k, v in top.raw("versions").items()},
@@ -286,6 +313,24 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+
+
+def _check_profiles(profiles: dict[str, Profile], export: ExportInfo, where: str) -> None:
+    """Every profile inside the limits `maskrt build` enforces: batch 1..MAX_EXPORT_BATCH (the export's own batch when
+    static), the image input's height x width inside the export's ranges."""
+    images = export.input.names[0]
+    if images not in profiles:
+        raise MaskrtError(f"{where}: profiles has no entry for the input '{images}'")
+    for name, profile in profiles.items():
+        for label, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
+            if not shape or not 1 <= shape[0] <= MAX_EXPORT_BATCH or (
+                    not export.input.dynamic_batch and shape[0] != export.input.batch):
+                raise MaskrtError(f"{where}: profiles.{name}.{label} batch must be in [1, {MAX_EXPORT_BATCH}] and fit "
+                                  f"the export, got {list(shape)}")
+            if name == images and (len(shape) != 4 or not export.input.accepts(shape[2], shape[3])):
+                raise MaskrtError(f"{where}: profiles.{name}.{label} {list(shape)} lies outside the export's input "
+                                  f"(height {list(export.input.height_range or ())} x width "
+                                  f"{list(export.input.width_range or ())}, multiples of 32)")
 
 
 @dataclass(frozen=True)
@@ -364,6 +409,8 @@ class EngineInfo:
         tensors = lambda key: tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in top.list(  # noqa: E731
             key, ok_tensor, 'a list of {"name", "shape", "dtype"}', 1))
         seconds = top._get("build_seconds", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+        export = ExportInfo.from_json(top.obj("export").value, f"{where}: export")
+        _check_profiles(profiles, export, where)
         return cls(
             engine=_safe_file_name(top, "engine"),
             engine_sha256=top.str("engine_sha256"),
@@ -378,7 +425,7 @@ class EngineInfo:
             compute_capabilities=tuple(top.list("compute_capabilities", lambda v: isinstance(v, str), "a list of "
                                                 "strings such as '8.6'")),
             build_seconds=float(seconds),
-            export=ExportInfo.from_json(top.obj("export").value, f"{where}: export"),
+            export=export,
             versions={k: str(v) for k, v in top.raw("versions").items()},
         )
 

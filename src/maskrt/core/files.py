@@ -1,15 +1,32 @@
-"""File helpers shared by every stage: content hashes and JSON documents read with one-line errors."""
+"""File helpers shared by every stage: content hashes, JSON documents read with one-line errors, and writes that
+fail with one line naming the file and the cause (full disk, file-size limit) instead of a traceback."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import resource
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from maskrt.core.errors import MaskrtError
+
+#: Every temporary file or folder maskrt writes starts with this, then the final name and the writer's pid:
+#: ``.maskrt-staging-NAME-PID-XXXXXXXX`` (a folder) or ``...XXXXXXXX.tmp`` (a file), so that a later run into the
+#: same place recognises leftovers of a killed writer (core/outputs.py removes them).
+STAGING_PREFIX = ".maskrt-staging-"
+#: The errors of a write that the machine, not maskrt, refused.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def staging_prefix(final_name: str) -> str:
+    """The prefix of this process's temporary files and folders for an output named `final_name`."""
+    return f"{STAGING_PREFIX}{final_name}-{os.getpid()}-"
 
 
 def sha256(path: str | Path) -> str:
@@ -32,17 +49,53 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise MaskrtError(f"{path}: corrupt ({exc})") from None
 
 
+def write_fault_cause(folder: str | Path, fallback: str) -> str:
+    """Why a write into `folder` failed when the writer did not say (torch's C++ writer): the file-size limit, a
+    full disk, or `fallback`."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"file too large: the file-size limit (ulimit -f) is {soft} bytes"
+    try:
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < 1 << 20:
+            return "no space left on device"
+    except OSError:
+        pass
+    return fallback
+
+
+@contextmanager
+def write_faults(path: str | Path) -> Iterator[None]:
+    """Turns a write the machine refused (full disk, file-size limit, quota, read-only file system) inside the block
+    into MaskrtError naming `path` and the cause. torch.save reports such faults as a RuntimeError of its C++
+    writer: that one too."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise MaskrtError(f"{path}: cannot be written ({exc.strerror or os.strerror(exc.errno or 0)})") from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if not any(mark in text for mark in ("PytorchStreamWriter", "inline_container", "file write failed")):
+            raise
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        first = text.strip().splitlines()[0][:200] if text.strip() else "write failed"
+        raise MaskrtError(f"{path}: cannot be written ({write_fault_cause(folder, first)})") from None
+
+
 def write_json(path: str | Path, document: Any) -> None:
     """Write a JSON document atomically (temporary file in the same folder, then rename)."""
     write_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes atomically: a temporary file in the same folder, renamed over `path` when complete."""
+    """Write bytes atomically: a temporary file in the same folder, renamed over `path` when complete. A refused
+    write is a MaskrtError naming `path` (write_faults), and leaves `path` as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with write_faults(path), os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
