@@ -31,10 +31,12 @@ def slim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_bench_writes_percentiles_per_stage(slim: tuple[Path, Path], tmp_path: Path, backend: str) -> None:
     ckpt, export = slim
     model = export if backend == "onnxruntime" else ckpt
+    (tmp_path / "images").mkdir()
     for size in ((90, 120), (150, 100)):
-        Image.new("RGB", size, (120, 30, 200)).save(tmp_path / f"img{size[0]}.png")
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([*CLI, "bench", "--model", str(model), "--backend", backend, "--images", str(tmp_path),
+        Image.new("RGB", size, (120, 30, 200)).save(tmp_path / "images" / f"img{size[0]}.png")
+    out = tmp_path / "bench.json"  # beside the images: no output lies inside an input
+    proc = subprocess.run([*CLI, "bench", "--model", str(model), "--backend", backend, "--images",
+                           str(tmp_path / "images"),
                            "--batch", "2", "--warmup", "1", "--iters", "4", "--threads", "1", "--json", str(out), "-q"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,7 +108,7 @@ def test_bench_compare_refuses_bad_inputs(slim: tuple[Path, Path], tmp_path: Pat
         (["--compare", "--random", "slim", "--checkpoint", str(ckpt)], "needs one of --checkpoint"),
         (["--compare", "--checkpoint", str(ckpt), "--graph", "trt"], "drop --backend, --graph"),
         (["--compare", "--checkpoint", str(other), "--model", str(export)], "exported from another checkpoint"),
-        (["--compare", "--checkpoint", str(ckpt), "--work", str(export.parent)], "holds input"),
+        (["--compare", "--checkpoint", str(ckpt), "--work", str(export.parent)], "holds the checkpoint"),
         (["--random", "slim"], "bench needs --model"),
         (["--model", str(export), "--int8"], "--int8 belongs to --compare"),
     ):

@@ -107,6 +107,17 @@ def test_degenerate_annotations_are_skipped_with_a_warning(tmp_path: Path, caplo
     assert 7 not in ds.coco.anns and 8 not in ds.coco.anns  # evaluation scores the same cleaned set
 
 
+def test_one_image_file_under_two_ids_is_a_warning_naming_both(tmp_path: Path, caplog) -> None:
+    images = [{"id": 11, "file_name": "a.jpg", "height": 40, "width": 60},
+              {"id": 12, "file_name": "b.png", "height": 40, "width": 60},
+              {"id": 14, "file_name": "./a.jpg", "height": 40, "width": 60}]  # the same file, spelled otherwise
+    root = _write_dataset(tmp_path, _annotations(), images)
+    with caplog.at_level(logging.WARNING, logger="maskrt"):
+        load_split(root, "val2017", train=False)
+    warnings = [r.getMessage() for r in caplog.records if "name the same file" in r.getMessage()]
+    assert len(warnings) == 1 and "image ids 11, 14 name the same file a.jpg" in warnings[0], caplog.text
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
