@@ -66,6 +66,9 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d["resize"].update(max_size=100000), r"resize.max_size must be an integer in \[1, 4096\]"),
         (lambda d: d["resize"].update(min_size=192), "min_size 192 exceeds resize.max_size 160"),
         (lambda d: d["normalization"].update(mean=[0.5, float("nan"), 0.3]), "mean finite"),
+        (lambda d: d["limits"].update(box_nms_thresh=1.5), r"limits.box_nms_thresh must be a number in \[0, 1\]"),
+        (lambda d: d["limits"].update(rpn_post_nms_top_n=20), "max_detections 50 exceeds limits.rpn_post_nms_top_n"),
+        (lambda d: d["model_config"].update(num_classes=5), "2 classes but model_config.num_classes is 5"),
     ],
 )
 def test_export_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
@@ -119,6 +122,8 @@ def test_engine_info_round_trips(tmp_path: Path) -> None:
         (lambda d: d["profiles"]["images"].update(max=[4, 3, 100000, 192]), "lies outside the export's input"),
         (lambda d: d["profiles"]["images"].update(max=[65, 3, 192, 192]), r"batch must be in \[1, 64\]"),
         (lambda d: d.update(profiles={}), "no entry for the input 'images'"),
+        (lambda d: d.update(compute_capabilities=["sm_86"]), "compute_capabilities must be a list of strings"),
+        (lambda d: d["outputs"][0].update(shape=[-1, 10**9]), "outputs must be a list"),
     ],
 )
 def test_engine_info_names_the_bad_field(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001

@@ -157,6 +157,10 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
      "input.height_range must be", {}),
     ("build-height-range-100000", lambda w, t: ["build", "--model", str(_copy_export(
         w, t, lambda d: d["input"].update(height_range=[32, 100000])))], "input.height_range must be", {}),
+    ("build-engine-is-the-timing-cache", lambda w, t: ["build", "--model", f"{w}/export", "--out", f"{t}/e.engine",
+                                                       "--timing-cache", f"{t}/e.engine"], "named for two outputs", {}),
+    ("demo-into-someone-elses-folder", lambda w, t: ["demo", "--out", str(_nonempty(t, "mine"))],
+     "is not a folder `maskrt demo` made", {}),
     ("build-batch-65", lambda w, t: ["build", "--model", f"{w}/export", "--batch", "1:1:65"],
      "batch sizes must be integers in [1, 64]", {}),
     # every path named is used or refused by name (issue 22)

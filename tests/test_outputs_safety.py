@@ -89,6 +89,8 @@ CASES: list[Case] = [
      lambda w, t, out: ["build", "--model", w / "export", "--out", out, "--force"]),
     ("build", "export file", lambda w, t: w / "export" / "model.onnx",
      lambda w, t, out: ["build", "--model", w / "export", "--out", out, "--force"]),
+    ("build", "export file", lambda w, t: w / "export" / "model.trt.onnx",
+     lambda w, t, out: ["build", "--model", w / "export", "--timing-cache", out, "--force"]),
     ("bench", "model", lambda w, t: w / "export",
      lambda w, t, out: ["bench", "--model", w / "export", "--json", out, "--force"]),
     ("bench", "images", lambda w, t: w / "data" / "val",

@@ -504,6 +504,9 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MARKER = ".maskrt-demo"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
     from maskrt.runtime.parity import Candidate, run_parity_many, summary_line
@@ -513,6 +516,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = Path(args.out)
     data, run, export = root / "data", root / "run", root / "export"
+    marker = root / DEMO_MARKER  # the demo replaces its own data, run, export and reports: never someone else's
+    own = lambda p: p.name in ("data", "run", "export", DEMO_MARKER) or p.name.startswith(  # noqa: E731
+        ("parity_", ".maskrt-"))
+    if root.exists() and (not root.is_dir() or not (marker.is_file() or all(map(own, root.iterdir())))):
+        raise MaskrtError(f"{root}: exists and is not a folder `maskrt demo` made (no {DEMO_MARKER}); choose a new or "
+                          "empty folder")
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by `maskrt demo`, which replaces data/, run/, export/ and parity_*/ here on each run\n")
     if not (data / "annotations" / "instances_val.json").is_file():
         print(f"[1/4] generating the shapes dataset in {data}")
         generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet, force=True)
@@ -554,7 +565,8 @@ def _build_io(args: argparse.Namespace) -> tuple[list[Path], Inputs]:
     engine = Path(args.out) if args.out else Path(args.model) / f"model.{args.precision}.engine"
     export = Path(args.model)
     graphs = [("export file", export / name) for name in ("export.json", *GRAPH_FILES.values())]
-    return [engine, Path(f"{engine}.json")], graphs  # an engine is written into its export folder, beside its inputs
+    outputs = [engine, Path(f"{engine}.json"), *([Path(args.timing_cache)] if args.timing_cache else [])]
+    return outputs, graphs  # an engine is written into its export folder, beside its inputs (never over them)
 
 
 #: command -> (outputs, (what, path) inputs). Before any work, every output is checked apart from every input (none
@@ -586,6 +598,11 @@ def _guarded(args: argparse.Namespace) -> int:
     """Run the command with its outputs checked apart from its inputs and locked (see `_IO`)."""
     outputs, inputs = _IO[args.command](args)
     check_apart(outputs, inputs)
+    seen: dict[Path, str] = {}
+    for out in outputs:
+        if Path(out).resolve() in seen:
+            raise MaskrtError(f"{out}: named for two outputs ({seen[Path(out).resolve()]} and {out}); choose two paths")
+        seen[Path(out).resolve()] = str(out)
     with ExitStack() as stack:
         if _lead_process():
             for out in outputs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ MAX_CANVAS_SIDE = 4096
 MAX_EXPORT_BATCH = 64
 #: Most detection slots per image an export may have (torchvision's r50 keeps 1000 proposals per image).
 MAX_DETECTIONS = 1000
+#: Largest dimension an engine tensor may declare (masks: slots x 28 x 28 per image, far below).
+MAX_DIM = 1 << 20
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
 
 
@@ -256,7 +259,16 @@ class ExportInfo:
             graphs[flavor] = GraphFile(_safe_file_name(g, "file"), g.str("sha256"), dict(g.value.get("ops", {})))
         if not graphs:
             raise MaskrtError(f"{where}: graphs names no graph")
-        limits.int("max_detections", 1, MAX_DETECTIONS)
+        detections = limits.int("max_detections", 1, MAX_DETECTIONS)
+        for key in ("rpn_nms_thresh", "box_score_thresh", "box_nms_thresh"):  # what the graphs were exported with
+            if key in limits.value:
+                limits._get(key, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        for key in ("rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
+            if key in limits.value:
+                limits.int(key, 1, 100_000)
+        if detections > limits.value.get("rpn_post_nms_top_n", detections):
+            raise MaskrtError(f"{where}: limits.max_detections {detections} exceeds limits.rpn_post_nms_top_n "
+                              f"{limits.value['rpn_post_nms_top_n']} (the proposals it keeps from)")
         std, mean = three("std"), three("mean")
         if any(not (math.isfinite(v) and v > 0) for v in std) or not all(math.isfinite(v) for v in mean):
             raise MaskrtError(f"{where}: normalization.std must be positive and mean finite, got {list(std)} and "
@@ -264,9 +276,13 @@ class ExportInfo:
         min_size, max_size = resize.int("min_size", 1, MAX_CANVAS_SIDE), resize.int("max_size", 1, MAX_CANVAS_SIDE)
         if min_size > max_size:
             raise MaskrtError(f"{where}: resize.min_size {min_size} exceeds resize.max_size {max_size}")
+        classes, model_config = _classes(top), top.raw("model_config")
+        if model_config.get("num_classes", len(classes)) != len(classes):
+            raise MaskrtError(f"{where}: {len(classes)} classes but model_config.num_classes is "
+                              f"{model_config['num_classes']}")
         return cls(
-            model_config=top.raw("model_config"),
-            classes=_classes(top),
+            model_config=model_config,
+            classes=classes,
             input=InputSpec.from_fields(inp),
             mean=mean,
             std=std,
@@ -405,7 +421,8 @@ class EngineInfo:
                 raise MaskrtError(f"{p.where} must have min <= opt <= max, all of one rank")
             profiles[name] = profile
         ok_tensor = lambda t: (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(  # noqa: E731
-            t.get("dtype"), str) and isinstance(t.get("shape"), list) and all(isinstance(d, int) for d in t["shape"]))
+            t.get("dtype"), str) and isinstance(t.get("shape"), list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and -1 <= d <= MAX_DIM for d in t["shape"]))
         tensors = lambda key: tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in top.list(  # noqa: E731
             key, ok_tensor, 'a list of {"name", "shape", "dtype"}', 1))
         seconds = top._get("build_seconds", lambda v: _is_number(v) and v >= 0, "a number >= 0")
@@ -422,8 +439,8 @@ class EngineInfo:
             outputs=tensors("outputs"),
             onnx_sha256=top.str("onnx_sha256"),
             plugin_library_sha256=top.str("plugin_library_sha256"),
-            compute_capabilities=tuple(top.list("compute_capabilities", lambda v: isinstance(v, str), "a list of "
-                                                "strings such as '8.6'")),
+            compute_capabilities=tuple(top.list("compute_capabilities", lambda v: isinstance(v, str) and bool(
+                re.fullmatch(r"\d{1,2}\.\d", v)), "a list of strings such as '8.6'")),
             build_seconds=float(seconds),
             export=export,
             versions={k: str(v) for k, v in top.raw("versions").items()},
