@@ -234,19 +234,22 @@ def _in_small_filesystem(script: str, tmp_path: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=600, env={**os.environ, "FS": str(fs)})
 
 
-@pytest.mark.parametrize("command", ["export", "train"])
+@pytest.mark.parametrize("command", ["export", "train", "predict-on-a-full-disk"])
 def test_a_full_disk_is_one_line_and_keeps_the_previous_output(world: Path, tmp_path: Path, command: str) -> None:
     fs = tmp_path / "fs"
     cli = " ".join(CLI)
     argv = {"export": f"export --checkpoint {world / 'ckpt.pt'} --out $FS/out --force",
-            "train": f"train --data {world / 'data'} --out $FS/out --iters 1 --force -q"}[command]
-    script = (f"mkdir $FS/out && echo previous > $FS/out/keep.txt && {cli} {argv}; rc=$?; ls -A $FS $FS/out; "
+            "train": f"train --data {world / 'data'} --out $FS/out --iters 1 --force -q",
+            "predict-on-a-full-disk": f"predict --model {world / 'export'} --out $FS/out {world / 'photo.png'} --force "
+                                      "-q"}[command]
+    fill = "; dd if=/dev/zero of=$FS/fill bs=64k 2>/dev/null" if command.endswith("full-disk") else ""
+    script = (f"mkdir $FS/out && echo previous > $FS/out/keep.txt{fill}; {cli} {argv}; rc=$?; ls -A $FS $FS/out; "
               "exit $rc")
     proc = _in_small_filesystem(script, tmp_path)
     _one_error(proc, fs / "out", "no space left on device")
     listing = proc.stdout.split()
     assert not [name for name in listing if name.startswith(".maskrt")], proc.stdout
-    if command == "export":
+    if command != "train":  # train --force deletes the old run first, by design
         assert listing.count("keep.txt") == 1, proc.stdout
 
 
