@@ -106,7 +106,7 @@ def _lock_path(output: Path) -> Path:
     return output.parent / f"{LOCK_PREFIX}{output.name}"
 
 
-def _acquire(output: Path) -> int:
+def _acquire(output: Path, shown: str | Path) -> int:
     """An exclusive fcntl lock on the output's lock file; MaskrtError when another process holds it."""
     lock = _lock_path(output)
     while True:
@@ -116,7 +116,7 @@ def _acquire(output: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise MaskrtError(f"{output}: in use by another maskrt process (pid {holder}); wait for it to finish or "
+            raise MaskrtError(f"{shown}: in use by another maskrt process (pid {holder}); wait for it to finish or "
                               "choose another output") from None
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino  # not unlinked by a releasing holder meanwhile
@@ -152,7 +152,7 @@ def output_lock(output: str | Path) -> Iterator[Path]:
                 created.append(folder)
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = _acquire(out)
+            fd = _acquire(out, output)
         except BaseException:
             _remove_empty(created)
             raise
