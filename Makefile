@@ -17,7 +17,7 @@ SERVE_STAMP  := $(SERVE_VENV)/.installed
 
 $(STAMP): pyproject.toml $(PLUGIN_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,openvino]'
 	@touch $(STAMP)
 
 # After $(STAMP): both editable installs build the plugins in build/, one at a time.

@@ -106,6 +106,11 @@ def backend_versions(backend: str) -> dict[str, str]:
     import onnxruntime
 
     found["onnxruntime"] = onnxruntime.__version__
+    if backend in ("openvino", "compare"):
+        try:
+            found["openvino"] = __import__("openvino").__version__.split("-")[0]
+        except ImportError:
+            pass
     if backend == "tensorrt":
         for module in ("tensorrt", "tensorrt_rtx"):
             try:

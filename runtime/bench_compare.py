@@ -10,6 +10,8 @@ For one checkpoint, on one machine with the same threads everywhere, each candid
   graph resizes, normalises and pastes itself, so its network time is the whole graph;
 - `portable`, `trt`, `portable_int8`: model.onnx fp32, model.trt.onnx fp32 (the plugin ops on their host build) and
   model.int8.onnx (`maskrt quantize`) through the Predictor: pre-process, network, paste (runtime/bench.py);
+- `openvino_f32`, `openvino_bf16`, `openvino_int8`: model.onnx in f32 and in bf16 (where the CPU has native bf16)
+  and model.int8.onnx, each on OpenVINO's CPU plugin through the same Predictor (runtime/openvino_backend.py);
 - the network parts alone (fp32, ONNX Runtime): backbone+FPN on the first image's padded batch, the RPN head on its
   features, the box head on its post-NMS proposals and the mask head on its detections (eager's count), each
   exported on its own. Their sum is the work no deployment of this model avoids.
@@ -63,6 +65,9 @@ CANDIDATES = {
     "portable": "maskrt model.onnx fp32",
     "trt": "maskrt model.trt.onnx fp32 (host plugins)",
     "portable_int8": "maskrt model.int8.onnx INT8",
+    "openvino_f32": "OpenVINO, maskrt model.onnx, f32",
+    "openvino_bf16": "OpenVINO, maskrt model.onnx, bf16",
+    "openvino_int8": "OpenVINO, maskrt model.int8.onnx INT8",
 }
 RANDOM_CLASSES = 90  # COCO's count: the box and mask predictors have COCO's size
 RANDOM_CLASSIFIER_SCALE = 6.0  # spreads the random classifier's softmax so that >= 100 boxes pass the 0.05 floor
@@ -285,6 +290,8 @@ def _compare(checkpoint: str | Path | None, random_config: str | None, export: s
     if int8_dir is not None:
         graphs["portable_int8"] = int8_dir
     predictors = {g: Predictor.from_export(d, graph=g, threads=threads, spinning=False) for g, d in graphs.items()}
+    predictors.update({name: Predictor.from_export(d, backend="openvino", graph=g, threads=threads, precision=p)
+                       for name, (d, g, p) in _openvino_candidates(export_dir, int8_dir).items()})
     runners.update({g: _Deployed(p) for g, p in predictors.items()})
     first_detections = runners["eager"](images[0])[1]
     parts = steps("parts_export_s", "exporting the network parts alone",
@@ -309,6 +316,24 @@ def _compare(checkpoint: str | Path | None, random_config: str | None, export: s
                 counts[name][index] = out[1]
     return _record(checkpoint, random_config, export_dir, images, predictors["portable"], threads, warmup, iters,
                    times, counts, steps.seconds)
+
+
+def _openvino_candidates(export_dir: Path, int8_dir: Path | None) -> dict[str, tuple[Path, str, str]]:
+    """The OpenVINO rows (name -> export folder, graph, precision): f32, bf16 where the CPU has it, INT8 where the
+    export has model.int8.onnx; none (with a warning) where OpenVINO is not installed."""
+    try:
+        from maskrt.runtime.openvino_backend import cpu_supports_bf16, openvino_module
+
+        openvino_module()
+    except MaskrtError as exc:
+        warnings.warn(f"no OpenVINO rows: {exc}", stacklevel=2)
+        return {}
+    rows = {"openvino_f32": (export_dir, "portable", "f32")}
+    if cpu_supports_bf16():
+        rows["openvino_bf16"] = (export_dir, "portable", "bf16")
+    if int8_dir is not None:
+        rows["openvino_int8"] = (int8_dir, "portable_int8", "f32")
+    return rows
 
 
 def _record(checkpoint: Path, random_config: str | None, export_dir: Path, images: list[np.ndarray],
@@ -345,7 +370,7 @@ def _record(checkpoint: Path, random_config: str | None, export_dir: Path, image
         "warmup": warmup, "iters": iters,
         "candidates": candidates, "parts": parts, "parts_sum_p50_ms": parts_sum, "setup_seconds": setup,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(threads), "versions": backend_versions("onnxruntime"),
+        "machine": machine(threads), "versions": backend_versions("compare"),
     }
 
 
@@ -358,7 +383,7 @@ def format_compare(result: dict[str, Any]) -> str:
         f"{result['model']}; {result['images']} image(s) of {sizes} (first padded to {pw}x{ph}); "
         f"{result['threads']} threads; {result['warmup']} warm-up + {result['iters']} alternated rounds",
         f"{m['processor']} ({m['cpus']} CPUs), {result['date'][:10]}; torch {v.get('torch')}, torchvision "
-        f"{v.get('torchvision')}, onnxruntime {v.get('onnxruntime')}",
+        f"{v.get('torchvision')}, onnxruntime {v.get('onnxruntime')}, openvino {v.get('openvino', 'not installed')}",
         "",
         "| | end to end p50 ms | p90 ms | pre-process p50 | network p50 | paste p50 | detections / image "
         "| x eager | x torchvision-ONNX | end to end / parts |",

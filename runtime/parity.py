@@ -167,6 +167,7 @@ class Candidate:
     gates: Gates | None = None
     threads: int | None = None
     device: str = "cpu"
+    precision: str = "f32"  # OpenVINO's inference precision (f32 | bf16): backend "openvino" only
 
 
 class _Comparison:
@@ -181,6 +182,10 @@ class _Comparison:
         else:
             self.info, self.graph = ExportInfo.read(spec.model), spec.graph
             self.precision = GRAPH_KINDS[spec.graph][1] if spec.graph in GRAPH_KINDS else "fp32"
+            if spec.backend == "openvino":  # bf16 on the fp32 graph has gates of its own
+                from maskrt.runtime.openvino_backend import gate_precision
+
+                self.precision = gate_precision(spec.graph, spec.precision)
         self.gates = spec.gates or Gates.for_precision(self.precision)
         self.names = [c["name"] for c in self.info.classes]
         self.predictor: Predictor | None = None
@@ -196,7 +201,7 @@ class _Comparison:
         spec = self.spec
         self.predictor = (Predictor.from_engine(spec.model) if spec.backend == "tensorrt" else
                           Predictor.from_export(spec.model, backend=spec.backend, graph=spec.graph,
-                                                threads=spec.threads, device=spec.device))
+                                                threads=spec.threads, device=spec.device, precision=spec.precision))
 
     def add(self, images: list[np.ndarray], files: list[Path], ids: list[int], ref_raw: list[RawOutput],
             ref_dets: list[Detections]) -> None:
@@ -335,12 +340,15 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
 def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, out: str | Path, *,
                backend: str = "onnxruntime", graph: str = "portable", reference: str = "plain", split: str = "val",
                limit: int | None = None, gates: Gates | None = None, progress: bool = True,
-               threads: int | None = None, device: str = "cpu", force: bool = False) -> dict[str, Any]:
-    """Compare `backend` on the export against the `reference` ("plain": model(images); "canvas": diagnostic); write
-    the folder `out` with report.json, report.md and its figures (a non-empty `out` is refused unless `force`; it is
-    checked before any work). `data` is a COCO-format dataset folder (split `split`) or a folder of images. `gates`
-    default to those of the candidate's precision (Gates.for_precision). The report's "verdict" is passed, failed or
-    inconclusive (EXIT_CODES maps it to `maskrt parity`'s exit code); "passed" is True for passed only."""
-    candidate = Candidate(export_dir, out, backend=backend, graph=graph, gates=gates, threads=threads, device=device)
+               threads: int | None = None, device: str = "cpu", precision: str = "f32",
+               force: bool = False) -> dict[str, Any]:
+    """Compare `backend` (`precision`: OpenVINO's f32 or bf16) on the export against the `reference` ("plain":
+    model(images); "canvas": diagnostic); write the folder `out` with report.json, report.md and its figures (a
+    non-empty `out` is refused unless `force`; it is checked before any work). `data` is a COCO-format dataset
+    folder (split `split`) or a folder of images. `gates` default to those of the candidate's precision
+    (Gates.for_precision). The report's "verdict" is passed, failed or inconclusive (EXIT_CODES maps it to `maskrt
+    parity`'s exit code); "passed" is True for passed only."""
+    candidate = Candidate(export_dir, out, backend=backend, graph=graph, gates=gates, threads=threads, device=device,
+                          precision=precision)
     return run_parity_many(checkpoint, [candidate], data, reference=reference, split=split, limit=limit,
                            progress=progress, force=force)[0]

@@ -23,7 +23,7 @@ from maskrt.runtime.preprocess import Preprocessor
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def preprocessor_for(info: ExportInfo) -> Preprocessor:
@@ -58,9 +58,10 @@ class Predictor:
     @classmethod
     def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
                     checkpoint: str | Path | None = None, score_threshold: float = 0.0,
-                    threads: int | None = None, device: str = "cpu", spinning: bool = False) -> Predictor:
+                    threads: int | None = None, device: str = "cpu", spinning: bool = False,
+                    precision: str = "f32") -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas (`threads`,
-        `device` and `spinning`: OnnxRuntimeBackend's)."""
+        `device` and `spinning`: OnnxRuntimeBackend's; `threads` and `precision` f32|bf16: OpenVinoBackend's)."""
         if not 0.0 <= score_threshold <= 1.0:  # False for NaN
             raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
         info = ExportInfo.read(export_dir)
@@ -73,6 +74,12 @@ class Predictor:
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device, spinning)
+        elif backend == "openvino":
+            from maskrt.runtime.openvino_backend import OpenVinoBackend
+
+            if device != "cpu":
+                raise MaskrtError("--backend openvino runs on the CPU (drop --device)")
+            impl = OpenVinoBackend(export_dir, info, graph, threads, precision)
         elif backend == "tensorrt":
             raise MaskrtError(f"{export_dir}: the tensorrt backend runs an engine file: build one with `maskrt build "
                               f"--model {export_dir}` and pass it as the model")

@@ -10,6 +10,7 @@ for a mixed batch); the matching below is the test's own, not maskrt's parity co
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 import subprocess
 import sys
@@ -118,25 +119,40 @@ def test_both_graphs_find_what_plain_torchvision_finds(graph: str, photos: Path,
     assert np.median(mask_ious) >= 0.95, np.median(mask_ious)
 
 
+def _openvino(precision: str) -> list[str]:
+    """The OpenVINO candidate's options (issue 23); a skip with its reason where OpenVINO is not installed."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino extra is not installed (make test installs it)")
+    return ["--backend", "openvino", "--precision", precision]
+
+
+# bf16 is not gated here: this random-init model's detections are degenerate boxes (0.02 px high, scores 0.97) whose
+# IoU any rounding upsets (OpenVINO bf16: recall 0.15, median box IoU 0.65); tests/test_openvino.py gates bf16 on the
+# trained real-accuracy model.
+CANDIDATES = {"portable": lambda: ["--graph", "portable"], "trt": lambda: ["--graph", "trt"],
+              "openvino-f32": lambda: _openvino("f32")}
+
+
 @pytest.mark.slow
-def test_parity_gate_passes_on_the_photographs(photos: Path, r50: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("candidate", list(CANDIDATES))
+def test_parity_gate_passes_on_the_photographs(photos: Path, r50: tuple[Path, Path], tmp_path: Path,
+                                               candidate: str) -> None:
     checkpoint, export = r50
-    for graph in ("portable", "trt"):
-        out = tmp_path / graph
-        proc = subprocess.run([*CLI, "parity", "--checkpoint", str(checkpoint), "--model", str(export), "--graph",
-                               graph, "--data", str(photos), "--score-floor", str(SCORE_FLOOR), "--out", str(out),
-                               "-q"], capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-        report = json.loads((out / "report.json").read_text())
-        assert report["passed"] and report["reference"] == "plain" and report["summary"]["images"] == 5
-        assert report["summary"]["reference_detections_above_floor"] >= 100
-        markdown = (out / "report.md").read_text()
-        assert "vs plain reference" in markdown and "plain torchvision model(images)" in markdown
-        for figure in [report["figures"]["matches"], *(f["file"] for f in report["figures"]["worst"])]:
-            assert f"]({figure})" in markdown
-            with Image.open(out / figure) as im:
-                assert im.format == "PNG" and im.width > 100
-        assert len(report["figures"]["worst"]) == 4
+    out = tmp_path / candidate
+    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(checkpoint), "--model", str(export),
+                           *CANDIDATES[candidate](), "--data", str(photos), "--score-floor", str(SCORE_FLOOR),
+                           "--out", str(out), "-q"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and report["reference"] == "plain" and report["summary"]["images"] == 5
+    assert report["summary"]["reference_detections_above_floor"] >= 100
+    markdown = (out / "report.md").read_text()
+    assert "vs plain reference" in markdown and "plain torchvision model(images)" in markdown
+    for figure in [report["figures"]["matches"], *(f["file"] for f in report["figures"]["worst"])]:
+        assert f"]({figure})" in markdown
+        with Image.open(out / figure) as im:
+            assert im.format == "PNG" and im.width > 100
+    assert len(report["figures"]["worst"]) == 4
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from maskrt.runtime.parity_gates import DEFAULT_MIN_DETECTIONS
 
 log = logging.getLogger("maskrt")
 GRAPHS = list(GRAPH_FILES)  # portable, trt, trt_fp16 (export --fp16), portable_int8 (maskrt quantize)
+BACKENDS = ["torch", "onnxruntime", "openvino", "tensorrt"]
 T = TypeVar("T")
 
 
@@ -228,11 +229,20 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from maskrt.runtime.parity import Gates, run_parity, summary_line
 
     check_output_dir(args.out, force=args.force)
-    precision = EngineInfo.read(args.model).precision if args.backend == "tensorrt" else GRAPH_KINDS[args.graph][1]
+    openvino = _openvino_precision(args)
+    if args.backend == "tensorrt":
+        precision = EngineInfo.read(args.model).precision
+    elif args.backend == "openvino":
+        from maskrt.runtime.openvino_backend import gate_precision
+
+        precision = gate_precision(args.graph, openvino)
+    else:
+        precision = GRAPH_KINDS[args.graph][1]
     gates = Gates.for_precision(precision, score_floor=args.score_floor, min_detections=args.min_detections)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
                         reference=args.reference, split=args.split, limit=args.limit, gates=gates,
-                        progress=not args.quiet, threads=args.threads, device=args.device, force=args.force)
+                        progress=not args.quiet, threads=args.threads, device=args.device, precision=openvino,
+                        force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return report["exit_code"]
@@ -297,19 +307,29 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _openvino_precision(args: argparse.Namespace) -> str:
+    """--precision (OpenVINO's f32 | bf16; default f32), refused with any other backend."""
+    if args.precision is not None and args.backend != "openvino":
+        raise MaskrtError(f"--precision {args.precision} is OpenVINO's inference precision: it needs --backend "
+                          "openvino (TensorRT engines take theirs from `maskrt build --precision`)")
+    return args.precision or "f32"
+
+
 def _predictor_for_model(args: argparse.Namespace):  # noqa: ANN202
     """The Predictor of --model / --backend (an export folder, an engine file, or a checkpoint for torch)."""
     from maskrt.runtime.predictor import Predictor
 
     model = Path(args.model)
     threshold = getattr(args, "score_threshold", 0.0)
+    precision = _openvino_precision(args)
     if args.backend == "tensorrt":
         if model.is_dir():
             raise MaskrtError(f"{model}: --backend tensorrt takes an engine file (see `maskrt build`)")
         return Predictor.from_engine(model, score_threshold=threshold)
     if model.is_dir():
         return Predictor.from_export(model, backend=args.backend, graph=args.graph, threads=args.threads,
-                                     checkpoint=args.checkpoint, score_threshold=threshold, device=args.device)
+                                     checkpoint=args.checkpoint, score_threshold=threshold, device=args.device,
+                                     precision=precision)
     if args.backend == "torch":
         return Predictor.from_checkpoint(model, score_threshold=threshold)
     raise MaskrtError(f"{model}: the {args.backend} backend needs an export folder (see `maskrt export`)")
@@ -397,9 +417,10 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.random is None):
         raise MaskrtError("--compare needs one of --checkpoint CKPT or --random CONFIG")
-    if args.backend != "onnxruntime" or args.graph != "portable" or args.batch != 1 or args.device != "cpu":
-        raise MaskrtError("--compare runs every backend and graph itself, one image at a time, on the CPU: drop "
-                          "--backend, --graph, --batch and --device")
+    if args.backend != "onnxruntime" or args.graph != "portable" or args.batch != 1 or args.device != "cpu" or \
+            args.precision:
+        raise MaskrtError("--compare runs every backend, graph and precision itself, one image at a time, on the CPU: "
+                          "drop --backend, --graph, --precision, --batch and --device")
     if args.images and args.size:
         raise MaskrtError("--size sets the random input image; with --images the images' own sizes are used")
     result = run_compare(checkpoint=args.checkpoint, random_config=args.random, export=args.model,
@@ -632,9 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:  # what `_predictor_for_model` reads
         p.add_argument("--model", required=required,
                        help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
-        p.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tensorrt"])
+        p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
         p.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
         p.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
+        add_precision(p)
+
+    def add_precision(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--precision", choices=["f32", "bf16"],
+                       help="--backend openvino: its inference precision (default f32, gated like fp32; bf16 needs a "
+                       "CPU with native bfloat16, AVX-512 BF16 or AMX, and has gates of its own)")
 
     def add_serving(p: argparse.ArgumentParser, name_help: str, batch_help: str) -> None:  # serve and triton
         p.add_argument("--name", default="maskrt", type=_model_name, help=name_help)
@@ -735,8 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
               "inconclusive (too few reference detections compared), 2 bad input")
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
-    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
     par.add_argument("--graph", default="portable", choices=GRAPHS)
+    add_precision(par)
     par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
                      help="plain: torchvision model(images) as its user runs it (default, the gate's reference); "
                      "canvas: torchvision on the candidate's padded batch (diagnostic: export errors only)")

@@ -1,0 +1,109 @@
+"""OpenVINO on the CPU: model.onnx (fp32) and model.int8.onnx (INT8 QDQ) as exported, in f32 or bf16.
+
+OpenVINO reads the export's ONNX graphs unchanged (its ONNX frontend), with the same dynamic batch, height and width.
+`precision` is OpenVINO's INFERENCE_PRECISION_HINT: "f32" runs every op in fp32 (parity with fp32 gates), "bf16"
+lets the CPU plugin run its heavy ops (convolutions, matmuls) in bfloat16 where the CPU has native bf16 (AVX-512
+BF16, AMX), and is gated by the bf16 parity gates. bf16 is refused on a CPU without it (OpenVINO would fall back
+to f32 silently). The TensorRT graphs (maskrt plugin ops) do not run here.
+
+`openvino` is an optional dependency (`pip install 'maskrt[openvino]'`; `make test` installs it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskrt.core.artifacts import GRAPH_KINDS, OUTPUT_NAMES, ExportInfo
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256
+from maskrt.runtime.postprocess import RawOutput
+
+#: OpenVINO inference precisions maskrt offers (INFERENCE_PRECISION_HINT), default first.
+PRECISIONS = ("f32", "bf16")
+#: The parity gates of each (graph precision, OpenVINO precision): bf16 on an INT8 graph keeps the INT8 gates.
+GATE_PRECISION = {("fp32", "f32"): "fp32", ("fp32", "bf16"): "bf16", ("int8", "f32"): "int8", ("int8", "bf16"): "int8"}
+
+
+def openvino_module():  # noqa: ANN201
+    """The `openvino` module, or a MaskrtError saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise MaskrtError("--backend openvino needs OpenVINO: pip install 'maskrt[openvino]' (openvino==2026.4.1)") \
+            from None
+    return openvino
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    return "BF16" in openvino_module().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def gate_precision(graph: str, precision: str) -> str:
+    """The parity gates' precision for `graph` run by OpenVINO at `precision`."""
+    return GATE_PRECISION[(GRAPH_KINDS[graph][1], precision)]
+
+
+class OpenVinoBackend:
+    """OpenVINO's CPU plugin on model.onnx or model.int8.onnx, compiled once (per backend) with `threads` inference
+    threads (None: OpenVINO's default, one per physical core) and `precision` f32 or bf16."""
+
+    name = "openvino"
+
+    def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
+                 threads: int | None = None, precision: str = "f32") -> None:
+        ov = openvino_module()
+        if precision not in PRECISIONS:
+            raise MaskrtError(f"unknown OpenVINO precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+        if threads is not None and threads < 1:
+            raise MaskrtError(f"threads must be at least 1, got {threads}")
+        if GRAPH_KINDS.get(graph, ("trt",))[0] != "portable":
+            raise MaskrtError(f"the {graph} graph holds maskrt's TensorRT plugin ops: OpenVINO runs the portable "
+                              "graphs (--graph portable or portable_int8)")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise MaskrtError("--precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); this CPU's "
+                              "OpenVINO plugin offers only f32 here (use --precision f32)")
+        path = info.graph_path(export_dir, graph)
+        if not path.is_file():
+            raise MaskrtError(f"{path}: missing from the export folder")
+        if sha256(path) != info.graphs[graph].sha256:
+            raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
+                              "the export); export the checkpoint again")
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with its frontend's message
+            raise MaskrtError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0][:300]})") from None
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
+        self.precision = precision
+        self.batch = info.input.batch
+        self.dynamic = info.input.dynamic_batch
+
+    def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
+        n = canvas.shape[0]
+        step = n if self.dynamic else self.batch
+        outs: list[RawOutput] = []
+        for start in range(0, n, step):
+            images = canvas[start:start + step].numpy()
+            sz = sizes[start:start + step].numpy()
+            real = images.shape[0]
+            if real < step:  # static batch: pad with empty images, drop their outputs
+                images = np.concatenate([images, np.zeros((step - real, *images.shape[1:]), images.dtype)])
+                sz = np.concatenate([sz, np.tile(sz[:1], (step - real, 1))])
+            result = self.request.infer({"images": images, "image_sizes": sz})
+            num, boxes, scores, labels, masks = (result[o] for o in self.outputs)
+            for i in range(real):
+                outs.append(RawOutput(num=int(num[i]), boxes=boxes[i].copy(), scores=scores[i].copy(),
+                                      labels=labels[i].astype(np.int64), masks=masks[i].copy()))
+        return outs
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
