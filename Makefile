@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(PLUGIN_SOURCES)
 $(SERVE_STAMP): pyproject.toml $(PLUGIN_SOURCES) $(STAMP)
 	@test -x $(SERVE_PYTHON) || { echo "error: $(SERVE_PYTHON) not found: set SERVE_PYTHON to a Python >= 3.11 with a shared libpython"; exit 2; }
 	@test -x $(SERVE_VENV)/bin/python || $(SERVE_PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve,openvino]'
 	@touch $@
 
 serve-env: $(SERVE_STAMP)

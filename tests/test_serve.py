@@ -61,11 +61,12 @@ def client(url: str):  # noqa: ANN201
     return Client(url)
 
 
-def predict_results(server: Server, tmp_path: Path) -> dict[str, list[dict]]:
-    """`maskrt predict` on the served export and images: results per image name, without the file fields."""
+def predict_results(server: Server, tmp_path: Path, *options: str) -> dict[str, list[dict]]:
+    """`maskrt predict` (with `options`) on the served export and images: results per image name, without the file
+    fields."""
     out = tmp_path / "pred"
-    subprocess.run([*CLI, "predict", "--model", str(server.export), "--score-threshold", THRESHOLD, "--out", str(out),
-                    "-q", str(server.images)], check=True, capture_output=True)
+    subprocess.run([*CLI, "predict", "--model", str(server.export), "--score-threshold", THRESHOLD, *options, "--out",
+                    str(out), "-q", str(server.images)], check=True, capture_output=True)
     per: dict[str, list[dict]] = {}
     for r in json.loads((out / "results.json").read_text()):
         name = Path(r.pop("file_name")).name
@@ -206,6 +207,21 @@ def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Pat
     server = start_server(["--model", str(ckpt), "--score-threshold", THRESHOLD], free_ports(3))
     try:
         assert "(torch)" in server.lines[-1]
+        with client(server.grpc) as c:
+            for f in sorted(served.images.iterdir()):
+                assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
+        stop_and_check(server)
+    finally:
+        kill_tree(server)
+
+
+def test_serve_with_the_openvino_backend(served: Server, tmp_path: Path) -> None:
+    """`maskrt serve --backend openvino` (issue 23) answers as `maskrt predict --backend openvino`."""
+    options = ["--backend", "openvino", "--precision", "f32", "--threads", "1"]
+    expected = predict_results(served, tmp_path, *options)
+    server = start_server(["--model", str(served.export), *options, "--score-threshold", THRESHOLD], free_ports(3))
+    try:
+        assert "(openvino)" in server.lines[-1], server.lines
         with client(server.grpc) as c:
             for f in sorted(served.images.iterdir()):
                 assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
