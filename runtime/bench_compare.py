@@ -289,9 +289,23 @@ def _compare(checkpoint: str | Path | None, random_config: str | None, export: s
     graphs = {"portable": export_dir, "trt": export_dir}
     if int8_dir is not None:
         graphs["portable_int8"] = int8_dir
-    predictors = {g: Predictor.from_export(d, graph=g, threads=threads, spinning=False) for g, d in graphs.items()}
-    predictors.update({name: Predictor.from_export(d, backend="openvino", graph=g, threads=threads, precision=p)
-                       for name, (d, g, p) in _openvino_candidates(export_dir, int8_dir).items()})
+    predictors: dict[str, Predictor] = {}
+    try:
+        for g, d in graphs.items():
+            predictors[g] = Predictor.from_export(d, graph=g, threads=threads, spinning=False)
+        for name, (d, g, p) in _openvino_candidates(export_dir, int8_dir).items():
+            predictors[name] = Predictor.from_export(d, backend="openvino", graph=g, threads=threads, precision=p)
+        return _timed(checkpoint, random_config, export_dir, images, threads, warmup, iters, work, progress, steps,
+                      model, runners, predictors)
+    finally:  # sessions and compiled models released here, not whenever the garbage collector gets to them
+        for predictor in predictors.values():
+            predictor.close()
+
+
+def _timed(checkpoint: Path, random_config: str | None, export_dir: Path, images: list[np.ndarray], threads: int,
+           warmup: int, iters: int, work: Path, progress: bool, steps: _Steps, model: nn.Module,
+           runners: dict[str, Callable[[np.ndarray], Timing]], predictors: dict[str, Predictor]) -> dict[str, Any]:
+    """Run the candidates and parts alternated, `warmup` + `iters` rounds, and make the record."""
     runners.update({g: _Deployed(p) for g, p in predictors.items()})
     first_detections = runners["eager"](images[0])[1]
     parts = steps("parts_export_s", "exporting the network parts alone",

@@ -81,7 +81,6 @@ class OpenVinoBackend:
         except Exception as exc:  # OpenVINO raises RuntimeError with its frontend's message
             raise MaskrtError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0][:300]})") from None
         self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
         self.precision = precision
         self.batch = info.input.batch
         self.dynamic = info.input.dynamic_batch
@@ -98,7 +97,7 @@ class OpenVinoBackend:
                 images = np.concatenate([images, np.zeros((step - real, *images.shape[1:]), images.dtype)])
                 sz = np.concatenate([sz, np.tile(sz[:1], (step - real, 1))])
             result = self.request.infer({"images": images, "image_sizes": sz})
-            num, boxes, scores, labels, masks = (result[o] for o in self.outputs)
+            num, boxes, scores, labels, masks = (result[name] for name in OUTPUT_NAMES)
             for i in range(real):
                 outs.append(RawOutput(num=int(num[i]), boxes=boxes[i].copy(), scores=scores[i].copy(),
                                       labels=labels[i].astype(np.int64), masks=masks[i].copy()))
