@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import random_checkpoint
 from PIL import Image
 
@@ -55,16 +54,17 @@ def test_bench_writes_percentiles_per_stage(slim: tuple[Path, Path], tmp_path: P
     assert again.returncode == 2 and "exists (pass --force" in again.stderr
 
 
-def test_bench_compare_runs_every_candidate_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bench_compare_runs_every_candidate_side_by_side(tmp_path: Path) -> None:
     """`bench --compare` on a seeded random slim model at a tiny size: export, INT8 quantization, torchvision's ONNX
     export and the parts are made in --work; the table and the JSON hold every candidate with sane numbers."""
     out, md, work = tmp_path / "compare.json", tmp_path / "compare.md", tmp_path / "work"
     argv = ["bench", "--compare", "--random", "slim", "--size", "64", "--threads", "1", "--warmup", "1", "--iters", "2",
             "--int8", "--work", str(work), "--json", str(out), "--markdown", str(md), "-q"]
-    threads = torch.get_num_threads()
-    assert main(argv) == 0, capsys.readouterr().err[-2000:]
-    assert torch.get_num_threads() == threads  # the caller's torch threads are restored
-    stdout = capsys.readouterr().out
+    # a process of its own: after these in-process OpenVINO rows the pytest process died of SIGSEGV some tests later
+    # (not reproduced in isolation; see README, OpenVINO)
+    proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stdout = proc.stdout
     result = json.loads(out.read_text())
     from maskrt.runtime.openvino_backend import cpu_supports_bf16  # the openvino extra: make test installs it
 
