@@ -10,6 +10,7 @@ zero-padded) and sizes [B, 2] (each image's resized h, w), and ``close()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -86,6 +87,28 @@ def _providers(device: str, graph: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def run_in_batches(canvas: torch.Tensor, sizes: torch.Tensor, batch: int, dynamic: bool,
+                   run: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]]) -> list[RawOutput]:
+    """A deploy graph's outputs per image: the whole batch at once on a dynamic-batch graph, else in chunks of the
+    static `batch` (the last padded with empty images whose outputs are dropped). `run(images, sizes)` returns the
+    graph's (num_detections, boxes, scores, labels, masks)."""
+    n = canvas.shape[0]
+    step = n if dynamic else batch
+    outs: list[RawOutput] = []
+    for start in range(0, n, step):
+        images = canvas[start:start + step].numpy()
+        sz = sizes[start:start + step].numpy()
+        real = images.shape[0]
+        if real < step:
+            images = np.concatenate([images, np.zeros((step - real, *images.shape[1:]), images.dtype)])
+            sz = np.concatenate([sz, np.tile(sz[:1], (step - real, 1))])
+        num, boxes, scores, labels, masks = run(images, sz)
+        for i in range(real):
+            outs.append(RawOutput(num=int(num[i]), boxes=np.array(boxes[i]), scores=np.array(scores[i]),
+                                  labels=labels[i].astype(np.int64), masks=np.array(masks[i])))
+    return outs
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime on model.onnx, model.trt.onnx or model.trt.fp16.onnx (static or dynamic batch).
 
@@ -128,21 +151,8 @@ class OnnxRuntimeBackend:
         self.dynamic = info.input.dynamic_batch
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
-        n = canvas.shape[0]
-        step = n if self.dynamic else self.batch
-        outs: list[RawOutput] = []
-        for start in range(0, n, step):
-            images = canvas[start:start + step].numpy()
-            sz = sizes[start:start + step].numpy()
-            real = images.shape[0]
-            if real < step:  # static batch: pad with empty images, drop their outputs
-                images = np.concatenate([images, np.zeros((step - real, *images.shape[1:]), images.dtype)])
-                sz = np.concatenate([sz, np.tile(sz[:1], (step - real, 1))])
-            num, boxes, scores, labels, masks = self.session.run(None, {"images": images, "image_sizes": sz})
-            for i in range(real):
-                outs.append(RawOutput(num=int(num[i]), boxes=boxes[i], scores=scores[i],
-                                      labels=labels[i].astype(np.int64), masks=masks[i]))
-        return outs
+        return run_in_batches(canvas, sizes, self.batch, self.dynamic,
+                              lambda images, sz: self.session.run(None, {"images": images, "image_sizes": sz}))
 
     def close(self) -> None:
         self.session = None

@@ -19,6 +19,7 @@ import torch
 from maskrt.core.artifacts import GRAPH_KINDS, OUTPUT_NAMES, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
+from maskrt.runtime.backends import run_in_batches
 from maskrt.runtime.postprocess import RawOutput
 
 #: OpenVINO inference precisions maskrt offers (INFERENCE_PRECISION_HINT), default first.
@@ -86,22 +87,11 @@ class OpenVinoBackend:
         self.dynamic = info.input.dynamic_batch
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
-        n = canvas.shape[0]
-        step = n if self.dynamic else self.batch
-        outs: list[RawOutput] = []
-        for start in range(0, n, step):
-            images = canvas[start:start + step].numpy()
-            sz = sizes[start:start + step].numpy()
-            real = images.shape[0]
-            if real < step:  # static batch: pad with empty images, drop their outputs
-                images = np.concatenate([images, np.zeros((step - real, *images.shape[1:]), images.dtype)])
-                sz = np.concatenate([sz, np.tile(sz[:1], (step - real, 1))])
+        def infer(images: np.ndarray, sz: np.ndarray) -> list[np.ndarray]:
             result = self.request.infer({"images": images, "image_sizes": sz})
-            num, boxes, scores, labels, masks = (result[name] for name in OUTPUT_NAMES)
-            for i in range(real):
-                outs.append(RawOutput(num=int(num[i]), boxes=boxes[i].copy(), scores=scores[i].copy(),
-                                      labels=labels[i].astype(np.int64), masks=masks[i].copy()))
-        return outs
+            return [result[name] for name in OUTPUT_NAMES]
+
+        return run_in_batches(canvas, sizes, self.batch, self.dynamic, infer)
 
     def close(self) -> None:
         self.request = None

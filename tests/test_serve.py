@@ -192,6 +192,20 @@ def test_a_taken_port_is_one_clear_error(served: Server) -> None:
     assert served.proc.poll() is None
 
 
+def _second_server_answers(served: Server, args: list[str], backend: str, expected: dict[str, list[dict]]) -> None:
+    """A second `maskrt serve ARGS` beside the first, on its own ports, runs `backend` and answers each image with
+    `expected`; it stops cleanly."""
+    server = start_server(args, free_ports(3))
+    try:
+        assert backend in server.lines[-1], server.lines
+        with client(server.grpc) as c:
+            for f in sorted(served.images.iterdir()):
+                assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
+        stop_and_check(server)
+    finally:
+        kill_tree(server)
+
+
 def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Path) -> None:
     """`maskrt serve --model CKPT` (the torch backend, chosen from the file: plain torchvision on each image) answers
     as `maskrt predict --backend torch`; a second server beside the first, on its own ports."""
@@ -204,30 +218,15 @@ def test_serve_a_checkpoint_with_the_torch_backend(served: Server, tmp_path: Pat
         name = Path(r.pop("file_name")).name
         r.pop("image_id"), r.pop("overlay")
         expected.setdefault(name, []).append(r)
-    server = start_server(["--model", str(ckpt), "--score-threshold", THRESHOLD], free_ports(3))
-    try:
-        assert "(torch)" in server.lines[-1]
-        with client(server.grpc) as c:
-            for f in sorted(served.images.iterdir()):
-                assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
-        stop_and_check(server)
-    finally:
-        kill_tree(server)
+    _second_server_answers(served, ["--model", str(ckpt), "--score-threshold", THRESHOLD], "(torch)", expected)
 
 
 def test_serve_with_the_openvino_backend(served: Server, tmp_path: Path) -> None:
     """`maskrt serve --backend openvino` (issue 23) answers as `maskrt predict --backend openvino`."""
     options = ["--backend", "openvino", "--precision", "f32", "--threads", "1"]
     expected = predict_results(served, tmp_path, *options)
-    server = start_server(["--model", str(served.export), *options, "--score-threshold", THRESHOLD], free_ports(3))
-    try:
-        assert "(openvino)" in server.lines[-1], server.lines
-        with client(server.grpc) as c:
-            for f in sorted(served.images.iterdir()):
-                assert c.detect([f.read_bytes()])[0] == expected[f.name], f.name
-        stop_and_check(server)
-    finally:
-        kill_tree(server)
+    _second_server_answers(served, ["--model", str(served.export), *options, "--score-threshold", THRESHOLD],
+                           "(openvino)", expected)
 
 
 def test_shutdown_leaves_no_process(served: Server) -> None:
