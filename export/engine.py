@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from maskrt.core.artifacts import MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
+from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES, RTX_REQUIREMENT
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
@@ -33,9 +34,6 @@ from maskrt.export.onnx_export import check_graph
 BUILDERS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # the default is the first one installed
 #: The GPUs TensorRT-RTX runs engines on; an RTX engine is built for all of them unless told otherwise.
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9", "12.0")
-#: Built for by default: Turing (7.5) has no fp32 GEMM in TensorRT-RTX, so fp32 engines leave it out.
-DEFAULT_RTX_CAPABILITIES = ("8.6", "8.9", "12.0")
-DEFAULT_MAX_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def default_shapes(info: ExportInfo) -> ShapeRange:
     """The export's own ranges: batch (static, or 1:1:4), height/width ranges with the traced size as optimum."""
     inp = info.input
     if inp.dynamic_batch:
-        batch = (1, 1, DEFAULT_MAX_BATCH)
+        batch = (1, 1, DEFAULT_ENGINE_MAX_BATCH)
     else:
         batch = (inp.batch, inp.batch, inp.batch)
     (h0, h1), (w0, w1) = inp.height_range, inp.width_range  # type: ignore[misc]
@@ -84,7 +82,7 @@ def installed_builder() -> str:
         except ImportError:
             continue
         return name
-    raise MaskrtError("no TensorRT builder is installed (pip install tensorrt-rtx-cu13==1.7.1.116 builds engines "
+    raise MaskrtError(f"no TensorRT builder is installed (pip install {RTX_REQUIREMENT} builds engines "
                       "without a GPU; full TensorRT needs a GPU machine)")
 
 
@@ -95,7 +93,7 @@ def import_builder(builder: str) -> ModuleType:
     try:
         return importlib.import_module(BUILDERS[builder])
     except ImportError:
-        hint = "pip install tensorrt-rtx-cu13==1.7.1.116" if builder == "tensorrt-rtx" else \
+        hint = f"pip install {RTX_REQUIREMENT}" if builder == "tensorrt-rtx" else \
             "install NVIDIA TensorRT 10 with its Python bindings (it needs a GPU machine)"
         raise MaskrtError(f"the {builder} builder is not installed ({hint})") from None
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from maskrt.core.artifacts import ExportInfo, check_same_classes
+from maskrt.core.defaults import KEEP_ALL_SCORES, check_score_threshold
 from maskrt.core.errors import MaskrtError
 from maskrt.runtime.backends import Backend, OnnxRuntimeBackend, TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
@@ -49,7 +50,7 @@ class Predictor:
     """Runs one backend on batches of HxWx3 uint8 RGB images."""
 
     def __init__(self, backend: Backend, preprocessor: Preprocessor, classes: list[dict], *,
-                 score_threshold: float = 0.0) -> None:
+                 score_threshold: float = KEEP_ALL_SCORES) -> None:
         self.backend = backend
         self.preprocessor = preprocessor
         self.classes = classes
@@ -57,13 +58,12 @@ class Predictor:
 
     @classmethod
     def from_export(cls, export_dir: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
-                    checkpoint: str | Path | None = None, score_threshold: float = 0.0,
+                    checkpoint: str | Path | None = None, score_threshold: float = KEEP_ALL_SCORES,
                     threads: int | None = None, device: str = "cpu", spinning: bool = False,
                     precision: str = "f32") -> Predictor:
         """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas (`threads`,
         `device` and `spinning`: OnnxRuntimeBackend's; `threads` and `precision` f32|bf16: OpenVinoBackend's)."""
-        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
-            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        check_score_threshold(score_threshold)
         info = ExportInfo.read(export_dir)
         pre = preprocessor_for(info)
         if backend == "torch":
@@ -88,24 +88,22 @@ class Predictor:
         return cls(impl, pre, info.classes, score_threshold=score_threshold)
 
     @classmethod
-    def from_engine(cls, engine: str | Path, *, score_threshold: float = 0.0) -> Predictor:
+    def from_engine(cls, engine: str | Path, *, score_threshold: float = KEEP_ALL_SCORES) -> Predictor:
         """A predictor on a TensorRT engine built by `maskrt build` (its ENGINE.json carries the export's record)."""
         from maskrt.core.artifacts import EngineInfo
         from maskrt.runtime.trt_backend import TensorRTBackend
 
-        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
-            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        check_score_threshold(score_threshold)
         info = EngineInfo.read(engine)
         return cls(TensorRTBackend(engine, info), preprocessor_for(info.export), info.export.classes,
                    score_threshold=score_threshold)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
-                        score_threshold: float = 0.0) -> Predictor:
+                        score_threshold: float = KEEP_ALL_SCORES) -> Predictor:
         """The torch reference straight from a checkpoint: each batch padded as torchvision pads it, or to a static
         canvas when `height` and/or `width` are given (the other side from the model config)."""
-        if not 0.0 <= score_threshold <= 1.0:  # False for NaN
-            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        check_score_threshold(score_threshold)
         ckpt = load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, source=checkpoint)
         h, w = default_canvas(ckpt["model_config"])

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from maskrt.core.defaults import DEFAULT_MODEL_NAME
 from maskrt.core.errors import MaskrtError
 from maskrt.runtime.bench import percentiles
 from maskrt.serving.client import Client
@@ -55,7 +56,7 @@ def read_metrics(url: str, model: str) -> dict[str, float] | None:
     return found or None
 
 
-def run_server_bench(url: str, images: list[bytes], *, model: str = "maskrt", batch: int = 1, warmup: int = 3,
+def run_server_bench(url: str, images: list[bytes], *, model: str = DEFAULT_MODEL_NAME, batch: int = 1, warmup: int = 3,
                      iters: int = 20, concurrency: int = 1, metrics_url: str | None = None) -> dict[str, Any]:
     """Time `iters` requests of `batch` images at `concurrency` through the server at `url`."""
     if batch < 1 or iters < 1 or warmup < 0 or concurrency < 1:

@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from maskrt.core.defaults import DEFAULT_MODEL_NAME
 from maskrt.core.errors import MaskrtError
-from maskrt.serving.protocol import DEFAULT_MODEL_NAME, INPUT, OUTPUT, decode_results
+from maskrt.serving.protocol import INPUT, OUTPUT, decode_results
 
 
 class ServerError(MaskrtError):

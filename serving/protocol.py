@@ -19,13 +19,6 @@ from maskrt.runtime.postprocess import Detections
 
 INPUT = "image"
 OUTPUT = "detections"
-DEFAULT_MODEL_NAME = "maskrt"
-#: Largest image a server decodes by default (megapixels x 1e6): its masks are pasted at the original size.
-DEFAULT_MAX_PIXELS = 40_000_000
-#: Images per request and per dynamic batch (`--max-batch`) unless told otherwise.
-DEFAULT_MAX_BATCH = 8
-#: How long Triton's dynamic batcher waits to fill a batch.
-DEFAULT_QUEUE_DELAY_US = 2000
 
 
 def coco_results(dets: Detections, classes: list[dict]) -> list[dict[str, Any]]:

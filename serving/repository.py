@@ -21,10 +21,17 @@ from importlib import resources
 from pathlib import Path
 
 from maskrt.core.artifacts import GRAPH_FILES, GRAPH_KINDS, OUTPUT_NAMES, EngineInfo, ExportInfo, TensorSpec
+from maskrt.core.defaults import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_QUEUE_DELAY_US,
+    DEFAULT_REQUEST_MAX_PIXELS,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_SERVER_MAX_BATCH,
+)
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
-from maskrt.serving.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_QUEUE_DELAY_US, INPUT, OUTPUT
+from maskrt.serving.protocol import INPUT, OUTPUT
 from maskrt.serving.steps import ORIGINAL_SIZES
 
 NETWORK_BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -57,14 +64,14 @@ class Tensor:
 class RepositoryOptions:
     """What `maskrt triton` writes (see the module docstring)."""
 
-    name: str = "maskrt"
+    name: str = DEFAULT_MODEL_NAME
     network: str | None = None  # default: tensorrt for an engine, onnxruntime for an export folder
     graph: str = "portable"
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int = DEFAULT_SERVER_MAX_BATCH
     instances: int = 1
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
-    score_threshold: float = 0.5
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    max_pixels: int = DEFAULT_REQUEST_MAX_PIXELS
     threads: int = 0  # python network: ONNX Runtime threads (0 = one per core)
 
 

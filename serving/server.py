@@ -26,15 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from maskrt.core.defaults import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_QUEUE_DELAY_US,
+    DEFAULT_REQUEST_MAX_PIXELS,
+    DEFAULT_SERVER_MAX_BATCH,
+)
 from maskrt.core.errors import MaskrtError
 from maskrt.core.images import decode_rgb
 from maskrt.runtime.postprocess import Detections
 from maskrt.runtime.predictor import Predictor
 from maskrt.serving.protocol import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MODEL_NAME,
-    DEFAULT_QUEUE_DELAY_US,
     INPUT,
     OUTPUT,
     coco_results,
@@ -54,9 +56,9 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     model_name: str = DEFAULT_MODEL_NAME
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int = DEFAULT_SERVER_MAX_BATCH
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_REQUEST_MAX_PIXELS
     verbose: bool = False
 
     def urls(self) -> dict[str, str]:
@@ -68,8 +70,8 @@ class ServeOptions:
 class DetectFunction:
     """PyTriton's inference callable: a batch of requests -> one response per request (see the module docstring)."""
 
-    def __init__(self, predictor: Predictor, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, predictor: Predictor, max_pixels: int = DEFAULT_REQUEST_MAX_PIXELS,
+                 max_batch: int = DEFAULT_SERVER_MAX_BATCH) -> None:
         self.predictor = predictor
         self.max_pixels = max_pixels
         self.max_batch = max_batch

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from maskrt.core.artifacts import OUTPUT_NAMES, ExportInfo
-from maskrt.core.errors import MaskrtError
+from maskrt.core.defaults import DEFAULT_REQUEST_MAX_PIXELS, DEFAULT_SCORE_THRESHOLD, check_score_threshold
 from maskrt.core.images import decode_rgb
 from maskrt.runtime.postprocess import RawOutput, to_detections
 from maskrt.runtime.predictor import preprocessor_for
-from maskrt.serving.protocol import DEFAULT_MAX_PIXELS, coco_results, encode_results, request_images
+from maskrt.serving.protocol import coco_results, encode_results, request_images
 
 #: Names of the tensors between the steps (the network's are the export's INPUT_NAMES and OUTPUT_NAMES).
 ORIGINAL_SIZES = "original_sizes"
@@ -31,7 +31,7 @@ ORIGINAL_SIZES = "original_sizes"
 class PreStep:
     """Encoded images -> the network's inputs (resize, normalise, pad) and each image's original size."""
 
-    def __init__(self, info: ExportInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, info: ExportInfo, max_pixels: int = DEFAULT_REQUEST_MAX_PIXELS) -> None:
         self.preprocessor = preprocessor_for(info)
         self.max_pixels = max_pixels
         self.names = info.input.names
@@ -50,11 +50,9 @@ class PostStep:
     """The network's outputs -> each image's COCO results as JSON (boxes scaled and masks pasted at the original
     size, as `maskrt predict`)."""
 
-    def __init__(self, info: ExportInfo, score_threshold: float = 0.5) -> None:
-        if not 0.0 <= score_threshold <= 1.0:
-            raise MaskrtError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    def __init__(self, info: ExportInfo, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> None:
         self.classes = info.classes
-        self.score_threshold = score_threshold
+        self.score_threshold = check_score_threshold(score_threshold)
 
     @torch.no_grad()
     def __call__(self, outputs: dict[str, np.ndarray], image_sizes: np.ndarray,

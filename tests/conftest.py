@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskrt.core.defaults import RTX_REQUIREMENT
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -119,7 +121,7 @@ def require_tensorrt_rtx():  # noqa: ANN201
     try:
         import tensorrt_rtx
     except ImportError:  # pragma: no cover - depends on the environment
-        message = "tensorrt_rtx not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
+        message = f"tensorrt_rtx not installed: pip install {RTX_REQUIREMENT}"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message, allow_module_level=True)

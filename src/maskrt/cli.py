@@ -27,6 +27,15 @@ from maskrt.core.artifacts import (
     MIN_OPSET,
     check_same_classes,
 )
+from maskrt.core.defaults import (
+    DEFAULT_ENGINE_MAX_BATCH,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_QUEUE_DELAY_US,
+    DEFAULT_REQUEST_MAX_PIXELS,
+    DEFAULT_RTX_CAPABILITIES,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_SERVER_MAX_BATCH,
+)
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import WRITE_ERRNOS, write_json
 from maskrt.core.outputs import check_apart, check_output_dir, check_output_file, output_lock, staged_dir
@@ -664,12 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "CPU with native bfloat16, AVX-512 BF16 or AMX, and has gates of its own)")
 
     def add_serving(p: argparse.ArgumentParser, name_help: str, batch_help: str) -> None:  # serve and triton
-        p.add_argument("--name", default="maskrt", type=_model_name, help=name_help)
-        p.add_argument("--max-batch", type=_positive_int, default=8, help=batch_help)
-        p.add_argument("--queue-delay-us", type=_non_negative_int, default=2000,
-                       help="how long the dynamic batcher waits to fill a batch, microseconds (default 2000)")
-        p.add_argument("--max-megapixels", type=_positive_float, default=40.0,
-                       help="refuse larger images before decoding them (default 40)")
+        p.add_argument("--name", default=DEFAULT_MODEL_NAME, type=_model_name, help=name_help)
+        p.add_argument("--max-batch", type=_positive_int, default=DEFAULT_SERVER_MAX_BATCH, help=batch_help)
+        p.add_argument("--queue-delay-us", type=_non_negative_int, default=DEFAULT_QUEUE_DELAY_US,
+                       help="how long the dynamic batcher waits to fill a batch, microseconds (default %(default)s)")
+        p.add_argument("--max-megapixels", type=_positive_float, default=DEFAULT_REQUEST_MAX_PIXELS / 1e6,
+                       help="refuse larger images before decoding them (default %(default)g)")
 
     def add_threads(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int,
@@ -750,8 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = add("predict", "detect on images: COCO results JSON + overlay PNGs")
     add_model(pred)
-    pred.add_argument("--score-threshold", type=_unit_float, default=0.5,
-                      help="drop detections below, in [0, 1] (default 0.5)")
+    pred.add_argument("--score-threshold", type=_unit_float, default=DEFAULT_SCORE_THRESHOLD,
+                      help="drop detections below, in [0, 1] (default %(default)s)")
     add_threads(pred)
     pred.add_argument("--out", required=True, help="output folder (results.json, STEM.overlay.png per image)")
     pred.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
@@ -793,11 +802,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: whichever is installed, tensorrt first (tensorrt-rtx builds without a GPU, for "
                      "RTX GPUs; tensorrt builds on a GPU, for that GPU)")
     bld.add_argument("--batch", type=_batch_profile, metavar="MIN:OPT:MAX",
-                     help="batch profile of a dynamic-batch export (default 1:1:4; a static batch is fixed)")
+                     help=f"batch profile of a dynamic-batch export (default 1:1:{DEFAULT_ENGINE_MAX_BATCH}; a static batch "
+                     "is fixed)")
     bld.add_argument("--size", type=_size_profile, metavar="MINHxMINW:OPTHxOPTW:MAXHxMAXW",
                      help="height x width profile, multiples of 32 inside the export's ranges (default: the whole "
                      "range, optimum the traced size; one HxW fixes it)")
-    bld.add_argument("--compute-capabilities", help="tensorrt-rtx targets, e.g. 8.6,8.9 (default 8.6,8.9,12.0)")
+    bld.add_argument("--compute-capabilities", help="tensorrt-rtx targets, e.g. 8.6,8.9 (default "
+                     f"{','.join(DEFAULT_RTX_CAPABILITIES)})")
     bld.add_argument("--workspace", type=_positive_int, metavar="MiB", help="cap on the builder's scratch memory")
     bld.add_argument("--timing-cache", metavar="FILE",
                      help="kernel timing cache: read when it exists, written after the build (faster rebuilds)")
@@ -821,7 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
         "carries --batch encoded images; with --model the same images also run in process, and the difference is the "
         "cost of serving")
     srv_group.add_argument("--server", metavar="URL", help="http://HOST:PORT or grpc://HOST:PORT")
-    srv_group.add_argument("--server-model", default="maskrt", help="the served model's name (default maskrt)")
+    srv_group.add_argument("--server-model", default=DEFAULT_MODEL_NAME,
+                           help="the served model's name (default %(default)s)")
     srv_group.add_argument("--concurrency", type=_positive_int, default=1,
                            help="client threads sending requests at once (default 1)")
     cmp = bench.add_argument_group(
@@ -859,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
     # beside it), torch for a checkpoint
     srv.add_argument("--repository", help="instead of --model: serve a `maskrt triton --network python` model "
                      "repository with the Triton binary PyTriton ships (python backend only)")
-    srv.add_argument("--score-threshold", type=_unit_float, default=0.5,
-                     help="drop detections below, in [0, 1] (default 0.5, as predict)")
+    srv.add_argument("--score-threshold", type=_unit_float, default=DEFAULT_SCORE_THRESHOLD,
+                     help="drop detections below, in [0, 1] (default %(default)s, as predict)")
     add_threads(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                      "only; 0.0.0.0 for every interface)")
@@ -869,7 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--grpc-port", type=_port, help="gRPC port (default PORT+1)")
     srv.add_argument("--metrics-port", type=_port, help="Prometheus metrics port (default PORT+2)")
     add_serving(srv, name_help="model name clients ask for (default maskrt)",
-                batch_help="largest dynamic batch and request, in images (default 8; 1 = no batching)")
+                batch_help="largest dynamic batch and request, in images (default %(default)s; 1 = no batching)")
     srv.add_argument("--verbose", action="store_true", help="Triton's and PyTriton's logs")
     srv.set_defaults(func=cmd_serve)
 
@@ -878,15 +890,16 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--model", required=True, help="engine file (tensorrt_plan) or export folder")
     tri.add_argument("--out", required=True, help="repository folder to write")
     add_serving(tri, name_help="the ensemble's name; its steps are NAME_preprocess, NAME_network, NAME_postprocess",
-                batch_help="max_batch_size of every model (default 8; a static batch 1 export does not batch)")
+                batch_help="max_batch_size of every model (default %(default)s; a static batch 1 export does not "
+                           "batch)")
     tri.add_argument("--network", choices=["onnxruntime", "tensorrt", "python"],
                      help="network backend (default: tensorrt for an engine, onnxruntime for an export folder; "
                      "python runs the graph with ONNX Runtime in Triton's python backend)")
     tri.add_argument("--graph", default="portable", choices=GRAPHS,
                      help="the export's graph (onnxruntime: portable or portable_int8; python: any)")
     tri.add_argument("--instances", type=_positive_int, default=1, help="instances of each model (default 1)")
-    tri.add_argument("--score-threshold", type=_unit_float, default=0.5,
-                     help="post-processing drops detections below, in [0, 1] (default 0.5)")
+    tri.add_argument("--score-threshold", type=_unit_float, default=DEFAULT_SCORE_THRESHOLD,
+                     help="post-processing drops detections below, in [0, 1] (default %(default)s)")
     tri.add_argument("--threads", type=_positive_int, help="--network python: ONNX Runtime threads per instance")
     tri.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     tri.set_defaults(func=cmd_triton)

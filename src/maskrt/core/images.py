@@ -7,16 +7,16 @@
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maskrt.core.defaults import DEFAULT_FILE_MAX_PIXELS
 from maskrt.core.errors import MaskrtError
 
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-# maskrt checks the size itself (max_image_pixels), before decoding; PIL's own bomb check would only warn first.
-Image.MAX_IMAGE_PIXELS = None
+_PIL_GUARD = threading.Lock()  # maskrt's own size check replaces Pillow's bomb check during one header read
 
 #: The file suffixes read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -39,10 +39,10 @@ def image_folder(folder: str | Path, what: str = "images") -> list[Path]:
 
 
 def max_image_pixels() -> int:
-    """The pixel limit: MASKRT_MAX_IMAGE_PIXELS if set (a positive integer), else DEFAULT_MAX_IMAGE_PIXELS."""
+    """The pixel limit: MASKRT_MAX_IMAGE_PIXELS if set (a positive integer), else DEFAULT_FILE_MAX_PIXELS."""
     text = os.environ.get("MASKRT_MAX_IMAGE_PIXELS")
     if text is None:
-        return DEFAULT_MAX_IMAGE_PIXELS
+        return DEFAULT_FILE_MAX_PIXELS
     if not text.isdigit() or int(text) < 1:
         raise MaskrtError(f"MASKRT_MAX_IMAGE_PIXELS={text!r}: must be a positive integer")
     return int(text)
@@ -71,10 +71,21 @@ def decode_rgb(data: bytes, name: str = "image", max_pixels: int | None = None) 
     return _decode(io.BytesIO(data), name, max_image_pixels() if max_pixels is None else max_pixels)
 
 
+def _open_header(source: Path | io.BytesIO) -> Image.Image:
+    """Image.open (header only) with Pillow's own decompression-bomb check off for this call alone: the caller
+    checks the size against maskrt's limit, which may be above Pillow's; the process-wide setting is restored."""
+    with _PIL_GUARD:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode(source: Path | io.BytesIO, name: str, limit: int) -> np.ndarray:
     """Decode an image file or stream to HxWx3 uint8 RGB (see `load_rgb`)."""
     try:
-        with Image.open(source) as im:
+        with _open_header(source) as im:
             w, h = im.size
             if w * h > limit:
                 raise MaskrtError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the limit of "
