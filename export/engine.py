@@ -180,11 +180,7 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     if graph not in info.graphs:
         raise MaskrtError(f"{export_dir}: has no fp16 TensorRT graph (model.trt.fp16.onnx); export the checkpoint "
                           "again with --fp16")
-    onnx_path = info.graph_path(export_dir, graph)
-    if not onnx_path.is_file():
-        raise MaskrtError(f"{onnx_path}: missing from the export folder")
-    if sha256(onnx_path) != info.graphs[graph].sha256:
-        raise MaskrtError(f"{onnx_path}: its sha256 differs from the one in export.json; export the checkpoint again")
+    onnx_path = info.verified_graph(export_dir, graph)
     check_graph(onnx_path, "trt")  # onnx.checker + no op TensorRT cannot build (a portable graph is refused here)
     engine = Path(engine) if engine is not None else Path(export_dir) / f"model.{precision}.engine"
     check_output_file(engine, force=force)

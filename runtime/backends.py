@@ -20,7 +20,6 @@ import torch
 
 from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import sha256
 from maskrt.plugins import set_host_threads
 from maskrt.runtime.postprocess import RawOutput
 from maskrt.runtime.reference import eager_detections
@@ -125,12 +124,7 @@ class OnnxRuntimeBackend:
                  threads: int | None = None, device: str = "cpu", spinning: bool = False) -> None:
         if threads is not None and threads < 1:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
-        path = info.graph_path(export_dir, graph)
-        if not path.is_file():
-            raise MaskrtError(f"{path}: missing from the export folder")
-        if sha256(path) != info.graphs[graph].sha256:
-            raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
-                              "the export); export the checkpoint again")
+        path = info.verified_graph(export_dir, graph)
         providers = _providers(device, graph)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 0

@@ -18,7 +18,6 @@ import torch
 
 from maskrt.core.artifacts import GRAPH_KINDS, OUTPUT_NAMES, ExportInfo
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import sha256
 from maskrt.runtime.backends import run_in_batches
 from maskrt.runtime.postprocess import RawOutput
 
@@ -67,12 +66,7 @@ class OpenVinoBackend:
         if precision == "bf16" and not cpu_supports_bf16():
             raise MaskrtError("--precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); this CPU's "
                               "OpenVINO plugin offers only f32 here (use --precision f32)")
-        path = info.graph_path(export_dir, graph)
-        if not path.is_file():
-            raise MaskrtError(f"{path}: missing from the export folder")
-        if sha256(path) != info.graphs[graph].sha256:
-            raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
-                              "the export); export the checkpoint again")
+        path = info.verified_graph(export_dir, graph)
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)

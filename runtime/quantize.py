@@ -136,9 +136,7 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     info = ExportInfo.read(export_dir)
     check_apart([out], [("export folder", export_dir), ("calibration folder", calibration)])
     out = check_output_dir(out, force=force)
-    source = info.graph_path(export_dir, "portable")
-    if sha256(source) != info.graphs["portable"].sha256:
-        raise MaskrtError(f"{source}: its sha256 differs from the one in export.json; export the checkpoint again")
+    source = info.verified_graph(export_dir, "portable")
     files = calibration_files(calibration, images)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}

@@ -218,9 +218,7 @@ def write_repository(model: str | Path, out: str | Path, options: RepositoryOpti
         if network == "onnxruntime" and GRAPH_KINDS[o.graph][0] != "portable":
             raise MaskrtError(f"the {o.graph} graph holds maskrt's TensorRT plugin ops, which Triton's onnxruntime "
                               "backend cannot run: use --graph portable (or portable_int8), or --network python")
-        graph_path = info.graph_path(model, o.graph)
-        if sha256(graph_path) != info.graphs[o.graph].sha256:
-            raise MaskrtError(f"{graph_path}: its sha256 differs from export.json's (changed after the export)")
+        graph_path = info.verified_graph(model, o.graph)
         inputs, outputs = _onnx_tensors(graph_path)
         where = str(graph_path)
     _check_io(inputs, outputs, info, where)

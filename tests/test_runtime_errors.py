@@ -157,3 +157,32 @@ def test_predict_outputs_never_collide_or_touch_inputs(export_dir: Path, tmp_pat
     assert {r["file_name"] for r in results} <= set(map(str, inputs))
     assert all(p.read_bytes() == data for p, data in before.items())
     assert main(["predict", "--model", str(export_dir), "--out", str(out), "-q", str(inputs[0])]) == 2  # not empty
+
+
+def test_every_reader_of_a_graph_verifies_it_the_same_way(export_dir: Path, tmp_path: Path) -> None:
+    """ExportInfo.verified_graph is the one check: every command that reads a graph refuses a changed one with its
+    message, before any work."""
+    def change_both(d: Path) -> None:
+        (d / "model.trt.onnx").write_bytes(b"changed")
+        (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:-1] + b"\0")
+
+    bad = _broken_copy(export_dir, tmp_path, change_both)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (50, 40)).save(image)
+    (tmp_path / "cal").mkdir()
+    Image.new("RGB", (50, 40)).save(tmp_path / "cal" / "c.png")
+    runs = {
+        "model.onnx": [["predict", "--model", str(bad), "--out", str(tmp_path / "p"), str(image)],
+                       ["predict", "--model", str(bad), "--backend", "openvino", "--out", str(tmp_path / "v"),
+                        str(image)],
+                       ["quantize", "--model", str(bad), "--calibration", str(image.parent / "cal"), "--out",
+                        str(tmp_path / "q")],
+                       ["triton", "--model", str(bad), "--out", str(tmp_path / "t")]],
+        "model.trt.onnx": [["build", "--model", str(bad), "--out", str(tmp_path / "e.engine")],
+                           ["predict", "--model", str(bad), "--graph", "trt", "--out", str(tmp_path / "r"),
+                            str(image)]],
+    }
+    for graph, argvs in runs.items():
+        for argv in argvs:
+            proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=300)
+            _one_line_error(proc, f"{graph}: its sha256 differs from the one in export.json (the file was changed")

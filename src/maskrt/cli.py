@@ -802,8 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: whichever is installed, tensorrt first (tensorrt-rtx builds without a GPU, for "
                      "RTX GPUs; tensorrt builds on a GPU, for that GPU)")
     bld.add_argument("--batch", type=_batch_profile, metavar="MIN:OPT:MAX",
-                     help=f"batch profile of a dynamic-batch export (default 1:1:{DEFAULT_ENGINE_MAX_BATCH}; a static batch "
-                     "is fixed)")
+                     help=f"batch profile of a dynamic-batch export (default 1:1:{DEFAULT_ENGINE_MAX_BATCH}; a static "
+                     "batch is fixed)")
     bld.add_argument("--size", type=_size_profile, metavar="MINHxMINW:OPTHxOPTW:MAXHxMAXW",
                      help="height x width profile, multiples of 32 inside the export's ranges (default: the whole "
                      "range, optimum the traced size; one HxW fixes it)")

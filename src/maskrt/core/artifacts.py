@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import read_json, write_json
+from maskrt.core.files import read_json, sha256, write_json
 
 T = TypeVar("T")
 
@@ -311,6 +311,16 @@ class ExportInfo:
         if flavor not in self.graphs:
             raise MaskrtError(f"{Path(folder) / EXPORT_FILE}: no '{flavor}' graph (have {', '.join(self.graphs)})")
         return Path(folder) / self.graphs[flavor].file
+
+    def verified_graph(self, folder: str | Path, flavor: str) -> Path:
+        """`graph_path`, once the file exists and its sha256 is export.json's; MaskrtError saying what to redo."""
+        path = self.graph_path(folder, flavor)
+        if not path.is_file():
+            raise MaskrtError(f"{path}: missing from the export folder")
+        if sha256(path) != self.graphs[flavor].sha256:
+            raise MaskrtError(f"{path}: its sha256 differs from the one in export.json (the file was changed after "
+                              "the export); export the checkpoint again")
+        return path
 
 
 @dataclass(frozen=True)
