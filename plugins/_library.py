@@ -13,11 +13,12 @@ import importlib.util
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from maskrt.plugins._abi import CUDA, HOST, Entry, Library
 from maskrt.plugins.spec import PluginIdentity
 
 PLUGIN_LIBRARY = "libmaskrt_plugins.so"
@@ -31,7 +32,7 @@ BUILD_HINT = (
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple[Any, ...]] = {}  # TensorRT module name -> (library handle, logger, builder)
-_handles: dict[Path, ctypes.CDLL] = {}
+_handles: dict[Path, Library] = {}
 _ERR_LEN = 512
 
 
@@ -78,21 +79,22 @@ def host_library_path() -> Path:
     return _find(HOST_LIBRARY, "MASKRT_HOST_LIBRARY")
 
 
-def _open(path: Path) -> ctypes.CDLL:
+def open_library(path: Path, table: Mapping[str, Entry]) -> Library:
+    """The library at `path` opened once with ctypes, its entry points declared by `table` (maskrt.plugins._abi)."""
     with _lock:
         if path not in _handles:
-            _handles[path] = ctypes.CDLL(str(path))
+            _handles[path] = Library(path, table)
         return _handles[path]
 
 
-def cuda_library() -> ctypes.CDLL:
-    """The CUDA plugin library opened with ctypes, for its extern "C" functions."""
-    return _open(library_path())
+def cuda_library() -> Library:
+    """The CUDA plugin library opened with ctypes, for its extern "C" functions (signatures: _abi.CUDA)."""
+    return open_library(library_path(), CUDA)
 
 
-def host_library() -> ctypes.CDLL:
-    """The host library opened with ctypes."""
-    return _open(host_library_path())
+def host_library() -> Library:
+    """The host library opened with ctypes (signatures: _abi.HOST)."""
+    return open_library(host_library_path(), HOST)
 
 
 def set_host_threads(threads: int | None) -> None:
@@ -100,7 +102,7 @@ def set_host_threads(threads: int | None) -> None:
     Results do not depend on it."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    host_library().maskrt_set_host_threads(ctypes.c_int(threads or 0))
+    host_library().maskrt_set_host_threads(threads or 0)
 
 
 def host_threads() -> int:
@@ -108,23 +110,20 @@ def host_threads() -> int:
     return int(host_library().maskrt_host_threads())
 
 
-def call(entry: str, args: Sequence[Any], *, device: str, stream_device: Any = None) -> None:
+def call(entry: str, *, device: str, stream_device: Any = None, **arguments: Any) -> None:
     """Calls an extern "C" launcher of the host library (device 'cpu') or of the CUDA library (device 'cuda': the
-    current torch stream of `stream_device` is appended to `args`). Every launcher takes its arguments, [the stream,]
-    then an error buffer and its length, and returns 0, -1 for invalid arguments (raised here as ValueError with the
-    library's message) or a CUDA error code (RuntimeError)."""
-    args = list(args)
+    current torch stream of `stream_device` is its `stream`), its `arguments` named as the C parameters
+    (maskrt.plugins._abi). Every launcher ends with an error buffer and its length and returns 0, -1 for invalid
+    arguments (raised here as ValueError with the library's message) or a CUDA error code (RuntimeError)."""
     if device == "cuda":
         import torch
 
         lib = cuda_library()
-        args.append(ctypes.c_void_p(torch.cuda.current_stream(stream_device).cuda_stream))
+        arguments["stream"] = torch.cuda.current_stream(stream_device).cuda_stream
     else:
         lib = host_library()
-    fn = getattr(lib, entry)
-    fn.restype = ctypes.c_int
     err = ctypes.create_string_buffer(_ERR_LEN)
-    status = fn(*args, err, ctypes.c_int(_ERR_LEN))
+    status = getattr(lib, entry)(**arguments, err=err, errLen=_ERR_LEN)
     if status != 0:
         message = err.value.decode() or f"CUDA error {status}"
         raise (ValueError if status < 0 else RuntimeError)(f"{entry}: {message}")

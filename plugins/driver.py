@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from maskrt.plugins._library import _find, library_path
+from maskrt.plugins._abi import DRIVER
+from maskrt.plugins._library import _find, library_path, open_library
 from maskrt.plugins.nms.spec import NMSSpec
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
@@ -56,9 +57,7 @@ def drive(spec: RoIAlignSpec | NMSSpec, inputs: list[torch.Tensor], outputs: lis
     execute = on_gpu if execute is None else execute
     if execute and not on_gpu:
         raise ValueError("enqueue needs every tensor on a CUDA device")
-    lib = ctypes.CDLL(str(driver_path()))
-    fn = lib.maskrt_drive_plugin
-    fn.restype = ctypes.c_int
+    fn = open_library(driver_path(), DRIVER).maskrt_drive_plugin
     ranks = (ctypes.c_int32 * len(tensors))(*[t.dim() for t in tensors])
     flat = [int(d) for t in tensors for d in t.shape]
     dims = (ctypes.c_int64 * max(1, len(flat)))(*flat)
@@ -72,9 +71,10 @@ def drive(spec: RoIAlignSpec | NMSSpec, inputs: list[torch.Tensor], outputs: lis
     name = spec.IDENTITY.name.encode()
 
     def call(workspace: int, run: bool, stream: int) -> int:
-        return fn(str(library_path()).encode(), name, text, len(inputs), len(outputs), ranks, dims, types, in_ptrs,
-                  out_ptrs, ctypes.c_void_p(workspace), ctypes.byref(size), int(run), ctypes.c_void_p(stream), steps,
-                  _TEXT_LEN, err, _TEXT_LEN)
+        return fn(library=str(library_path()).encode(), name=name, fieldText=text, nbInputs=len(inputs),
+                  nbOutputs=len(outputs), ranks=ranks, dims=dims, types=types, inputs=in_ptrs, outputs=out_ptrs,
+                  workspace=workspace, workspaceSize=ctypes.byref(size), execute=int(run), stream=stream, steps=steps,
+                  stepsLen=_TEXT_LEN, err=err, errLen=_TEXT_LEN)  # fmt: skip
 
     if call(0, False, 0) != 0:
         raise RuntimeError(f"{spec.IDENTITY.name}: {err.value.decode()} (after {steps.value.decode() or 'nothing'})")

@@ -276,13 +276,11 @@ def test_host_entry_point_rejects_invalid_attributes() -> None:
     from maskrt.plugins._library import host_library
 
     fn = host_library().maskrt_nms_host
-    fn.restype = ctypes.c_int
     err = ctypes.create_string_buffer(256)
-    dummy = ctypes.c_void_p(0)
     for iou, thr, k, message in ((1.5, 0.0, 1, b"iou_threshold"), (0.5, float("nan"), 1, b"score_threshold"),
                                  (0.5, 0.0, -1, b"max_output_boxes")):  # fmt: skip
-        status = fn(dummy, dummy, 0, dummy, ctypes.c_int64(1), ctypes.c_int64(0), ctypes.c_float(iou),
-                    ctypes.c_float(thr), ctypes.c_int(k), dummy, dummy, err, ctypes.c_int(256))  # fmt: skip
+        status = fn(boxes=None, scores=None, scoreType=0, groups=None, batch=1, numBoxes=0, iouThreshold=iou,
+                    scoreThreshold=thr, maxOutputBoxes=k, keep=None, count=None, err=err, errLen=256)  # fmt: skip
         assert status == -1 and message in err.value
 
 

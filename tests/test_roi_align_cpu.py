@@ -285,8 +285,8 @@ def test_host_half_conversion_matches_numpy() -> None:
     lib = host_library()
     bits = np.arange(65536, dtype=np.uint16)
     as_float = np.empty(65536, dtype=np.float32)
-    lib.maskrt_half_to_float(bits.ctypes.data_as(ctypes.c_void_p), as_float.ctypes.data_as(ctypes.c_void_p),
-                             ctypes.c_int64(bits.size))  # fmt: skip
+    lib.maskrt_half_to_float(bits.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)),
+                             as_float.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), bits.size)  # fmt: skip
     expected = bits.view(np.float16).astype(np.float32)
     assert np.array_equal(as_float.view(np.uint32)[~np.isnan(expected)], expected.view(np.uint32)[~np.isnan(expected)])
     assert np.isnan(as_float[np.isnan(expected)]).all()
@@ -297,8 +297,8 @@ def test_host_half_conversion_matches_numpy() -> None:
         np.array([65504, 65519.99, 65520, 1e30, -1e30, 2.0**-25, 2.0**-24 * 1.5, 2.0**-26, 0.0, -0.0], np.float32),
     ]).astype(np.float32)  # fmt: skip
     halves = np.empty(values.size, dtype=np.uint16)
-    lib.maskrt_float_to_half(values.ctypes.data_as(ctypes.c_void_p), halves.ctypes.data_as(ctypes.c_void_p),
-                             ctypes.c_int64(values.size))  # fmt: skip
+    lib.maskrt_float_to_half(values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                             halves.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)), values.size)  # fmt: skip
     with np.errstate(over="ignore"):
         expected_halves = values.astype(np.float16).view(np.uint16)
     assert np.array_equal(halves, expected_halves)

@@ -78,11 +78,11 @@ extern "C" __attribute__((visibility("default"))) char const* recorded() { retur
 
 RUN = """
 import ctypes, sys
+from maskrt.plugins._abi import TRITON, Library
 fake, shims = sys.argv[1], sys.argv[2:]
 lib = ctypes.CDLL(fake, ctypes.RTLD_GLOBAL) if fake != "-" else None
 for shim in shims:
-    s = ctypes.CDLL(shim, ctypes.RTLD_GLOBAL)
-    s.maskrt_triton_status.restype = ctypes.c_char_p
+    s = Library(shim, TRITON, ctypes.RTLD_GLOBAL)
     print("status:", s.maskrt_triton_status().decode())
 if lib is not None:
     lib.recorded.restype = ctypes.c_char_p
@@ -152,10 +152,10 @@ def test_harmless_beside_tensorrt_rtx(fakes: dict[str, Path]) -> None:
     require_tensorrt_rtx()
     code = f"""
 import ctypes, tensorrt_rtx as trt
+from maskrt.plugins._abi import TRITON, Library
 logger = trt.Logger(); builder = trt.Builder(logger)
 assert trt.get_plugin_registry().load_library({str(fakes["a"].with_name("libmaskrt_plugins.so"))!r})
-s = ctypes.CDLL({str(fakes["a"])!r}, ctypes.RTLD_GLOBAL)
-s.maskrt_triton_status.restype = ctypes.c_char_p
+s = Library({str(fakes["a"])!r}, TRITON, ctypes.RTLD_GLOBAL)
 print("status:", s.maskrt_triton_status().decode())
 print("rtx:", sorted(c.name for c in trt.get_plugin_registry().all_creators if c.plugin_namespace == "maskrt"))
 """

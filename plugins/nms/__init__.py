@@ -16,6 +16,7 @@ import ctypes
 
 import torch
 
+from maskrt.plugins._abi import pointer
 from maskrt.plugins._library import call, cuda_library, library_path, load_into
 from maskrt.plugins.nms.spec import IDENTITY, MAX_CANDIDATES, NMSSpec
 
@@ -56,19 +57,19 @@ def _run(
     batch, num_boxes = boxes.shape[:2]
     keep = torch.empty((batch, spec.max_output_boxes), dtype=torch.int32, device=boxes.device)
     count = torch.empty((batch,), dtype=torch.int32, device=boxes.device)
-    args = [
-        ctypes.c_void_p(boxes.data_ptr()), ctypes.c_void_p(scores.data_ptr()), ctypes.c_int(_SCORE_TYPES[scores.dtype]),
-        ctypes.c_void_p(groups.data_ptr()), ctypes.c_int64(batch), ctypes.c_int64(num_boxes),
-        ctypes.c_float(spec.iou_threshold), ctypes.c_float(spec.score_threshold), ctypes.c_int(spec.max_output_boxes),
-        ctypes.c_void_p(keep.data_ptr()), ctypes.c_void_p(count.data_ptr()),
-    ]  # fmt: skip
+    arguments = dict(
+        boxes=pointer(boxes.data_ptr(), ctypes.c_float), scores=scores.data_ptr(),
+        scoreType=_SCORE_TYPES[scores.dtype], groups=pointer(groups.data_ptr(), ctypes.c_int32), batch=batch,
+        numBoxes=num_boxes, iouThreshold=spec.iou_threshold, scoreThreshold=spec.score_threshold,
+        maxOutputBoxes=spec.max_output_boxes, keep=pointer(keep.data_ptr(), ctypes.c_int32),
+        count=pointer(count.data_ptr(), ctypes.c_int32),
+    )  # fmt: skip
     if device == "cuda":
-        size_fn = cuda_library().maskrt_nms_workspace_size
-        size_fn.restype = ctypes.c_int64
-        size = size_fn(ctypes.c_int64(batch), ctypes.c_int64(num_boxes))
+        size = cuda_library().maskrt_nms_workspace_size(batch=batch, numBoxes=num_boxes)
         workspace = torch.empty((max(size, 1),), dtype=torch.uint8, device=boxes.device)
-        args += [ctypes.c_void_p(workspace.data_ptr()), ctypes.c_int64(size)]
-    call(f"maskrt_nms_{'cuda' if device == 'cuda' else 'host'}", args, device=device, stream_device=boxes.device)
+        arguments.update(workspace=workspace.data_ptr(), workspaceBytes=size)
+    call(f"maskrt_nms_{'cuda' if device == 'cuda' else 'host'}", device=device, stream_device=boxes.device,
+         **arguments)  # fmt: skip
     return keep, count
 
 

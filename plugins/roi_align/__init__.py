@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from maskrt.plugins._abi import pointer
 from maskrt.plugins._library import call, library_path, load_into
 from maskrt.plugins.roi_align.spec import (
     DEFAULT_ALIGNED,
@@ -77,14 +78,14 @@ def _run(device: str, spec: RoIAlignSpec, features: Sequence[torch.Tensor], rois
     heights = (ctypes.c_int64 * n)(*(f.shape[2] for f in features))
     widths = (ctypes.c_int64 * n)(*(f.shape[3] for f in features))
     scales = (ctypes.c_float * n)(*spec.spatial_scales)
-    args = [
-        ctypes.c_void_p(rois.data_ptr()), pointers, heights, widths, ctypes.c_int(n), scales,
-        ctypes.c_int64(batch), ctypes.c_int64(num_rois), ctypes.c_int64(channels),
-        ctypes.c_int(spec.output_size[0]), ctypes.c_int(spec.output_size[1]), ctypes.c_int(spec.sampling_ratio),
-        ctypes.c_int(int(spec.aligned)), ctypes.c_int(spec.canonical_level), ctypes.c_float(spec.canonical_scale),
-        ctypes.c_float(spec.level_eps), ctypes.c_int(_DTYPES[features[0].dtype]), ctypes.c_void_p(out.data_ptr()),
-    ]  # fmt: skip
-    call(f"maskrt_roi_align_{'cuda' if device == 'cuda' else 'host'}", args, device=device, stream_device=rois.device)
+    call(
+        f"maskrt_roi_align_{'cuda' if device == 'cuda' else 'host'}", device=device, stream_device=rois.device,
+        rois=pointer(rois.data_ptr(), ctypes.c_float), features=pointers, heights=heights, widths=widths, numLevels=n,
+        scales=scales, batch=batch, numRois=num_rois, channels=channels, outHeight=spec.output_size[0],
+        outWidth=spec.output_size[1], samplingRatio=spec.sampling_ratio, aligned=int(spec.aligned),
+        canonicalLevel=spec.canonical_level, canonicalScale=spec.canonical_scale, levelEps=spec.level_eps,
+        dtype=_DTYPES[features[0].dtype], out=out.data_ptr(),
+    )  # fmt: skip
     return out
 
 
