@@ -21,7 +21,6 @@ import contextlib
 import io
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from maskrt.core.files import sha256
 from maskrt.core.images import image_folder, load_rgb
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.export.onnx_export import check_graph
+from maskrt.runtime.ort_internals import flat_histograms
 from maskrt.runtime.predictor import preprocessor_for
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -96,28 +96,6 @@ class _Images:
         return {"images": batch.numpy(), "image_sizes": sizes.numpy()}
 
 
-@contextlib.contextmanager
-def _flat_histograms() -> Iterator[None]:
-    """ONNX Runtime's histogram calibrators (entropy, percentile) stack each tensor's per-image values with
-    np.asarray, which fails for a tensor whose shape depends on the image (the mask head's activations: one row per
-    detection). The collectors flatten the stack anyway, so concatenating the flattened values first gives the same
-    histograms."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
-    original = HistogramCollector.collect
-
-    def collect(self, name_to_arr: dict) -> object:  # noqa: ANN001
-        flat = {name: np.concatenate([np.asarray(a).ravel() for a in values]) if isinstance(values, list) and values
-                else values for name, values in name_to_arr.items()}  # fmt: skip
-        return original(self, flat)
-
-    HistogramCollector.collect = collect
-    try:
-        yield
-    finally:
-        HistogramCollector.collect = original
-
-
 def calibration_files(folder: str | Path, count: int) -> list[Path]:
     """The first `count` images of a folder, sorted by name."""
     files = image_folder(folder, "calibration images")
@@ -154,7 +132,7 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
             onnx.save(model, str(prepared))
             nodes = network_nodes(model)
             del model
-            with _flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
+            with flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
                 quantize_static(str(prepared), str(target), _Images(files, info, progress),
                                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
                                 nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,

@@ -12,7 +12,7 @@ graph changes.
 onnxruntime-extensions hands a Python op's outputs back to ONNX Runtime as `.flatten().tolist()`, a Python list of
 every element: 1 s for the 50 MB of pooled box features of r50-fpn at 800x800, more than the pooling itself. Its C++
 side also takes a numpy array (pybind11 `py::array`, then one memcpy), so `register_ops` installs a hook that returns
-the arrays themselves (`_array_hook`): one copy per output, none per element.
+the arrays themselves (runtime/ort_internals.py, the one module touching that private API): one copy per output.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper
-from onnxruntime_extensions import PyOp, _ocos, get_library_path, onnx_op
+from onnxruntime_extensions import PyOp, get_library_path, onnx_op
 
 from maskrt.core.errors import MaskrtError
 from maskrt.plugins import SPECS, NMSSpec, RoIAlignSpec, nms, roi_align
 from maskrt.plugins.roi_align.spec import MAX_LEVELS
 from maskrt.plugins.spec import ONNX_DOMAIN
+from maskrt.runtime.ort_internals import install_array_hook
 
 CONTRIB = "ai.onnx.contrib"
 _registered = False
@@ -94,27 +95,13 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _array_hook(k_id: int, feed: list, attributes: dict) -> tuple:
-    """onnxruntime-extensions' Python-op invocation hook, returning each output as (shape, flat array) instead of
-    (shape, list): the same contract for its C++ side, without a Python object per element."""
-    op = _ocos.Opdef._odlist.get(k_id)
-    if op is None:
-        raise RuntimeError(f"no Python op with id {k_id} (was it registered with @onnx_op?)")
-    result = op.body(*feed, **op.cast_attributes(attributes))
-    fetched: list = []
-    for array in result if isinstance(result, tuple) else (result,):
-        array = np.ascontiguousarray(array)
-        fetched += [array.shape, array.reshape(-1)]
-    return (k_id, *fetched)
-
-
 def register_ops() -> None:
     """Register the Python ops once per process (and the array hook that returns their outputs without copies per
     element)."""
     global _registered
     if _registered:
         return
-    _ocos.PyCustomOpDef.install_hooker(_array_hook)
+    install_array_hook()
 
     def roi_align_op(rois: np.ndarray, *features: np.ndarray, spec: str) -> np.ndarray:
         s = RoIAlignSpec.from_onnx_attributes(json.loads(spec))

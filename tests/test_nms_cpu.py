@@ -16,7 +16,6 @@ import ctypes
 import subprocess
 import sys
 import textwrap
-import time
 from collections import defaultdict
 
 import pytest
@@ -241,15 +240,12 @@ def test_more_candidates_than_the_cap_keeps_the_best() -> None:
     assert count[0] < nms.MAX_CANDIDATES
 
 
-def test_box_head_candidates_are_filtered_before_sorting() -> None:
-    """1000 proposals x 90 classes with 300 candidates above the threshold: fast and exact."""
+def test_box_head_case_is_exact() -> None:
+    """1000 proposals x 90 classes with 300 candidates above the threshold (the box head's case): exact. Its speed
+    is measured by scripts/bench_plugin.py, never asserted in a test."""
     boxes, scores, groups = _random(2, 90_000, 7, groups=90)
     scores = torch.where(torch.rand(2, 90_000, generator=torch.Generator().manual_seed(1)) < 300 / 90_000, scores, -1.0)
     check(boxes, scores, groups, 0.5, 0.05, 100)
-    start = time.perf_counter()
-    nms.cpu(boxes, scores, groups, iou_threshold=0.5, score_threshold=0.05, max_output_boxes=100)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.25, f"{elapsed:.3f} s for 2 x 90,000 boxes (about 1 ms expected)"
 
 
 @pytest.mark.parametrize(
