@@ -341,3 +341,32 @@ def test_an_output_in_use_by_another_process_is_refused(world: Path, tmp_path: P
     code, err = _call(WRITERS[command](world, out), capsys)
     assert code == 2 and f"{out}: in use by another maskrt process (pid {holder.pid})" in err, err
     assert not out.exists()
+
+
+def test_every_artifact_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines and JSON (write_atomic), checkpoints (atomic_save) and staged folders are fsynced, file and folder,
+    before they become the output: one helper (core.files.durable_write / fsync_tree) for every artifact."""
+    from maskrt.core import files
+    from maskrt.core.outputs import staged_dir
+    from maskrt.training.checkpoint import atomic_save
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    files.write_atomic(tmp_path / "model.fp16.engine", b"engine bytes")
+    assert synced[0].startswith(str(tmp_path / ".maskrt-staging-model.fp16.engine")) and synced[1] == str(tmp_path)
+    synced.clear()
+    atomic_save({"a": torch.zeros(2)}, tmp_path / "last.pt")
+    assert synced[0].startswith(str(tmp_path / ".maskrt-staging-last.pt")) and synced[1] == str(tmp_path)
+    synced.clear()
+    with staged_dir(tmp_path / "export") as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "model.onnx").write_bytes(b"graph")
+        (staging / "export.json").write_text("{}")
+    assert {Path(p).name for p in synced} >= {"model.onnx", "export.json", "sub", staging.name}
+    assert (tmp_path / "export" / "sub" / "model.onnx").read_bytes() == b"graph"

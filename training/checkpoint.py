@@ -10,9 +10,7 @@ None or {step, optimizer, schedule, rng, ...} for --resume.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import torch
 
 from maskrt.core.artifacts import MAX_CANVAS_SIDE
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import staging_prefix, write_faults
+from maskrt.core.files import durable_write
 from maskrt.core.versions import versions
 from maskrt.training.models import CONFIGS, build_model
 
@@ -29,31 +27,8 @@ _KEYS = ("format_version", "model_config", "state_dict", "classes", "train_state
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash (even SIGKILL) at any moment leaves either the previous file or the new one, never a torn one; a write
-    the machine refuses (full disk, file-size limit) is a MaskrtError naming `path`, the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), suffix=".tmp", dir=path.parent)
-    try:
-        with write_faults(path), os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through core.files.durable_write: temporary file, fsync, rename, folder fsync (never torn)."""
+    durable_write(path, lambda f: torch.save(obj, f))
 
 
 def make_checkpoint(*, model_config: dict, state_dict: dict, classes: list[dict],

@@ -9,10 +9,10 @@ import json
 import os
 import resource
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from maskrt.core.errors import MaskrtError
 
@@ -90,15 +90,53 @@ def write_json(path: str | Path, document: Any) -> None:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes atomically: a temporary file in the same folder, renamed over `path` when complete. A refused
-    write is a MaskrtError naming `path` (write_faults), and leaves `path` as it was."""
+    """`durable_write` of bytes (a JSON document, an engine)."""
+    durable_write(path, lambda f: f.write(data))
+
+
+def durable_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """The one way maskrt writes a file: `write(f)` into a temporary file in the same folder, flushed and fsynced,
+    renamed over `path`, then the folder fsynced. A crash (even SIGKILL or a power cut) at any moment leaves either
+    the previous file or the new one, never a torn one; a write the machine refuses (full disk, file-size limit) is a
+    MaskrtError naming `path` (write_faults), the previous file intact."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with write_faults(path), os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the folder's entries (a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file under `folder` and every folder of it (before a staged folder is renamed into place)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from maskrt.core.errors import MaskrtError
-from maskrt.core.files import STAGING_PREFIX, staging_prefix, write_faults
+from maskrt.core.files import STAGING_PREFIX, fsync_tree, staging_prefix, write_faults
 
 log = logging.getLogger("maskrt")
 LOCK_PREFIX = ".maskrt-lock-"
@@ -229,6 +229,7 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         try:
             with write_faults(final):
                 yield staging
+                fsync_tree(staging)  # its files are on disk before the rename makes them the output
             staging.chmod(0o755)
             if final.exists():
                 old = Path(tempfile.mkdtemp(prefix=staging_prefix(final.name), suffix="-old", dir=final.parent))
