@@ -7,6 +7,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from maskrt.core.artifacts import OUTPUT_NAMES, ExportInfo
+from maskrt.serving.protocol import OUTPUT
 from maskrt.serving.steps import ORIGINAL_SIZES, PostStep
 
 
@@ -25,7 +26,7 @@ class TritonPythonModel:
             try:
                 get = lambda name, r=request: pb_utils.get_input_tensor_by_name(r, name).as_numpy()  # noqa: E731
                 out = self.step({name: get(name) for name in OUTPUT_NAMES}, get(self.sizes), get(ORIGINAL_SIZES))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("detections", out)]))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT, out)]))
             except Exception as exc:  # noqa: BLE001
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses

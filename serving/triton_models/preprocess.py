@@ -7,6 +7,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from maskrt.core.artifacts import ExportInfo
+from maskrt.serving.protocol import INPUT
 from maskrt.serving.steps import PreStep
 
 
@@ -23,7 +24,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:  # each request answered alone: a bad image fails only its own request
             try:
-                out = self.step(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
+                out = self.step(pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy())
                 tensors = [pb_utils.Tensor(name, out[name].astype(dtype, copy=False))
                            for name, dtype in self.outputs.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
