@@ -10,7 +10,10 @@ Run directory (RUN):
 The schedule depends on progress = max(step / iters, elapsed / max_minutes), so time-limited runs end
 with a decayed learning rate; elapsed training time is part of the saved state, so a resumed run picks
 up the schedule where it stopped. Data order is a function of (seed, epoch) and is skipped forward on
-resume; the global torch RNG state (used by Mask R-CNN's samplers) is saved and restored.
+resume; the flips and the global torch RNG (Mask R-CNN's samplers) are seeded from (seed, step, rank) at every
+step. So a run interrupted and resumed with --iters ends with the weights of an uninterrupted one (bit-identical on
+the same machine and thread count: tests/test_train.py); with --max-minutes the schedule follows wall time and a
+resumed run only approximates it.
 
 Multi-process training: launch with `torchrun --nproc_per_node N -m maskrt.cli train ...`; each rank
 sees its own shard of every epoch (DistributedSampler) and DDP averages gradients. Rank 0 evaluates and
@@ -315,8 +318,11 @@ class Trainer:
                                 num_workers=opts.workers)
             for batch_index, (images, targets) in enumerate(loader):
                 seen.extend(batches[batch_index])
-                gen = torch.Generator().manual_seed(opts.seed * 1_000_003 + self.step * 7919 + self.rank)
-                images, targets = _flip(images, targets, gen)
+                step_seed = opts.seed * 1_000_003 + self.step * 7919 + self.rank
+                images, targets = _flip(images, targets, torch.Generator().manual_seed(step_seed))
+                # Mask R-CNN's proposal and RoI samplers draw from the global RNG: seeded per step, so a resumed run
+                # draws what an uninterrupted one draws whatever ran in between (data loaders, evaluation)
+                torch.manual_seed(step_seed + 1)
                 factor = lr_factor(self.step, _progress(self.step, self.elapsed, opts), opts)
                 for group in self.optimizer.param_groups:
                     group["lr"] = opts.lr * factor
