@@ -17,21 +17,20 @@ is recorded in ENGINE.json.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from maskrt.core.artifacts import MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
-from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES, RTX_REQUIREMENT
+from maskrt.core.builders import import_builder, installed_builder
+from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
 from maskrt.core.versions import versions
 from maskrt.export.onnx_export import check_graph
 
-BUILDERS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # the default is the first one installed
 #: The GPUs TensorRT-RTX runs engines on; an RTX engine is built for all of them unless told otherwise.
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9", "12.0")
 
@@ -72,30 +71,6 @@ def check_shapes(info: ExportInfo, shapes: ShapeRange) -> None:
         if not shapes.min[i] <= shapes.opt[i] <= shapes.max[i]:
             raise MaskrtError(f"the profile's {dim} must satisfy min <= opt <= max, got "
                               f"{shapes.min[i]} / {shapes.opt[i]} / {shapes.max[i]}")
-
-
-def installed_builder() -> str:
-    """The builder to use when none is named: full TensorRT where it is installed, else TensorRT-RTX."""
-    for name, module in BUILDERS.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        return name
-    raise MaskrtError(f"no TensorRT builder is installed (pip install {RTX_REQUIREMENT} builds engines "
-                      "without a GPU; full TensorRT needs a GPU machine)")
-
-
-def import_builder(builder: str) -> ModuleType:
-    """The `tensorrt_rtx` or `tensorrt` module, or a MaskrtError saying how to get it."""
-    if builder not in BUILDERS:
-        raise MaskrtError(f"unknown builder '{builder}' (choose from {', '.join(BUILDERS)})")
-    try:
-        return importlib.import_module(BUILDERS[builder])
-    except ImportError:
-        hint = f"pip install {RTX_REQUIREMENT}" if builder == "tensorrt-rtx" else \
-            "install NVIDIA TensorRT 10 with its Python bindings (it needs a GPU machine)"
-        raise MaskrtError(f"the {builder} builder is not installed ({hint})") from None
 
 
 def _profiles(shapes: ShapeRange) -> dict[str, Profile]:

@@ -143,10 +143,15 @@ class OnnxRuntimeBackend:
             raise MaskrtError(f"{path}: cannot load ({str(exc).splitlines()[0]})") from None
         self.batch = info.input.batch
         self.dynamic = info.input.dynamic_batch
+        self.input_names = info.input.names
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
-        return run_in_batches(canvas, sizes, self.batch, self.dynamic,
-                              lambda images, sz: self.session.run(None, {"images": images, "image_sizes": sz}))
+        return run_in_batches(canvas, sizes, self.batch, self.dynamic, self.run_graph)
+
+    def run_graph(self, images: np.ndarray, image_sizes: np.ndarray) -> list[np.ndarray]:
+        """One call of the graph as exported: (num_detections, boxes, scores, labels, masks) of a batch of the
+        graph's own size, in its own dtypes (a server step that hands them on unchanged)."""
+        return self.session.run(None, {self.input_names[0]: images, self.input_names[1]: image_sizes})
 
     def close(self) -> None:
         self.session = None

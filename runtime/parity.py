@@ -40,7 +40,8 @@ from maskrt.runtime.backends import TorchBackend
 from maskrt.runtime.parity_gates import EXIT_CODES, PASSED, Evidence, Gates, ImageMatch, judge, match
 from maskrt.runtime.parity_report import render_markdown, summary_line
 from maskrt.runtime.postprocess import Detections, RawOutput, coco_results, to_detections
-from maskrt.runtime.predictor import Predictor, preprocessor_for
+from maskrt.runtime.predictor import Predictor
+from maskrt.runtime.preprocess import preprocessor_for
 from maskrt.runtime.reference import REFERENCES, PlainReference
 from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskrt.core.coco_results import encode_results
 from maskrt.runtime.paste import paste_masks
 
 
@@ -55,13 +56,10 @@ class RawOutput:
 
 
 def coco_results(dets: Detections, classes: list[dict], image_id: int = 0) -> list[dict]:
-    """One image's detections as COCO results (category ids from `classes`, label i -> classes[i - 1]; RLE masks)."""
-    from maskrt.training.evaluate import detections_to_coco
-
+    """One image's detections as COCO results (category ids from `classes`, label i -> classes[i - 1]; RLE of the
+    pasted masks, thresholded once, at paste)."""
     label_to_cat = {i + 1: c["id"] for i, c in enumerate(classes)}
-    return detections_to_coco(image_id, {"boxes": torch.from_numpy(dets.boxes), "scores": torch.from_numpy(dets.scores),
-                                         "labels": torch.from_numpy(dets.labels),
-                                         "masks": torch.from_numpy(dets.masks)[:, None]}, label_to_cat)
+    return encode_results(image_id, dets.boxes, dets.scores, dets.labels, dets.masks, label_to_cat)
 
 
 def to_detections(raw: RawOutput, resized: tuple[int, int], original: tuple[int, int], *,

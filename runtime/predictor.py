@@ -20,19 +20,11 @@ from maskrt.core.defaults import KEEP_ALL_SCORES, check_score_threshold
 from maskrt.core.errors import MaskrtError
 from maskrt.runtime.backends import Backend, OnnxRuntimeBackend, TorchBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
-from maskrt.runtime.preprocess import Preprocessor
+from maskrt.runtime.preprocess import Preprocessor, preprocessor_for
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-
-
-def preprocessor_for(info: ExportInfo) -> Preprocessor:
-    """The pre-processing an export's graphs expect: torchvision's transform, padded per batch or to its canvas."""
-    inp = info.input
-    return Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
-                        canvas=None if inp.dynamic_size else (inp.height, inp.width),
-                        max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]
 
 
 def check_finite_outputs(outs: list[RawOutput]) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from maskrt.core.artifacts import ExportInfo
 from maskrt.core.errors import MaskrtError
 
 SIZE_DIVISIBLE = 32
@@ -93,3 +94,11 @@ def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.to(torch.float32)
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def preprocessor_for(info: ExportInfo) -> Preprocessor:
+    """The pre-processing an export's graphs expect: torchvision's transform, padded per batch or to its canvas."""
+    inp = info.input
+    return Preprocessor(info.min_size, info.max_size, info.mean, info.std,  # type: ignore[arg-type]
+                        canvas=None if inp.dynamic_size else (inp.height, inp.width),
+                        max_side=(inp.height_range[1], inp.width_range[1]))  # type: ignore[index]

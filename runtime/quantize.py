@@ -35,7 +35,7 @@ from maskrt.core.images import image_folder, load_rgb
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.export.onnx_export import check_graph
 from maskrt.runtime.ort_internals import flat_histograms
-from maskrt.runtime.predictor import preprocessor_for
+from maskrt.runtime.preprocess import preprocessor_for
 
 METHODS = ("minmax", "entropy", "percentile")
 #: The ops quantized, inside the networks only: convolutions and matrix products, and the ops between them (residual

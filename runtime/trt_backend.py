@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from maskrt.core.artifacts import EngineInfo
+from maskrt.core.builders import import_builder
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
-from maskrt.export.engine import import_builder
 from maskrt.runtime.postprocess import RawOutput
 
 _TORCH_TYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT64": torch.int64,

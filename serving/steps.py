@@ -21,7 +21,7 @@ from maskrt.core.artifacts import OUTPUT_NAMES, ExportInfo
 from maskrt.core.defaults import DEFAULT_REQUEST_MAX_PIXELS, DEFAULT_SCORE_THRESHOLD, check_score_threshold
 from maskrt.core.images import decode_rgb
 from maskrt.runtime.postprocess import RawOutput, to_detections
-from maskrt.runtime.predictor import preprocessor_for
+from maskrt.runtime.preprocess import preprocessor_for
 from maskrt.serving.protocol import coco_results, encode_results, request_images
 
 #: Names of the tensors between the steps (the network's are the export's INPUT_NAMES and OUTPUT_NAMES).
@@ -80,8 +80,6 @@ class NetworkStep:
 
         info = ExportInfo.read(folder)
         self.backend = OnnxRuntimeBackend(folder, info, graph, threads)
-        self.names = info.input.names
 
     def __call__(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.backend.session.run(None, {self.names[0]: images, self.names[1]: image_sizes})
-        return dict(zip(OUTPUT_NAMES, outs, strict=True))
+        return dict(zip(OUTPUT_NAMES, self.backend.run_graph(images, image_sizes), strict=True))

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from maskrt.core.coco_results import encode_results
 from maskrt.training.coco import CocoDataset
 
 METRIC_NAMES = ("AP", "AP50", "AP75")
@@ -19,26 +18,12 @@ METRIC_NAMES = ("AP", "AP50", "AP75")
 
 def detections_to_coco(image_id: int, output: dict, label_to_cat: dict[int, int],
                        mask_threshold: float = 0.5) -> list[dict]:
-    """Convert one torchvision-style output (boxes xyxy, scores, labels, masks [N,1,H,W]) to COCO results."""
-    boxes = output["boxes"].detach().cpu().numpy().astype(np.float64)
-    scores = output["scores"].detach().cpu().numpy()
-    labels = output["labels"].detach().cpu().numpy()
+    """One torchvision-style output (boxes xyxy, scores, labels, mask probabilities [N,1,H,W]) as COCO results
+    (core.coco_results.encode_results after thresholding the masks)."""
     masks = output.get("masks")
-    results = []
-    if masks is not None and len(boxes):
-        binary = (masks[:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    else:
-        rles = [None] * len(boxes)
-    for box, score, label, rle in zip(boxes, scores, labels, rles, strict=True):
-        x1, y1, x2, y2 = box.tolist()
-        res = {"image_id": int(image_id), "category_id": int(label_to_cat[int(label)]),
-               "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-               "score": round(float(score), 5)}
-        if rle is not None:
-            res["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-        results.append(res)
-    return results
+    binary = (masks[:, 0] > mask_threshold).cpu().numpy() if masks is not None else None
+    return encode_results(image_id, output["boxes"].detach().cpu().numpy(), output["scores"].detach().cpu().numpy(),
+                          output["labels"].detach().cpu().numpy(), binary, label_to_cat)
 
 
 def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from maskrt.core.builders import BUILDERS
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import read_json, sha256, write_json
 
@@ -381,7 +382,7 @@ class EngineInfo:
     export: ExportInfo
     versions: dict[str, str] = field(default_factory=dict)
 
-    BUILDERS = ("tensorrt", "tensorrt-rtx")
+    BUILDERS = tuple(BUILDERS)
     PRECISIONS = ("fp32", "fp16")
 
     @staticmethod
