@@ -38,6 +38,21 @@ def check_finite_outputs(outs: list[RawOutput]) -> None:
                               "its weights or graph are broken")
 
 
+def openvino_precision(backend: str, precision: str | None) -> str:
+    """OpenVINO's inference precision (f32 when None); MaskrtError when one is named for another backend."""
+    if precision is not None and backend != "openvino":
+        raise MaskrtError(f"--precision {precision} is OpenVINO's inference precision: it needs --backend "
+                          "openvino (TensorRT engines take theirs from `maskrt build --precision`)")
+    return precision or "f32"
+
+
+def default_backend(model: str | Path) -> str:
+    """How a model path runs when no backend is named: onnxruntime for an export folder, tensorrt for an engine
+    (its ENGINE.json beside it), torch for a checkpoint."""
+    model = Path(model)
+    return "onnxruntime" if model.is_dir() else "tensorrt" if Path(f"{model}.json").is_file() else "torch"
+
+
 class Predictor:
     """Runs one backend on batches of HxWx3 uint8 RGB images."""
 
@@ -105,6 +120,26 @@ class Predictor:
                            canvas=canvas)
         backend = TorchBackend(model, int(ckpt["model_config"].get("box_detections_per_img", 100)))
         return cls(backend, pre, ckpt["classes"], score_threshold=score_threshold)
+
+    @classmethod
+    def open(cls, model: str | Path, *, backend: str = "onnxruntime", graph: str = "portable",
+             checkpoint: str | Path | None = None, score_threshold: float = KEEP_ALL_SCORES, threads: int | None = None,
+             device: str = "cpu", precision: str | None = None) -> Predictor:
+        """The predictor of a model path as a user names it: an export folder (every backend but tensorrt; torch
+        with `checkpoint`), an engine file (tensorrt) or a checkpoint (torch). `precision` is OpenVINO's (f32 when
+        None) and refused with another backend."""
+        precision = openvino_precision(backend, precision)
+        model = Path(model)
+        if backend == "tensorrt":
+            if model.is_dir():
+                raise MaskrtError(f"{model}: --backend tensorrt takes an engine file (see `maskrt build`)")
+            return cls.from_engine(model, score_threshold=score_threshold)
+        if model.is_dir():
+            return cls.from_export(model, backend=backend, graph=graph, threads=threads, checkpoint=checkpoint,
+                                   score_threshold=score_threshold, device=device, precision=precision)
+        if backend == "torch":
+            return cls.from_checkpoint(model, score_threshold=score_threshold)
+        raise MaskrtError(f"{model}: the {backend} backend needs an export folder (see `maskrt export`)")
 
     def raw(self, images: list[np.ndarray]) -> tuple[list[RawOutput], list[tuple[int, int]], list[tuple[int, int]]]:
         """Fixed-shape outputs of a batch, with each image's resized and original (h, w)."""

@@ -85,7 +85,7 @@ EOF
     step "build $precision engine" $M build --model "$WORK/export" --builder tensorrt --precision "$precision" -q
     step "parity tensorrt $precision" $M parity --checkpoint "$WORK/slim.pt" --model "$WORK/export/model.$precision.engine" \
       --backend tensorrt --data "$WORK/data" --score-floor 0.05 --out "$WORK/parity_$precision" -q
-    step "bench tensorrt $precision" $M bench --model "$WORK/export/model.$precision.engine" --backend tensorrt \
+    step "bench tensorrt $precision" $M bench run --model "$WORK/export/model.$precision.engine" --backend tensorrt \
       --iters 50 --json "$WORK/bench_$precision.json" -q
   done
 else

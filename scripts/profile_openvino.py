@@ -4,7 +4,7 @@
         [--threads 2] [--iters 3]
 
 Compiles the graph with PERF_COUNT on, runs it on one random canvas of the export's size (an r50-fpn seeded random
-export from `maskrt bench --compare --random r50-fpn --size 800 --work W` gives W/export) and prints, per precision,
+export from `maskrt bench compare --random r50-fpn --size 800 --work W` gives W/export) and prints, per precision,
 the wall time and the sum of OpenVINO's per-node times split by stage (from the exporter's node names), op type and
 executed kernel. The README's CPU section quotes it for the goals that are not met.
 """

@@ -17,7 +17,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("sub", [[], ["data"], ["data", "shapes"], ["train"], ["eval"], ["import"], ["export"],
-                                 ["predict"], ["parity"], ["build"], ["bench"], ["quantize"],
+                                 ["predict"], ["parity"], ["build"], ["bench"], ["bench", "run"], ["bench", "compare"],
+                                 ["bench", "server"], ["quantize"], ["serve"], ["triton"],
                                  ["demo"]])
 def test_help(sub: list[str]) -> None:
     proc = _run(*sub, "--help")

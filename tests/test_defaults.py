@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _defaults(command: str) -> dict[str, object]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a.default for a in sub.choices[command]._actions}
+    parser = build_parser()
+    for name in command.split():  # "bench server": a command's own subcommand
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return {a.dest: a.default for a in parser._actions}
 
 
 @pytest.mark.parametrize(("command", "expected"), [
@@ -28,7 +30,7 @@ def _defaults(command: str) -> dict[str, object]:
                "max_megapixels": d.DEFAULT_REQUEST_MAX_PIXELS / 1e6}),
     ("triton", {"score_threshold": d.DEFAULT_SCORE_THRESHOLD, "name": d.DEFAULT_MODEL_NAME,
                 "max_batch": d.DEFAULT_SERVER_MAX_BATCH, "queue_delay_us": d.DEFAULT_QUEUE_DELAY_US}),
-    ("bench", {"server_model": d.DEFAULT_MODEL_NAME}),
+    ("bench server", {"server_model": d.DEFAULT_MODEL_NAME}),
 ])
 def test_cli_defaults_are_the_core_ones(command: str, expected: dict[str, object]) -> None:
     got = _defaults(command)

@@ -119,7 +119,7 @@ def test_every_command_with_inputs_is_in_the_table() -> None:
     from maskrt.cli import build_parser
 
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    assert commands == COMMANDS, "a new command: add its inputs to CASES (and to cli._IO)"
+    assert commands == COMMANDS, "a new command: add its inputs to CASES (and to its parser's io)"
     assert {c[0] for c in CASES} == COMMANDS - {"data", "serve", "demo"}  # those read no user file they could replace
 
 
