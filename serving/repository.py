@@ -11,14 +11,22 @@
 A client sends `image` (BYTES [b, 1], encoded image files) to NAME and gets `detections` (BYTES [b, 1]), exactly
 what `maskrt serve` answers (serving/protocol.py). With a dynamic-batch export every model batches (max_batch_size
 = --max-batch, dynamic batcher on); an export with a static batch of 1 gives unbatched models ([1, ...] shapes).
+
+Each config.pbtxt is a Triton `ModelConfig` protobuf message (tritonclient's model_config_pb2, Triton's own
+definition) written with protobuf's text format, so a config holds only fields Triton knows. tritonclient comes with
+the `client` extra (`pip install 'maskrt[client]'`), not with maskrt itself: it is imported when a repository is
+written.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from maskrt.core.artifacts import GRAPH_FILES, GRAPH_KINDS, OUTPUT_NAMES, EngineInfo, ExportInfo, TensorSpec
 from maskrt.core.defaults import (
@@ -33,6 +41,10 @@ from maskrt.core.files import sha256
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.serving.protocol import INPUT, OUTPUT
 from maskrt.serving.steps import ORIGINAL_SIZES
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 NETWORK_BACKENDS = ("onnxruntime", "tensorrt", "python")
 #: TensorRT's data type names (ENGINE.json) and ONNX's element types -> Triton's.
@@ -54,10 +66,6 @@ class Tensor:
     dtype: str  # Triton's TYPE_*
     dims: tuple[int, ...]
     reshape: tuple[int, ...] | None = None
-
-    def pbtxt(self) -> str:
-        reshape = f" reshape: {{ shape: [{', '.join(map(str, self.reshape))}] }}" if self.reshape is not None else ""
-        return f'  {{ name: "{self.name}" data_type: {self.dtype} dims: [{", ".join(map(str, self.dims))}]{reshape} }}'
 
 
 @dataclass(frozen=True)
@@ -139,188 +147,286 @@ def _check_io(inputs: list[Tensor], outputs: list[Tensor], info: ExportInfo, whe
                           f"{list(info.input.names)} / {list(info.outputs)}")
 
 
-def _model_config(name: str, *, backend: str | None, platform: str | None, max_batch: int, inputs: list[Tensor],
-                  outputs: list[Tensor], instances: int | None = None, kind: str = "KIND_CPU",
-                  profile: bool = False, queue_delay_us: int | None = None, parameters: dict[str, str] | None = None,
-                  default_model: str | None = None) -> str:
-    lines = [f'name: "{name}"']
-    if platform:
-        lines.append(f'platform: "{platform}"')
-    if backend:
-        lines.append(f'backend: "{backend}"')
-    if default_model:
-        lines.append(f'default_model_filename: "{default_model}"')
-    lines.append(f"max_batch_size: {max_batch}")
-    lines.append("input [\n" + ",\n".join(t.pbtxt() for t in inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(t.pbtxt() for t in outputs) + "\n]")
-    if instances is not None:
-        profiles = ' profile: ["0"]' if profile else ""
-        lines.append(f"instance_group [ {{ count: {instances} kind: {kind}{profiles} }} ]")
-    if queue_delay_us is not None and max_batch > 0:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}")
+# --- configs: Triton's ModelConfig messages ------------------------------------------------------------------------
+
+
+def _model_config_pb2() -> ModuleType:
+    """tritonclient's model_config_pb2 (Triton's ModelConfig protobuf); a one-line MaskrtError without it."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError when installed without its grpc extra
+        raise MaskrtError("writing a Triton model repository needs tritonclient (Triton's config protobufs): "
+                          "pip install 'maskrt[client]'") from None
+    return model_config_pb2
+
+
+def _add_tensors(field: RepeatedCompositeFieldContainer, tensors: list[Tensor]) -> None:
+    """Append `tensors` to a ModelConfig's repeated `input` or `output` field."""
+    pb = _model_config_pb2()
+    for t in tensors:
+        tensor = field.add(name=t.name, data_type=pb.DataType.Value(t.dtype), dims=t.dims)
+        if t.reshape is not None:
+            tensor.reshape.SetInParent()  # set even when empty: shape [] (a scalar per batch item)
+            tensor.reshape.shape.extend(t.reshape)
+
+
+def _model_config(name: str, *, backend: str, platform: str = "", max_batch: int, inputs: list[Tensor],
+                  outputs: list[Tensor], instances: int, kind: str = "KIND_CPU", profile: bool = False,
+                  queue_delay_us: int, parameters: dict[str, str] | None = None) -> ModelConfig:
+    """One model's config: `instances` instances of `kind` (pinned to the engine's optimization profile 0 with
+    `profile`), a dynamic batcher when it batches (max_batch > 0), and `parameters` as string parameters."""
+    pb = _model_config_pb2()
+    config = pb.ModelConfig(name=name, platform=platform, backend=backend, max_batch_size=max_batch)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind),
+                              profile=["0"] if profile else [])
+    if max_batch > 0:
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     for key, value in (parameters or {}).items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    return "\n".join(lines) + "\n"
+        config.parameters[key].string_value = value
+    return config
 
 
 def _ensemble_config(name: str, max_batch: int, steps: list[tuple[str, dict[str, str], dict[str, str]]],
-                     batched: bool) -> str:
-    io = _batch_tensors([Tensor(INPUT, "TYPE_STRING", (1, 1))], batched)
-    out = _batch_tensors([Tensor(OUTPUT, "TYPE_STRING", (1, 1))], batched)
-    lines = [f'name: "{name}"', 'platform: "ensemble"', f"max_batch_size: {max_batch}",
-             "input [\n" + ",\n".join(t.pbtxt() for t in io) + "\n]",
-             "output [\n" + ",\n".join(t.pbtxt() for t in out) + "\n]", "ensemble_scheduling {", "  step ["]
-    for i, (model, inputs, outputs) in enumerate(steps):
-        maps = [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
-        maps += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
-        lines.append(f'    {{\n      model_name: "{model}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }"
-                     + ("," if i < len(steps) - 1 else ""))
-    lines += ["  ]", "}"]
-    return "\n".join(lines) + "\n"
+                     batched: bool) -> ModelConfig:
+    """The ensemble's config: `image` in, `detections` out, and `steps` as (model, input_map, output_map)."""
+    pb = _model_config_pb2()
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
+    _add_tensors(config.input, _batch_tensors([Tensor(INPUT, "TYPE_STRING", (1, 1))], batched))
+    _add_tensors(config.output, _batch_tensors([Tensor(OUTPUT, "TYPE_STRING", (1, 1))], batched))
+    for model, inputs, outputs in steps:
+        config.ensemble_scheduling.step.add(model_name=model, model_version=-1, input_map=inputs,
+                                            output_map=outputs)
+    return config
+
+
+def _write_config(folder: Path, config: ModelConfig) -> None:
+    """FOLDER/config.pbtxt: `config` in protobuf's text format."""
+    from google.protobuf import text_format
+
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
 def _model_py(template: str) -> bytes:
     return resources.files("maskrt.serving.triton_models").joinpath(f"{template}.py").read_bytes()
 
 
-def write_repository(model: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions(), *,
-                     force: bool = False) -> Repository:
-    """Write the repository of `model` (an engine file with its ENGINE.json, or an export folder) to `out`."""
-    model, out = Path(model), Path(out)
-    o = options
+# --- the request: validated before anything is written -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated request: the model, its records, the network that runs it and the options."""
+
+    model: Path
+    options: RepositoryOptions
+    info: ExportInfo
+    engine: EngineInfo | None  # the engine's ENGINE.json (tensorrt network); None for an export folder
+    network: str  # one of NETWORK_BACKENDS
+    graph: Path | None  # the export's verified graph (onnxruntime and python networks)
+    inputs: list[Tensor]  # the network's, full shapes
+    outputs: list[Tensor]
+
+    @property
+    def batched(self) -> bool:
+        return self.info.input.dynamic_batch
+
+    @property
+    def max_batch(self) -> int:
+        """Every model's max_batch_size: --max-batch when the export batches, 0 (no batching) otherwise."""
+        return self.options.max_batch if self.batched else 0
+
+    @property
+    def names(self) -> dict[str, str]:
+        name = self.options.name
+        return {"pre": f"{name}_preprocess", "net": f"{name}_network", "post": f"{name}_postprocess"}
+
+    @property
+    def pre_outputs(self) -> list[Tensor]:
+        """The pre-processing's outputs, full shapes: the network's inputs in the network's own types (an engine
+        may take INT32 sizes), then the original image sizes."""
+        inp = self.info.input
+        h, w = (-1, -1) if inp.dynamic_size else (inp.height, inp.width)
+        images, sizes = inp.names
+        return [Tensor(images, self.inputs[0].dtype, (1, 3, h, w)), Tensor(sizes, self.inputs[1].dtype, (1, 2)),
+                Tensor(ORIGINAL_SIZES, "TYPE_INT64", (1, 2))]
+
+    @property
+    def post_inputs(self) -> list[Tensor]:
+        """The post-processing's inputs, config dims: the network's outputs, then both sizes from the pre-processing."""
+        return _batch_tensors(self.outputs, self.batched) + _batch_tensors(self.pre_outputs[1:], self.batched)
+
+
+def _plan(model: Path, o: RepositoryOptions) -> _Plan:
+    """Validate the request and choose the network backend: MaskrtError (nothing written) when it cannot be served."""
     if not model.exists():
         raise MaskrtError(f"{model}: not found (an engine file from `maskrt build` or an export folder)")
     if o.max_batch < 1 or o.instances < 1:
         raise MaskrtError(f"max_batch and instances must be >= 1, got {o.max_batch}, {o.instances}")
-    engine_info: EngineInfo | None = None
-    if model.is_file():
-        engine_info = EngineInfo.read(model)
-        info = engine_info.export
-        network = o.network or "tensorrt"
-        if network != "tensorrt":
-            raise MaskrtError(f"{model}: an engine runs on Triton's tensorrt backend, not {network}")
-        if sha256(model) != engine_info.engine_sha256:
-            raise MaskrtError(f"{model}: its sha256 differs from ENGINE.json's (changed after the build)")
-        inputs = _engine_tensors(engine_info.inputs, str(EngineInfo.path_for(model)))
-        outputs = _engine_tensors(engine_info.outputs, str(EngineInfo.path_for(model)))
-        where = str(EngineInfo.path_for(model))
-    else:
-        info = ExportInfo.read(model)
-        network = o.network or "onnxruntime"
-        if network == "tensorrt":
-            raise MaskrtError(f"{model}: the tensorrt network needs an engine: `maskrt build --model {model}`, then "
-                              "pass the engine file")
-        if network not in NETWORK_BACKENDS:
-            raise MaskrtError(f"unknown network backend '{network}' (choose from {', '.join(NETWORK_BACKENDS)})")
-        if o.graph not in info.graphs:
-            raise MaskrtError(f"{model}: has no {o.graph} graph ({GRAPH_FILES.get(o.graph, o.graph)}); it holds "
-                              f"{', '.join(info.graphs)}")
-        if network == "onnxruntime" and GRAPH_KINDS[o.graph][0] != "portable":
-            raise MaskrtError(f"the {o.graph} graph holds maskrt's TensorRT plugin ops, which Triton's onnxruntime "
-                              "backend cannot run: use --graph portable (or portable_int8), or --network python")
-        graph_path = info.verified_graph(model, o.graph)
-        inputs, outputs = _onnx_tensors(graph_path)
-        where = str(graph_path)
-    _check_io(inputs, outputs, info, where)
-    inp = info.input
-    batched = inp.dynamic_batch
-    if not batched and inp.batch != 1:
+    plan = _engine_plan(model, o) if model.is_file() else _export_plan(model, o)
+    inp = plan.info.input
+    if not inp.dynamic_batch and inp.batch != 1:
         raise MaskrtError(f"{model}: exported with a static batch of {inp.batch}; Triton batches along a dynamic "
                           "first dimension: export with --dynamic-batch (or a static batch of 1)")
-    max_batch = o.max_batch if batched else 0
-    if batched and engine_info is not None:
-        engine_max = engine_info.profiles[inp.names[0]].max[0]
+    if plan.batched and plan.engine is not None:
+        engine_max = plan.engine.profiles[inp.names[0]].max[0]
         if o.max_batch > engine_max:
             raise MaskrtError(f"--max-batch {o.max_batch} exceeds the engine's batch profile (max {engine_max}): "
                               f"build with --batch 1:1:{o.max_batch} or lower --max-batch")
+    return plan
+
+
+def _engine_plan(model: Path, o: RepositoryOptions) -> _Plan:
+    """An engine file: the tensorrt network, its tensors from ENGINE.json (which must describe this very file)."""
+    engine = EngineInfo.read(model)
+    network = o.network or "tensorrt"
+    if network != "tensorrt":
+        raise MaskrtError(f"{model}: an engine runs on Triton's tensorrt backend, not {network}")
+    if sha256(model) != engine.engine_sha256:
+        raise MaskrtError(f"{model}: its sha256 differs from ENGINE.json's (changed after the build)")
+    where = str(EngineInfo.path_for(model))
+    inputs, outputs = _engine_tensors(engine.inputs, where), _engine_tensors(engine.outputs, where)
+    _check_io(inputs, outputs, engine.export, where)
+    return _Plan(model, o, engine.export, engine, network, None, inputs, outputs)
+
+
+def _export_plan(model: Path, o: RepositoryOptions) -> _Plan:
+    """An export folder: the onnxruntime or python network on its --graph (verified against export.json)."""
+    info = ExportInfo.read(model)
+    network = o.network or "onnxruntime"
+    if network == "tensorrt":
+        raise MaskrtError(f"{model}: the tensorrt network needs an engine: `maskrt build --model {model}`, then "
+                          "pass the engine file")
+    if network not in NETWORK_BACKENDS:
+        raise MaskrtError(f"unknown network backend '{network}' (choose from {', '.join(NETWORK_BACKENDS)})")
+    if o.graph not in info.graphs:
+        raise MaskrtError(f"{model}: has no {o.graph} graph ({GRAPH_FILES.get(o.graph, o.graph)}); it holds "
+                          f"{', '.join(info.graphs)}")
+    if network == "onnxruntime" and GRAPH_KINDS[o.graph][0] != "portable":
+        raise MaskrtError(f"the {o.graph} graph holds maskrt's TensorRT plugin ops, which Triton's onnxruntime "
+                          "backend cannot run: use --graph portable (or portable_int8), or --network python")
+    graph = info.verified_graph(model, o.graph)
+    inputs, outputs = _onnx_tensors(graph)
+    _check_io(inputs, outputs, info, str(graph))
+    return _Plan(model, o, info, None, network, graph, inputs, outputs)
+
+
+# --- the models: one folder each ------------------------------------------------------------------------------------
+
+
+def _python_model(folder: Path, template: str, info: ExportInfo) -> None:
+    """FOLDER/1/ of a python-backend model: maskrt's model.py `template` and the export's record it reads."""
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.py").write_bytes(_model_py(template))
+    info.write(folder / "1")
+
+
+def _write_preprocess(stage: Path, plan: _Plan) -> None:
+    """NAME_preprocess (python backend): encoded images in, the network's inputs and the original sizes out."""
+    o, name = plan.options, plan.names["pre"]
+    _python_model(stage / name, "preprocess", plan.info)
+    _write_config(stage / name, _model_config(
+        name, backend="python", max_batch=plan.max_batch,
+        inputs=_batch_tensors([Tensor(INPUT, "TYPE_STRING", (1, 1))], plan.batched),
+        outputs=_batch_tensors(plan.pre_outputs, plan.batched), instances=o.instances,
+        queue_delay_us=o.queue_delay_us, parameters={"max_pixels": str(o.max_pixels)}))
+
+
+def _write_network(stage: Path, plan: _Plan) -> None:
+    """NAME_network: the engine on the tensorrt backend (its plugin libraries beside it), the graph on the
+    onnxruntime backend, or the graph run by ONNX Runtime in the python backend (the export's layout kept)."""
+    o, name = plan.options, plan.names["net"]
+    folder = stage / name
+    config = functools.partial(_model_config, name, max_batch=plan.max_batch,
+                               inputs=_batch_tensors(plan.inputs, plan.batched),
+                               outputs=_batch_tensors(plan.outputs, plan.batched), instances=o.instances,
+                               queue_delay_us=o.queue_delay_us)
+    if plan.network == "tensorrt":
+        (folder / "1").mkdir(parents=True)
+        _copy_engine(folder, plan.model, plan.engine)  # type: ignore[arg-type]
+        _write_config(folder, config(backend="tensorrt", platform="tensorrt_plan", kind="KIND_GPU", profile=True))
+    elif plan.network == "onnxruntime":
+        (folder / "1").mkdir(parents=True)
+        shutil.copyfile(plan.graph, folder / "1" / "model.onnx")  # type: ignore[arg-type]
+        _write_config(folder, config(backend="onnxruntime", platform="onnxruntime_onnx"))
+    else:
+        _python_model(folder, "network", plan.info)
+        shutil.copyfile(plan.graph, folder / "1" / plan.graph.name)  # type: ignore[arg-type, union-attr]
+        _write_config(folder, config(backend="python", parameters={"graph": o.graph, "threads": str(o.threads)}))
+
+
+def _copy_engine(folder: Path, model: Path, engine: EngineInfo) -> None:
+    """FOLDER/1/model.plan with its ENGINE.json, and FOLDER/plugins/: the plugin library the engine was built with
+    and the library Triton loads to register it."""
+    from maskrt.plugins import library_path, triton_library_path
+
+    shutil.copyfile(model, folder / "1" / "model.plan")
+    shutil.copyfile(EngineInfo.path_for(model), folder / "1" / "ENGINE.json")
+    (folder / "plugins").mkdir()
+    try:
+        library = library_path()
+        if sha256(library) != engine.plugin_library_sha256:
+            raise MaskrtError(f"{library}: not the plugin library {model} was built with (sha256 differs "
+                              "from ENGINE.json's); rebuild the engine with this install")
+        shutil.copyfile(library, folder / "plugins" / PLUGIN_FILE)
+        shutil.copyfile(triton_library_path(), folder / "plugins" / TRITON_FILE)
+    except FileNotFoundError as exc:
+        raise MaskrtError(f"the engine needs maskrt's plugin library, which this install lacks ({exc})") from None
+
+
+def _write_postprocess(stage: Path, plan: _Plan) -> None:
+    """NAME_postprocess (python backend): the network's outputs and the sizes in, each image's detections out."""
+    o, name = plan.options, plan.names["post"]
+    _python_model(stage / name, "postprocess", plan.info)
+    _write_config(stage / name, _model_config(
+        name, backend="python", max_batch=plan.max_batch, inputs=plan.post_inputs,
+        outputs=_batch_tensors([Tensor(OUTPUT, "TYPE_STRING", (1, 1))], plan.batched), instances=o.instances,
+        queue_delay_us=o.queue_delay_us, parameters={"score_threshold": repr(float(o.score_threshold))}))
+
+
+def _write_ensemble(stage: Path, plan: _Plan) -> None:
+    """NAME (ensemble): `image` -> pre-processing -> network -> post-processing -> `detections`, the tensors in
+    between named _TENSOR."""
+    names, folder = plan.names, stage / plan.options.name
+    (folder / "1").mkdir(parents=True)
+
+    def wire(tensors: list[str] | tuple[str, ...]) -> dict[str, str]:
+        return {t: f"_{t}" for t in tensors}
+
+    steps = [
+        (names["pre"], {INPUT: INPUT}, wire([t.name for t in plan.pre_outputs])),
+        (names["net"], wire([t.name for t in plan.inputs]), wire(OUTPUT_NAMES)),
+        (names["post"], wire([t.name for t in plan.post_inputs]), {OUTPUT: OUTPUT}),
+    ]
+    _write_config(folder, _ensemble_config(plan.options.name, plan.max_batch, steps, plan.batched))
+
+
+def write_repository(model: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions(), *,
+                     force: bool = False) -> Repository:
+    """Write the repository of `model` (an engine file with its ENGINE.json, or an export folder) to `out`: every
+    check first, then the models into a staged folder that replaces `out` only once all of it is written."""
+    _model_config_pb2()  # without tritonclient, say so before reading anything
+    model, out = Path(model), Path(out)
+    plan = _plan(model, options)
     check_apart([out], [("model", model)])
     check_output_dir(out, force=force)
-    name = o.name
-    names = {"pre": f"{name}_preprocess", "net": f"{name}_network", "post": f"{name}_postprocess"}
-    images, sizes = inp.names
-    h = w = -1
-    if not inp.dynamic_size:
-        h, w = inp.height, inp.width
-    # the pre-processing hands the network its inputs in the network's own types (an engine may take INT32 sizes)
-    pre_out = [Tensor(images, inputs[0].dtype, (1, 3, h, w)), Tensor(sizes, inputs[1].dtype, (1, 2)),
-               Tensor(ORIGINAL_SIZES, "TYPE_INT64", (1, 2))]
-    net_in = _batch_tensors(inputs, batched)
-    net_out = _batch_tensors(outputs, batched)
-    post_in = net_out + _batch_tensors(pre_out[1:], batched)
+    command = _command(out, plan.network, plan.names["net"])
     with staged_dir(out) as stage:
-        # pre-processing
-        pre = stage / names["pre"]
-        (pre / "1").mkdir(parents=True)
-        (pre / "1" / "model.py").write_bytes(_model_py("preprocess"))
-        info.write(pre / "1")
-        (pre / "config.pbtxt").write_text(_model_config(
-            names["pre"], backend="python", platform=None, max_batch=max_batch,
-            inputs=_batch_tensors([Tensor(INPUT, "TYPE_STRING", (1, 1))], batched),
-            outputs=_batch_tensors(pre_out, batched), instances=o.instances, queue_delay_us=o.queue_delay_us,
-            parameters={"max_pixels": str(o.max_pixels)}))
-        # network
-        net = stage / names["net"]
-        (net / "1").mkdir(parents=True)
-        if network == "tensorrt":
-            from maskrt.plugins import library_path, triton_library_path
-
-            shutil.copyfile(model, net / "1" / "model.plan")
-            shutil.copyfile(EngineInfo.path_for(model), net / "1" / "ENGINE.json")
-            (net / "plugins").mkdir()
-            try:
-                library = library_path()
-                if sha256(library) != engine_info.plugin_library_sha256:  # type: ignore[union-attr]
-                    raise MaskrtError(f"{library}: not the plugin library {model} was built with (sha256 differs "
-                                      "from ENGINE.json's); rebuild the engine with this install")
-                shutil.copyfile(library, net / "plugins" / PLUGIN_FILE)
-                shutil.copyfile(triton_library_path(), net / "plugins" / TRITON_FILE)
-            except FileNotFoundError as exc:
-                raise MaskrtError(f"the engine needs maskrt's plugin library, which this install lacks "
-                                  f"({exc})") from None
-            config = _model_config(names["net"], backend="tensorrt", platform="tensorrt_plan", max_batch=max_batch,
-                                   inputs=net_in, outputs=net_out, instances=o.instances, kind="KIND_GPU",
-                                   profile=True, queue_delay_us=o.queue_delay_us)
-        elif network == "onnxruntime":
-            shutil.copyfile(graph_path, net / "1" / "model.onnx")
-            config = _model_config(names["net"], backend="onnxruntime", platform="onnxruntime_onnx",
-                                   max_batch=max_batch, inputs=net_in, outputs=net_out, instances=o.instances,
-                                   queue_delay_us=o.queue_delay_us)
-        else:  # python: ONNX Runtime in the python backend, the export's folder layout kept
-            shutil.copyfile(graph_path, net / "1" / graph_path.name)
-            info.write(net / "1")
-            (net / "1" / "model.py").write_bytes(_model_py("network"))
-            config = _model_config(names["net"], backend="python", platform=None, max_batch=max_batch,
-                                   inputs=net_in, outputs=net_out, instances=o.instances,
-                                   queue_delay_us=o.queue_delay_us,
-                                   parameters={"graph": o.graph, "threads": str(o.threads)})
-        (net / "config.pbtxt").write_text(config)
-        # post-processing
-        post = stage / names["post"]
-        (post / "1").mkdir(parents=True)
-        (post / "1" / "model.py").write_bytes(_model_py("postprocess"))
-        info.write(post / "1")
-        (post / "config.pbtxt").write_text(_model_config(
-            names["post"], backend="python", platform=None, max_batch=max_batch, inputs=post_in,
-            outputs=_batch_tensors([Tensor(OUTPUT, "TYPE_STRING", (1, 1))], batched), instances=o.instances,
-            queue_delay_us=o.queue_delay_us, parameters={"score_threshold": repr(float(o.score_threshold))}))
-        # the ensemble
-        ens = stage / name
-        (ens / "1").mkdir(parents=True)
-        steps = [
-            (names["pre"], {INPUT: INPUT}, {t.name: f"_{t.name}" for t in pre_out}),
-            (names["net"], {t.name: f"_{t.name}" for t in inputs}, {t: f"_{t}" for t in OUTPUT_NAMES}),
-            (names["post"], {t.name: f"_{t.name}" for t in post_in}, {OUTPUT: OUTPUT}),
-        ]
-        (ens / "config.pbtxt").write_text(_ensemble_config(name, max_batch, steps, batched))
-        command = _command(out, network, names["net"])
-        (stage / "README.md").write_text(_readme(model, out, o, network, names, batched, max_batch, command, info,
-                                                 engine_info))
+        _write_preprocess(stage, plan)
+        _write_network(stage, plan)
+        _write_postprocess(stage, plan)
+        _write_ensemble(stage, plan)
+        (stage / "README.md").write_text(_readme(model, out, options, plan.network, plan.names, plan.batched,
+                                                 plan.max_batch, command, plan.info, plan.engine))
     warnings = ()
-    if engine_info is not None and engine_info.builder != "tensorrt":
-        warnings = (f"{model} was built by {engine_info.builder}: Triton's tensorrt backend runs TensorRT engines "
+    if plan.engine is not None and plan.engine.builder != "tensorrt":
+        warnings = (f"{model} was built by {plan.engine.builder}: Triton's tensorrt backend runs TensorRT engines "
                     "only; build one with `maskrt build --builder tensorrt` on the serving GPU and write the "
                     "repository again",)
-    return Repository(out, (name, *names.values()), network, batched, max_batch, command, warnings)
+    return Repository(out, (options.name, *plan.names.values()), plan.network, plan.batched, plan.max_batch,
+                      command, warnings)
 
 
 def _command(out: Path, network: str, net_name: str) -> str:

@@ -1,6 +1,9 @@
 """`maskrt triton`: the model repository's configs, read with Triton's own protobuf definitions (tritonclient's
 model_config_pb2) and checked against export.json, the ONNX graph and ENGINE.json; and the whole ensemble (python
-network) served by a real Triton server (the one PyTriton ships), answering as `maskrt predict` does."""
+network) served by a real Triton server (the one PyTriton ships), answering as `maskrt predict` does.
+
+The fast tests write repositories of tiny stand-in exports (an ONNX graph with the export's inputs and outputs and
+no nodes; an engine file of a few bytes with its ENGINE.json): what a config says depends only on those records."""
 
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from google.protobuf import text_format
 from serve_util import free_ports, kill_tree, serve_python, start_server, stop_and_check, write_images
 from tritonclient.grpc import model_config_pb2 as mc
 
+from maskrt.core.artifacts import EngineInfo, ExportInfo, GraphFile, InputSpec, Profile, TensorSpec
+from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
+from maskrt.serving.repository import RepositoryOptions, write_repository
 
-pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "maskrt.cli"]
 #: The test's own table of what each type is called by ONNX / TensorRT and by Triton.
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
@@ -108,6 +113,132 @@ def onnx_io(path: Path) -> tuple[list, list]:
     return [one(v) for v in graph.input], [one(v) for v in graph.output]
 
 
+
+def tiny_export(folder: Path, *, dynamic_batch: bool) -> Path:
+    """An export folder whose model.onnx has the export's inputs and outputs (dynamic size) and no nodes."""
+    from onnx import TensorProto, helper
+
+    b = "batch" if dynamic_batch else 1
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([], "tiny", [value("images", TensorProto.FLOAT, [b, 3, "height", "width"]),
+                                           value("image_sizes", TensorProto.INT64, [b, 2])], [
+        value("num_detections", TensorProto.INT64, [b]), value("boxes", TensorProto.FLOAT, [b, 20, 4]),
+        value("scores", TensorProto.FLOAT, [b, 20]), value("labels", TensorProto.INT64, [b, 20]),
+        value("masks", TensorProto.FLOAT, [b, 20, 1, 28, 28])])
+    folder.mkdir(parents=True)
+    onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
+    ExportInfo(
+        model_config={"name": "slim", "num_classes": 2}, classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        input=InputSpec(height=128, width=128, dynamic_batch=dynamic_batch, dynamic_size=True,
+                        height_range=(32, 128), width_range=(32, 128)),
+        mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), min_size=96, max_size=128, limits={"max_detections": 20},
+        roi_align={}, opset=17, graphs={"portable": GraphFile("model.onnx", sha256(folder / "model.onnx"))},
+        checkpoint={}, versions={},
+    ).write(folder)
+    return folder
+
+
+def tiny_engine(export: Path, plugin_library: Path) -> Path:
+    """An engine file of a few bytes with its ENGINE.json (HALF images and INT32 sizes, as TensorRT may take them):
+    `maskrt triton` reads the record and copies the file, it never deserializes it."""
+    engine = export.parent / "tiny.engine"
+    engine.write_bytes(b"a stand-in for a serialized engine")
+    EngineInfo(
+        engine=engine.name, engine_sha256=sha256(engine), builder="tensorrt", builder_version="10.0", precision="fp16",
+        profiles={"images": Profile((1, 3, 32, 32), (2, 3, 128, 128), (4, 3, 128, 128)),
+                  "image_sizes": Profile((1, 2), (2, 2), (4, 2))},
+        inputs=(TensorSpec("images", (-1, 3, -1, -1), "HALF"), TensorSpec("image_sizes", (-1, 2), "INT32")),
+        outputs=(TensorSpec("num_detections", (-1,), "INT32"), TensorSpec("boxes", (-1, 20, 4), "FLOAT"),
+                 TensorSpec("scores", (-1, 20), "FLOAT"), TensorSpec("labels", (-1, 20), "INT32"),
+                 TensorSpec("masks", (-1, 20, 1, 28, 28), "HALF")),
+        onnx_sha256=sha256(export / "model.onnx"), plugin_library_sha256=sha256(plugin_library),
+        compute_capabilities=("8.6",), build_seconds=1.0, export=ExportInfo.read(export),
+    ).write(engine)
+    return engine
+
+
+def check_fields(configs: dict[str, mc.ModelConfig], o: RepositoryOptions, network: str, batched: bool) -> None:
+    """Each model's config sets exactly the fields its kind needs, with the values the options ask for."""
+    name = o.name
+    pre, net, post = f"{name}_preprocess", f"{name}_network", f"{name}_postprocess"
+    assert set(configs) == {name, pre, net, post}
+    backends = {pre: ("python", ""), post: ("python", ""), name: ("", "ensemble"),
+                net: {"tensorrt": ("tensorrt", "tensorrt_plan"), "onnxruntime": ("onnxruntime", "onnxruntime_onnx"),
+                      "python": ("python", "")}[network]}
+    parameters = {pre: {"max_pixels": str(o.max_pixels)}, post: {"score_threshold": repr(float(o.score_threshold))},
+                  name: {}, net: {"graph": o.graph, "threads": str(o.threads)} if network == "python" else {}}
+    kind, profile = ("KIND_GPU", ["0"]) if network == "tensorrt" else ("KIND_CPU", [])
+    for model, config in configs.items():
+        ensemble = model == name
+        expected = {"name", "input", "output", "backend" if backends[model][0] else "platform"}
+        expected |= {"platform"} if backends[model][1] else set()
+        expected |= {"max_batch_size"} if batched else set()  # 0 (no batching) is proto3's default, never written
+        expected |= {"ensemble_scheduling"} if ensemble else {"instance_group"}
+        expected |= {"dynamic_batching"} if batched and not ensemble else set()
+        expected |= {"parameters"} if parameters[model] else set()
+        assert {f.name for f, _ in config.ListFields()} == expected, model
+        assert (config.backend, config.platform) == backends[model], model
+        assert config.max_batch_size == (o.max_batch if batched else 0), model
+        assert {k: v.string_value for k, v in config.parameters.items()} == parameters[model], model
+        if not ensemble:
+            assert [(g.count, mc.ModelInstanceGroup.Kind.Name(g.kind), list(g.profile))
+                    for g in config.instance_group] == [(o.instances, kind if model == net else "KIND_CPU",
+                                                          profile if model == net else [])], model
+        if batched and not ensemble:
+            assert config.dynamic_batching.max_queue_delay_microseconds == o.queue_delay_us, model
+    request = [1] if batched else [1, 1]
+    for config in (configs[name], configs[pre]):
+        assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == \
+            [("image", "TYPE_STRING", request)], config.name
+    for config in (configs[name], configs[post]):
+        assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.output] == \
+            [("detections", "TYPE_STRING", request)], config.name
+    assert [t.name for t in configs[pre].output] == ["images", "image_sizes", "original_sizes"]
+    assert [s.model_name for s in configs[name].ensemble_scheduling.step] == [pre, net, post]
+    assert all(s.model_version == -1 for s in configs[name].ensemble_scheduling.step)
+    check_ensemble(configs, name)
+
+
+@pytest.mark.parametrize(("case", "network", "options"), [
+    ("dynamic", "onnxruntime", RepositoryOptions(name="shapes", max_batch=4, instances=2, queue_delay_us=250)),
+    ("dynamic", "python", RepositoryOptions(network="python", threads=1, score_threshold=0.05, max_pixels=1_000_000)),
+    ("static", "onnxruntime", RepositoryOptions()),
+    ("static", "python", RepositoryOptions(network="python", instances=3)),
+    ("engine", "tensorrt", RepositoryOptions(max_batch=4, instances=2)),
+])
+def test_configs_are_model_config_messages(tmp_path: Path, request: pytest.FixtureRequest, case: str, network: str,
+                                           options: RepositoryOptions) -> None:
+    """Every config.pbtxt is protobuf's text format of a Triton ModelConfig (parsing and printing it gives the same
+    text back) with the fields its model needs, wired into the ensemble, and the network's I/O is the graph's or
+    the engine's."""
+    export = tiny_export(tmp_path / "export", dynamic_batch=case != "static")
+    model = tiny_engine(export, request.getfixturevalue("plugin_library")) if case == "engine" else export
+    repo = write_repository(model, tmp_path / "repo", options)
+    batched = case != "static"
+    assert (repo.network, repo.batched, repo.max_batch_size) == (network, batched, options.max_batch if batched else 0)
+    configs = read_configs(tmp_path / "repo")
+    for config in configs.values():
+        text = (tmp_path / "repo" / config.name / "config.pbtxt").read_text()
+        assert text_format.MessageToString(config) == text, config.name
+    check_fields(configs, options, network, batched)
+    if case == "engine":
+        spec = lambda ts: [(t.name, TRT_TO_TRITON[t.dtype], list(t.shape)) for t in ts]  # noqa: E731
+        record = EngineInfo.read(model)
+        check_network(configs[f"{options.name}_network"], export, spec(record.inputs), spec(record.outputs), batched)
+        assert mc.DataType.Name(configs[f"{options.name}_preprocess"].output[0].data_type) == "TYPE_FP16"
+    else:
+        check_network(configs[f"{options.name}_network"], export, *onnx_io(export / "model.onnx"), batched=batched)
+
+
+def test_without_tritonclient_the_writer_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = tiny_export(tmp_path / "export", dynamic_batch=True)
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # as if tritonclient were not installed
+    with pytest.raises(MaskrtError) as error:
+        write_repository(export, tmp_path / "repo")
+    assert "pip install 'maskrt[client]'" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "repo").exists()
+
+@pytest.mark.slow
 def test_onnxruntime_repository(exports: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     proc = cli("triton", "--model", exports["dynamic"], "--out", repo, "--max-batch", "4", "--instances", "2",
@@ -134,6 +265,7 @@ def test_onnxruntime_repository(exports: dict[str, Path], tmp_path: Path) -> Non
             json.loads((exports["dynamic"] / "export.json").read_text())["classes"]
 
 
+@pytest.mark.slow
 def test_static_batch_1_export_gives_unbatched_models(exports: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     cli("triton", "--model", exports["static"], "--out", repo)
@@ -146,6 +278,7 @@ def test_static_batch_1_export_gives_unbatched_models(exports: dict[str, Path], 
     assert list(configs["maskrt"].input[0].dims) == [1, 1]  # one image per request, the same [b, 1] request form
 
 
+@pytest.mark.slow
 def test_engine_repository(exports: dict[str, Path], tmp_path: Path, plugin_library: Path) -> None:
     require_tensorrt_rtx()
     engine = tmp_path / "slim.engine"
@@ -177,6 +310,7 @@ def test_engine_repository(exports: dict[str, Path], tmp_path: Path, plugin_libr
     assert "This engine was built by TensorRT-RTX" in readme
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--network", "tensorrt"], "needs an engine"),
     (["--graph", "trt"], "cannot run"),
@@ -188,6 +322,7 @@ def test_bad_repository_requests(exports: dict[str, Path], tmp_path: Path, args:
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.slow
 def test_static_batch_above_1_is_refused(exports: dict[str, Path], tmp_path: Path) -> None:
     export = tmp_path / "b2"
     cli("export", "--checkpoint", exports["ckpt"], "--out", export, "--batch", "2", "--max-detections", "20")
@@ -195,6 +330,7 @@ def test_static_batch_above_1_is_refused(exports: dict[str, Path], tmp_path: Pat
     assert proc.returncode == 2 and "--dynamic-batch" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_python_network_ensemble_in_a_real_triton(exports: dict[str, Path], tmp_path: Path) -> None:
     """`--network python` repository served by PyTriton's tritonserver (`maskrt serve --repository`): each image
     request answers as `maskrt predict`, a bad image fails only its own request, and the server stops cleanly."""
