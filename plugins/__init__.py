@@ -10,7 +10,6 @@ from maskrt.plugins._library import (
     host_threads,
     library_path,
     load_into,
-    set_host_threads,
     triton_library_path,
 )
 from maskrt.plugins.nms.spec import NMSSpec
@@ -20,4 +19,4 @@ from maskrt.plugins.roi_align.spec import RoIAlignSpec
 SPECS: dict[str, type[RoIAlignSpec] | type[NMSSpec]] = {spec.IDENTITY.name: spec for spec in (RoIAlignSpec, NMSSpec)}
 
 __all__ = ["SPECS", "NMSSpec", "RoIAlignSpec", "build_info", "host_library_path", "host_threads", "library_path",
-           "load_into", "set_host_threads", "triton_library_path"]
+           "load_into", "triton_library_path"]

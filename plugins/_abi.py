@@ -50,6 +50,7 @@ class Entry(NamedTuple):
 
 _ERROR = (("err", _BUFFER), ("errLen", c_int))
 _STREAM = (("stream", c_void_p),)
+_THREADS = (("threads", c_int),)  # per call: 0 = every CPU the process may run on
 
 _ROI_ALIGN = (
     ("rois", _FLOAT_P), ("features", _VOID_PP), ("heights", _INT64_P), ("widths", _INT64_P), ("numLevels", c_int),
@@ -66,9 +67,8 @@ _NMS = (
 
 #: libmaskrt_host.so (plugins/host_api.cpp)
 HOST: dict[str, Entry] = {
-    "maskrt_roi_align_host": Entry(c_int, (*_ROI_ALIGN, *_ERROR)),
-    "maskrt_nms_host": Entry(c_int, (*_NMS, *_ERROR)),
-    "maskrt_set_host_threads": Entry(None, (("threads", c_int),)),
+    "maskrt_roi_align_host": Entry(c_int, (*_ROI_ALIGN, *_THREADS, *_ERROR)),
+    "maskrt_nms_host": Entry(c_int, (*_NMS, *_THREADS, *_ERROR)),
     "maskrt_host_threads": Entry(c_int, ()),
     "maskrt_float_to_half": Entry(None, (("in", _FLOAT_P), ("out", _UINT16_P), ("n", c_int64))),
     "maskrt_half_to_float": Entry(None, (("in", _UINT16_P), ("out", _FLOAT_P), ("n", c_int64))),

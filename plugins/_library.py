@@ -97,17 +97,17 @@ def host_library() -> Library:
     return open_library(host_library_path(), HOST)
 
 
-def set_host_threads(threads: int | None) -> None:
-    """Threads of the host ops (RoIAlign over RoIs, BatchedNMS over images); None = every CPU this process may use.
-    Results do not depend on it."""
+def host_threads() -> int:
+    """The threads a host op uses when its call names none: every CPU this process may run on."""
+    return int(host_library().maskrt_host_threads())
+
+
+def threads_argument(threads: int | None) -> int:
+    """A host op's `threads` argument (per call; None = every CPU this process may run on). Results do not depend
+    on it."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    host_library().maskrt_set_host_threads(threads or 0)
-
-
-def host_threads() -> int:
-    """The threads the host ops use now."""
-    return int(host_library().maskrt_host_threads())
+    return threads or 0
 
 
 def call(entry: str, *, device: str, stream_device: Any = None, **arguments: Any) -> None:

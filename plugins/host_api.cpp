@@ -3,7 +3,6 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -68,26 +67,21 @@ inline void store(HalfBits* out, float v)
     *out = maskrt::floatToHalf(v);
 }
 
-std::atomic<int> gThreads{0}; // 0: every CPU this process may run on
-
+/// The threads a call with threads = 0 uses: every CPU this process may run on.
 int hostThreads()
 {
-    int const wanted = gThreads.load();
-    if (wanted > 0)
-    {
-        return wanted;
-    }
     cpu_set_t set;
     return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set))
                                                         : std::max(1u, std::thread::hardware_concurrency());
 }
 
-/// fn(begin, end) over [0, n) in contiguous chunks on up to hostThreads() threads (the caller's thread included).
-/// Each index is handled by exactly one call, so results do not depend on the thread count.
+/// fn(begin, end) over [0, n) in contiguous chunks on up to `wanted` threads (0: hostThreads(); the caller's thread
+/// included). Each index is handled by exactly one call, so results do not depend on the thread count.
 template <typename Fn>
-void parallelFor(int64_t n, int64_t minChunk, Fn fn)
+void parallelFor(int wanted, int64_t n, int64_t minChunk, Fn fn)
 {
-    int64_t const threads = std::min<int64_t>(hostThreads(), std::max<int64_t>(1, n / std::max<int64_t>(1, minChunk)));
+    int64_t const limit = wanted > 0 ? wanted : hostThreads();
+    int64_t const threads = std::min<int64_t>(limit, std::max<int64_t>(1, n / std::max<int64_t>(1, minChunk)));
     if (threads <= 1)
     {
         fn(int64_t{0}, n);
@@ -175,9 +169,9 @@ void roiAlignRois(float const* rois, ra::Levels const& levels, ra::Params const&
 
 template <typename T>
 void roiAlignHost(float const* rois, ra::Levels const& levels, ra::Params const& p, int64_t batch, int64_t numRois,
-    int64_t channels, T* out)
+    int64_t channels, T* out, int threads)
 {
-    parallelFor(batch * numRois, 8, [&](int64_t first, int64_t last) {
+    parallelFor(threads, batch * numRois, 8, [&](int64_t first, int64_t last) {
         roiAlignRois(rois, levels, p, numRois, channels, out, first, last);
     });
 }
@@ -232,11 +226,12 @@ int nmsImage(float const* boxes, S const* scores, int32_t const* groups, int64_t
 
 /// MultiLevelRoIAlign on the CPU. features[l] is a contiguous [batch, channels, heights[l], widths[l]] array of
 /// fp32 (dtype 0) or fp16 bits (dtype 1); rois is [batch, numRois, 4] fp32; out is [batch, numRois, channels,
-/// outHeight, outWidth] of the feature type. Returns 0, or -1 with a message in err.
+/// outHeight, outWidth] of the feature type; threads: how many it may use (0: every CPU this process may run on;
+/// results do not depend on it). Returns 0, or -1 with a message in err.
 MASKRT_EXPORT int maskrt_roi_align_host(float const* rois, void const* const* features, int64_t const* heights,
     int64_t const* widths, int numLevels, float const* scales, int64_t batch, int64_t numRois, int64_t channels,
     int outHeight, int outWidth, int samplingRatio, int aligned, int canonicalLevel, float canonicalScale,
-    float levelEps, int dtype, void* out, char* err, int errLen)
+    float levelEps, int dtype, void* out, int threads, char* err, int errLen)
 {
     ra::Params const p{outHeight, outWidth, samplingRatio, aligned, canonicalLevel, canonicalScale, levelEps};
     ra::Levels levels;
@@ -248,21 +243,21 @@ MASKRT_EXPORT int maskrt_roi_align_host(float const* rois, void const* const* fe
     }
     if (dtype == 0)
     {
-        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<float*>(out));
+        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<float*>(out), threads);
     }
     else
     {
-        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<HalfBits*>(out));
+        roiAlignHost(rois, levels, p, batch, numRois, channels, static_cast<HalfBits*>(out), threads);
     }
     return 0;
 }
 
 /// BatchedNMS on the CPU. boxes is [batch, numBoxes, 4] fp32, scores [batch, numBoxes] fp32 (scoreType 0) or fp16
 /// bits (1), groups [batch, numBoxes] int32; keep is [batch, maxOutputBoxes] int32 (-1 padded), count [batch] int32.
-/// Returns 0, or -1 with a message in err.
+/// threads: as maskrt_roi_align_host's. Returns 0, or -1 with a message in err.
 MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int scoreType, int32_t const* groups,
     int64_t batch, int64_t numBoxes, float iouThreshold, float scoreThreshold, int maxOutputBoxes, int32_t* keep,
-    int32_t* count, char* err, int errLen)
+    int32_t* count, int threads, char* err, int errLen)
 {
     namespace nm = maskrt::nms;
     nm::Params const p{iouThreshold, scoreThreshold, maxOutputBoxes};
@@ -271,7 +266,7 @@ MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int sc
     {
         return maskrt::failWith(err, errLen, reason);
     }
-    parallelFor(batch, 1, [&](int64_t first, int64_t last) {
+    parallelFor(threads, batch, 1, [&](int64_t first, int64_t last) {
     std::vector<uint64_t> keys;
     std::vector<float> areas;
     std::vector<char> suppressed;
@@ -292,12 +287,7 @@ MASKRT_EXPORT int maskrt_nms_host(float const* boxes, void const* scores, int sc
     return 0;
 }
 
-/// Threads of the host ops (RoIAlign over RoIs, BatchedNMS over images); 0 = every CPU this process may use.
-MASKRT_EXPORT void maskrt_set_host_threads(int threads)
-{
-    gThreads.store(std::max(0, threads));
-}
-
+/// The threads a host op given threads = 0 uses: every CPU this process may run on.
 MASKRT_EXPORT int maskrt_host_threads()
 {
     return hostThreads();

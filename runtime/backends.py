@@ -20,7 +20,6 @@ import torch
 
 from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
 from maskrt.core.errors import MaskrtError
-from maskrt.plugins import set_host_threads
 from maskrt.runtime.postprocess import RawOutput
 from maskrt.runtime.reference import eager_detections
 from maskrt.runtime.trt_graph_ort import trt_graph_session
@@ -133,8 +132,7 @@ class OnnxRuntimeBackend:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             if GRAPH_KINDS[graph][0] == "trt":
-                set_host_threads(threads)  # the plugin ops' host build: the same threads as ONNX Runtime
-                self.session = trt_graph_session(path, so)
+                self.session = trt_graph_session(path, so, threads)  # the plugin ops: ONNX Runtime's threads
             else:
                 self.session = ort.InferenceSession(str(path), so, providers=providers)
         except MaskrtError:

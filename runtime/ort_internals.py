@@ -56,24 +56,29 @@ def check_contract(distribution: str) -> None:
         raise MaskrtError(f"{distribution} {found}: its internals differ from what runtime/ort_internals.py expects")
 
 
+def array_hook(k_id: int, feed: list, attributes: dict) -> tuple:
+    """onnxruntime-extensions' Python-op invocation hook returning each output as (shape, flat array) instead of
+    (shape, list): the same (k_id, shape, flat values, ...) contract its C++ side reads."""
+    from onnxruntime_extensions import _ocos
+
+    op = _ocos.Opdef._odlist.get(k_id)
+    if op is None:
+        raise RuntimeError(f"no Python op with id {k_id} (was it registered with @onnx_op?)")
+    result = op.body(*feed, **op.cast_attributes(attributes))
+    fetched: list = []
+    for array in result if isinstance(result, tuple) else (result,):
+        array = np.ascontiguousarray(array)
+        fetched += [array.shape, array.reshape(-1)]
+    return (k_id, *fetched)
+
+
 def install_array_hook() -> None:
-    """Make onnxruntime-extensions return Python ops' outputs as arrays (one copy each, no Python object per
-    element); the same (k_id, shape, flat values, ...) contract its C++ side reads."""
+    """Make onnxruntime-extensions return Python ops' outputs as arrays (`array_hook`: one copy each, no Python
+    object per element)."""
     check_contract("onnxruntime-extensions")
     from onnxruntime_extensions import _ocos
 
-    def hook(k_id: int, feed: list, attributes: dict) -> tuple:
-        op = _ocos.Opdef._odlist.get(k_id)
-        if op is None:
-            raise RuntimeError(f"no Python op with id {k_id} (was it registered with @onnx_op?)")
-        result = op.body(*feed, **op.cast_attributes(attributes))
-        fetched: list = []
-        for array in result if isinstance(result, tuple) else (result,):
-            array = np.ascontiguousarray(array)
-            fetched += [array.shape, array.reshape(-1)]
-        return (k_id, *fetched)
-
-    _ocos.PyCustomOpDef.install_hooker(hook)
+    _ocos.PyCustomOpDef.install_hooker(array_hook)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from maskrt.plugins.spec import ONNX_DOMAIN
 from maskrt.runtime.ort_internals import install_array_hook
 
 CONTRIB = "ai.onnx.contrib"
+_ATTRS = {"spec": PyOp.dt_string, "threads": PyOp.dt_int64}  # the op's spec as JSON; host threads (0: every CPU)
 _registered = False
 
 
@@ -49,8 +50,9 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return out
 
 
-def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a model.trt.onnx graph whose plugin nodes are onnxruntime-extensions Python ops."""
+def rewrite_for_ort(model: onnx.ModelProto, threads: int | None = None) -> onnx.ModelProto:
+    """A copy of a model.trt.onnx graph whose plugin nodes are onnxruntime-extensions Python ops; each carries the
+    `threads` its host build may use (None: every CPU the process may run on) - per session, not per process."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     types = _value_types(model)
     nodes = []
@@ -70,7 +72,8 @@ def rewrite_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
                           for a, b in zip(inputs[1:], float_in, strict=True)]
                 inputs, outputs = [inputs[0], *float_in], [f"{outputs[0]}__fp32"]
             nodes.append(helper.make_node(f"Maskrt{node.op_type}{len(node.input)}", inputs, outputs, name=node.name,
-                                          domain=CONTRIB, spec=json.dumps(spec.onnx_attributes())))
+                                          domain=CONTRIB, spec=json.dumps(spec.onnx_attributes()),
+                                          threads=int(threads or 0)))
             if half:
                 nodes.append(helper.make_node("Cast", outputs, list(node.output), to=onnx.TensorProto.FLOAT16,
                                               name=f"{node.name}_cast_back"))
@@ -103,19 +106,22 @@ def register_ops() -> None:
         return
     install_array_hook()
 
-    def roi_align_op(rois: np.ndarray, *features: np.ndarray, spec: str) -> np.ndarray:
+    def roi_align_op(rois: np.ndarray, *features: np.ndarray, spec: str, threads: int) -> np.ndarray:
         s = RoIAlignSpec.from_onnx_attributes(json.loads(spec))
-        return roi_align.cpu([_tensor(f) for f in features], _tensor(rois), **s.keywords()).numpy()
+        return roi_align.cpu([_tensor(f) for f in features], _tensor(rois), **s.keywords(),
+                             threads=threads or None).numpy()
 
     for levels in range(1, MAX_LEVELS + 1):
         onnx_op(op_type=f"Maskrt{RoIAlignSpec.IDENTITY.name}{levels + 1}", inputs=[PyOp.dt_float] * (levels + 1),
-                outputs=[PyOp.dt_float], attrs={"spec": PyOp.dt_string})(roi_align_op)
+                outputs=[PyOp.dt_float], attrs=_ATTRS)(roi_align_op)
 
     @onnx_op(op_type=f"Maskrt{NMSSpec.IDENTITY.name}3", inputs=[PyOp.dt_float, PyOp.dt_float, PyOp.dt_int32],
-             outputs=[PyOp.dt_int32, PyOp.dt_int32], attrs={"spec": PyOp.dt_string})
-    def batched_nms_op(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, spec: str):  # noqa: ANN202
+             outputs=[PyOp.dt_int32, PyOp.dt_int32], attrs=_ATTRS)
+    def batched_nms_op(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, spec: str,  # noqa: ANN202
+                       threads: int):
         s = NMSSpec.from_onnx_attributes(json.loads(spec))
-        keep, count = nms.cpu(_tensor(boxes), _tensor(scores), _tensor(groups), **s.keywords())
+        keep, count = nms.cpu(_tensor(boxes), _tensor(scores), _tensor(groups), **s.keywords(),
+                              threads=threads or None)
         return keep.numpy(), count.numpy()
 
     _registered = True
@@ -129,12 +135,14 @@ def _has_config(options: ort.SessionOptions, key: str) -> bool:
     return True
 
 
-def trt_graph_session(path: str | Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An onnxruntime InferenceSession running model.trt.onnx with the plugin ops' host build."""
+def trt_graph_session(path: str | Path, options: ort.SessionOptions | None = None,
+                      threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime InferenceSession running model.trt.onnx with the plugin ops' host build on `threads` threads
+    (None: every CPU the process may run on)."""
     register_ops()
-    model = rewrite_for_ort(onnx.load(str(path)))
+    model = rewrite_for_ort(onnx.load(str(path)), threads)
     so = options or ort.SessionOptions()
-    # The plugin ops run on their own threads (maskrt.plugins.set_host_threads) while ONNX Runtime's workers wait;
+    # The plugin ops run on their own threads (`threads`, per session) while ONNX Runtime's workers wait;
     # spinning workers would take their cores (r50-fpn at 800x800 on 2 cores: 1293 -> 1111 ms without spinning).
     if not _has_config(so, "session.intra_op.allow_spinning"):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")

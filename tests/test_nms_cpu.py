@@ -276,7 +276,8 @@ def test_host_entry_point_rejects_invalid_attributes() -> None:
     for iou, thr, k, message in ((1.5, 0.0, 1, b"iou_threshold"), (0.5, float("nan"), 1, b"score_threshold"),
                                  (0.5, 0.0, -1, b"max_output_boxes")):  # fmt: skip
         status = fn(boxes=None, scores=None, scoreType=0, groups=None, batch=1, numBoxes=0, iouThreshold=iou,
-                    scoreThreshold=thr, maxOutputBoxes=k, keep=None, count=None, err=err, errLen=256)  # fmt: skip
+                    scoreThreshold=thr, maxOutputBoxes=k, keep=None, count=None, threads=0, err=err,
+                    errLen=256)  # fmt: skip
         assert status == -1 and message in err.value
 
 

@@ -138,7 +138,7 @@ def nms_host() -> tuple[_abi.EntryPoint, dict[str, Any], torch.Tensor]:
         boxes=pointer(boxes.data_ptr(), c_float), scores=scores.data_ptr(), scoreType=0,
         groups=pointer(groups.data_ptr(), c_int32), batch=1, numBoxes=2, iouThreshold=0.5, scoreThreshold=0.05,
         maxOutputBoxes=2, keep=pointer(keep.data_ptr(), c_int32), count=pointer(count.data_ptr(), c_int32),
-        err=ctypes.create_string_buffer(256), errLen=256,
+        threads=1, err=ctypes.create_string_buffer(256), errLen=256,
     )  # fmt: skip
     args["_tensors"] = (boxes, scores, groups, keep)  # kept alive with the pointers
     return host_library().maskrt_nms_host, args, count
@@ -165,7 +165,8 @@ def test_a_well_typed_call_runs(nms_host: tuple[_abi.EntryPoint, dict[str, Any],
         (lambda a: a.update(maxOutputBoxes=2.0), "argument 9:"),  # a float for an int
         (lambda a: a.update(iouThreshold=a["keep"]), "argument 7:"),  # a pointer for a float
         (lambda a: a.update(maxOutputBoxes=ctypes.c_int64(2)), "argument 9:"),  # int64_t for an int
-        (lambda a: a.update(errLen=a["keep"]), "argument 13:"),  # a pointer for the length
+        (lambda a: a.update(threads=1.0), "argument 12:"),  # a float for the thread count
+        (lambda a: a.update(errLen=a["keep"]), "argument 14:"),  # a pointer for the length
     ],
 )
 def test_a_mistyped_argument_raises(nms_host: tuple[_abi.EntryPoint, dict[str, Any], torch.Tensor],
@@ -200,7 +201,7 @@ def test_roi_align_level_arrays_swapped_raise() -> None:
     scales, features = (c_float * 1)(0.25), (c_void_p * 1)(0)
     args = dict(rois=None, features=features, heights=scales, widths=widths, numLevels=1, scales=heights, batch=0,
                 numRois=0, channels=1, outHeight=7, outWidth=7, samplingRatio=2, aligned=0, canonicalLevel=4,
-                canonicalScale=224.0, levelEps=1e-6, dtype=0, out=None)  # fmt: skip
+                canonicalScale=224.0, levelEps=1e-6, dtype=0, out=None, threads=0)  # fmt: skip
     with pytest.raises(ctypes.ArgumentError, match="argument 3:"):
         call("maskrt_roi_align_host", device="cpu", **args)
     with pytest.raises(TypeError, match="missing a required argument: 'out'"):

@@ -67,7 +67,8 @@ def test_inline_shared_constants_keeps_the_values() -> None:
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibrations_take_image_dependent_shapes(tmp_path: Path, method: str) -> None:
     """The mask head's activations have one row per detection, so their shapes differ between calibration images;
-    ONNX Runtime's histogram collectors stack them with np.asarray, which raised before `_flat_histograms`."""
+    ONNX Runtime's histogram collectors stack them with np.asarray, which raises without
+    `ort_internals.flat_histograms`."""
     ckpt = random_checkpoint(tmp_path / "slim.pt", "slim", num_classes=3, seed=2)
     export_checkpoint(ckpt, tmp_path / "export")
     images = tmp_path / "calibration"

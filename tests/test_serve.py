@@ -176,8 +176,8 @@ def test_health_and_metrics(served: Server) -> None:
 
 
 def test_bench_through_the_server(served: Server) -> None:
-    proc = subprocess.run([*CLI, "bench", "server", "--server", served.http, "--images", str(served.images), "--iters", "6",
-                           "--warmup", "1", "--concurrency", "2", "--model", str(served.export), "-q"],
+    proc = subprocess.run([*CLI, "bench", "server", "--server", served.http, "--images", str(served.images),
+                           "--iters", "6", "--warmup", "1", "--concurrency", "2", "--model", str(served.export), "-q"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "through the server" in proc.stdout and "in process" in proc.stdout, proc.stdout

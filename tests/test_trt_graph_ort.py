@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 
 from maskrt.plugins import NMSSpec, RoIAlignSpec, nms, roi_align
 from maskrt.plugins.spec import ONNX_DOMAIN
-from maskrt.runtime.trt_graph_ort import _array_hook, register_ops, trt_graph_session
+from maskrt.runtime.ort_internals import array_hook
+from maskrt.runtime.trt_graph_ort import register_ops, trt_graph_session
 
 SCALES = (0.25, 0.125, 0.0625, 0.03125)
 
@@ -75,7 +76,7 @@ def test_array_hook_returns_arrays_not_lists() -> None:
     original = op.body
     try:
         op.body = lambda *feed, **attrs: (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([5], np.int32))
-        fetched = _array_hook(k_id, [], {})
+        fetched = array_hook(k_id, [], {})
     finally:
         op.body = original
     assert fetched[0] == k_id and fetched[1] == (3, 4) and fetched[3] == (1,)

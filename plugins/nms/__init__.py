@@ -17,7 +17,7 @@ import ctypes
 import torch
 
 from maskrt.plugins._abi import pointer
-from maskrt.plugins._library import call, cuda_library, library_path, load_into
+from maskrt.plugins._library import call, cuda_library, library_path, load_into, threads_argument
 from maskrt.plugins.nms.spec import IDENTITY, MAX_CANDIDATES, NMSSpec
 
 __all__ = ["IDENTITY", "MAX_CANDIDATES", "NMSSpec", "cpu", "cuda", "library_path", "load_into"]
@@ -50,7 +50,8 @@ def _check(
 
 
 def _run(
-    device: str, spec: NMSSpec, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
+    device: str, spec: NMSSpec, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchedNMS of `spec` with the host build (device 'cpu') or the plugin library's kernels ('cuda')."""
     boxes, scores, groups = _check(boxes, scores, groups, device)
@@ -68,6 +69,8 @@ def _run(
         size = cuda_library().maskrt_nms_workspace_size(batch=batch, numBoxes=num_boxes)
         workspace = torch.empty((max(size, 1),), dtype=torch.uint8, device=boxes.device)
         arguments.update(workspace=workspace.data_ptr(), workspaceBytes=size)
+    else:
+        arguments.update(threads=threads_argument(threads))
     call(f"maskrt_nms_{'cuda' if device == 'cuda' else 'host'}", device=device, stream_device=boxes.device,
          **arguments)  # fmt: skip
     return keep, count
@@ -81,14 +84,16 @@ def cpu(
     iou_threshold: float,
     score_threshold: float,
     max_output_boxes: int,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchedNMS on CPU tensors with the host build of the kernel core.
 
     boxes: [B, N, 4] float32 (x1, y1, x2, y2); scores: [B, N] float32 or float16; groups: [B, N] int32 (boxes of
-    different groups never suppress each other). Returns (keep [B, max_output_boxes] int32, count [B] int32).
+    different groups never suppress each other). Returns (keep [B, max_output_boxes] int32, count [B] int32). `threads`:
+    how many this call may use (None: every CPU the process may run on; the result does not depend on it).
     """
     spec = NMSSpec(iou_threshold, score_threshold, max_output_boxes)
-    return _run("cpu", spec, boxes, scores, groups)
+    return _run("cpu", spec, boxes, scores, groups, threads)
 
 
 def cuda(

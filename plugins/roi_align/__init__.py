@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from maskrt.plugins._abi import pointer
-from maskrt.plugins._library import call, library_path, load_into
+from maskrt.plugins._library import call, library_path, load_into, threads_argument
 from maskrt.plugins.roi_align.spec import (
     DEFAULT_ALIGNED,
     DEFAULT_CANONICAL_LEVEL,
@@ -67,7 +67,8 @@ def _check(
     return [f.contiguous() for f in features], rois.contiguous()
 
 
-def _run(device: str, spec: RoIAlignSpec, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+def _run(device: str, spec: RoIAlignSpec, features: Sequence[torch.Tensor], rois: torch.Tensor,
+         threads: int | None = None) -> torch.Tensor:
     """MultiLevelRoIAlign of `spec` with the host build (device 'cpu') or the plugin library's kernel ('cuda')."""
     features, rois = _check(features, rois, spec, device)
     batch, num_rois = rois.shape[:2]
@@ -85,6 +86,7 @@ def _run(device: str, spec: RoIAlignSpec, features: Sequence[torch.Tensor], rois
         outWidth=spec.output_size[1], samplingRatio=spec.sampling_ratio, aligned=int(spec.aligned),
         canonicalLevel=spec.canonical_level, canonicalScale=spec.canonical_scale, levelEps=spec.level_eps,
         dtype=_DTYPES[features[0].dtype], out=out.data_ptr(),
+        **({} if device == "cuda" else {"threads": threads_argument(threads)}),
     )  # fmt: skip
     return out
 
@@ -100,16 +102,18 @@ def cpu(
     canonical_level: int = DEFAULT_CANONICAL_LEVEL,
     canonical_scale: float = DEFAULT_CANONICAL_SCALE,
     level_eps: float = DEFAULT_LEVEL_EPS,
+    threads: int | None = None,
 ) -> torch.Tensor:
     """MultiLevelRoIAlign on CPU tensors with the host build of the kernel core.
 
     features: one [B, C, H_l, W_l] float32 or float16 tensor per level (finest first); rois: [B, R, 4] float32
-    (x1, y1, x2, y2 in input pixels). Returns [B, R, C, out_h, out_w] of the features' dtype (fp32 math).
+    (x1, y1, x2, y2 in input pixels). Returns [B, R, C, out_h, out_w] of the features' dtype (fp32 math). `threads`:
+    how many this call may use (None: every CPU the process may run on; the result does not depend on it).
     """
     spec = RoIAlignSpec(
         output_size, spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale, level_eps
     )
-    return _run("cpu", spec, features, rois)
+    return _run("cpu", spec, features, rois, threads)
 
 
 def cuda(
