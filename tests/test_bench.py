@@ -26,6 +26,7 @@ def slim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "slim.pt", root / "export"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_bench_writes_percentiles_per_stage(slim: tuple[Path, Path], tmp_path: Path, backend: str) -> None:
     ckpt, export = slim
@@ -54,6 +55,7 @@ def test_bench_writes_percentiles_per_stage(slim: tuple[Path, Path], tmp_path: P
     assert again.returncode == 2 and "exists (pass --force" in again.stderr
 
 
+@pytest.mark.slow
 def test_bench_compare_runs_every_candidate_side_by_side(tmp_path: Path) -> None:
     """`bench --compare` on a seeded random slim model at a tiny size: export, INT8 quantization, torchvision's ONNX
     export and the parts are made in --work; the table and the JSON hold every candidate with sane numbers."""

@@ -20,9 +20,18 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                                  ["predict"], ["parity"], ["build"], ["bench"], ["bench", "run"], ["bench", "compare"],
                                  ["bench", "server"], ["quantize"], ["serve"], ["triton"],
                                  ["demo"]])
-def test_help(sub: list[str]) -> None:
-    proc = _run(*sub, "--help")
-    assert proc.returncode == 0 and "usage: maskrt" in proc.stdout
+def test_help(sub: list[str], capsys: pytest.CaptureFixture) -> None:
+    from maskrt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*sub, "--help"])
+    assert exit_.value.code == 0 and "usage: maskrt" in capsys.readouterr().out
+
+
+def test_the_console_entry_point_runs() -> None:
+    """`python -m maskrt.cli` (what the tests' subprocesses run; the `maskrt` script calls the same main)."""
+    proc = _run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("maskrt ")
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -87,6 +87,24 @@ def test_random_r50_parity(config: str, height: int, width: int, batch: int, sta
         assert report["raw_outputs"]["scores"]["abs"]["max"] < 1e-4
 
 
+def test_fast_tier_whole_model_against_plain_torchvision(tmp_path: Path, shapes_dir: Path) -> None:
+    """The fast tier's whole-model check: a seeded random slim model whose scores spread over its 100 detection slots,
+    exported, both graphs on ONNX Runtime against plain torchvision `model(images)` through the parity gate (fp32
+    gates), with the evidence counted: every slot of both images compared."""
+    from maskrt.runtime.bench_compare import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "slim.pt", "slim")
+    export_checkpoint(ckpt, tmp_path / "export")
+    gates = Gates(score_floor=0.05, min_detections=100)
+    candidates = [Candidate(tmp_path / "export", tmp_path / graph, graph=graph, gates=gates)
+                  for graph in ("portable", "trt")]
+    for report in run_parity_many(ckpt, candidates, shapes_dir / "val", limit=2, progress=False):  # 90 classes: images
+        summary = report["summary"]
+        assert report["passed"], (report["graph"], [g for g in report["gates"] if g["passed"] is False])
+        assert summary["images"] == 2 and summary["reference_detections_above_floor"] >= 150, summary
+        assert summary["candidate_detections_above_floor"] == summary["reference_detections_above_floor"]
+
+
 @pytest.mark.slow
 def test_zero_detections_are_inconclusive(tmp_path: Path, shapes_dir: Path) -> None:
     """A model that detects nothing: parity compares nothing, so its verdict is INCONCLUSIVE (exit 3), never PASSED;

@@ -71,6 +71,7 @@ def _torchvision_like_file(tmp_path: Path, builder, num_classes: int, frozen: bo
     return path, model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("builder", "name"), [(maskrcnn_resnet50_fpn, "r50-fpn"),
                                                 (maskrcnn_resnet50_fpn_v2, "r50-fpn-v2")])
 def test_import_torchvision_weights(tmp_path: Path, builder, name: str) -> None:

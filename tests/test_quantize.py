@@ -28,6 +28,7 @@ def _optimized_ops(path: Path, tmp_path: Path) -> list[tuple[str, str]]:
     return [(n.op_type, n.name) for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
+@pytest.mark.slow
 def test_network_convolutions_run_in_int8(tmp_path: Path) -> None:
     ckpt = random_checkpoint(tmp_path / "slim.pt", "slim", num_classes=3)
     export_checkpoint(ckpt, tmp_path / "export")
@@ -64,6 +65,7 @@ def test_inline_shared_constants_keeps_the_values() -> None:
     assert np.array_equal(before[0], after[0]) and np.array_equal(after[0], [2.0, 0.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibrations_take_image_dependent_shapes(tmp_path: Path, method: str) -> None:
     """The mask head's activations have one row per detection, so their shapes differ between calibration images;

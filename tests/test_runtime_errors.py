@@ -72,13 +72,15 @@ def _broken_copy(export_dir: Path, tmp_path: Path, mutate) -> Path:  # noqa: ANN
         (lambda d: _edit_info(d, lambda i: i.update(format_version=9)), "format_version 9 is not supported"),
     ],
 )
-def test_broken_export_folder(export_dir: Path, tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
+def test_broken_export_folder(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, mutate,  # noqa: ANN001
+                              fragment: str) -> None:
+    from maskrt.cli import main
+
     bad = _broken_copy(export_dir, tmp_path, mutate)
     image = tmp_path / "img.png"
     Image.new("RGB", (50, 40)).save(image)
-    proc = subprocess.run([*CLI, "predict", "--model", str(bad), "--out", str(tmp_path / "o"), str(image)],
-                          capture_output=True, text=True, timeout=300)
-    _one_line_error(proc, fragment)
+    code = main(["predict", "--model", str(bad), "--out", str(tmp_path / "o"), str(image)])
+    _one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), fragment)
 
 
 @pytest.mark.slow
@@ -159,6 +161,7 @@ def test_predict_outputs_never_collide_or_touch_inputs(export_dir: Path, tmp_pat
     assert main(["predict", "--model", str(export_dir), "--out", str(out), "-q", str(inputs[0])]) == 2  # not empty
 
 
+@pytest.mark.slow
 def test_every_reader_of_a_graph_verifies_it_the_same_way(export_dir: Path, tmp_path: Path) -> None:
     """ExportInfo.verified_graph is the one check: every command that reads a graph refuses a changed one with its
     message, before any work."""

@@ -26,6 +26,7 @@ from maskrt.export.onnx_export import export_checkpoint
 from maskrt.runtime.predictor import Predictor
 
 require_tensorrt_rtx()
+pytestmark = pytest.mark.slow  # every test needs the engine the module builds (about 7 s)
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 
