@@ -129,7 +129,7 @@ def test_wheel_holds_one_namespace_and_both_libraries_and_leaves_the_tree_clean(
     assert top == {"maskrt"}, top
     for module in ("core/artifacts.py", "training/trainer.py", "export/deploy.py", "runtime/predictor.py",
                    "plugins/roi_align/spec.py", "plugins/lib/libmaskrt_plugins.so", "plugins/lib/libmaskrt_host.so",
-                   "plugins/lib/build-info.json", "cli.py"):
+                   "plugins/lib/build-info.json", "cli/__init__.py", "cli/serve.py"):
         assert f"maskrt/{module}" in names, module
     assert not [n for n in names if n.endswith((".cpp", ".cu", ".h", "CMakeLists.txt"))]
 

@@ -55,8 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     predictor = None
     if args.model:  # without --backend, what the model file is says how it runs
         backend = args.backend or default_backend(args.model)
-        options = {**predictor_options(args, args.score_threshold), "backend": backend}
-        predictor = Predictor.open(args.model, **options)
+        predictor = Predictor.open(args.model, **{**predictor_options(args, args.score_threshold), "backend": backend})
     urls = options.urls()
 
     def ready() -> None:
