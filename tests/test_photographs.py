@@ -130,18 +130,15 @@ CANDIDATES = ("portable", "trt", "openvino-f32")
 
 @pytest.fixture(scope="module")
 def parity_reports(photos: Path, r50: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The parity gate on the photographs: model.onnx through the CLI, model.trt.onnx and OpenVINO f32 (issue 23) in
-    one more process with one reference pass (OpenVINO runs outside the pytest process: README, OpenVINO)."""
+    """The parity gate on the photographs: model.onnx, model.trt.onnx and OpenVINO f32 (issue 23) in one process with
+    one reference pass (OpenVINO runs outside the pytest process: README, OpenVINO; `maskrt parity` itself on a folder
+    of images: test_parity_faults.py, test_export_parity.py)."""
     checkpoint, export = r50
     root = tmp_path_factory.mktemp("photo_parity")
-    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(checkpoint), "--model", str(export), "--graph",
-                           "portable", "--data", str(photos), "--score-floor", str(SCORE_FLOOR),
-                           "--out", str(root / "portable"), "-q"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     from maskrt.runtime.parity import Candidate, Gates
 
     gates = Gates.for_precision("fp32", score_floor=SCORE_FLOOR)
-    specs = [Candidate(export, root / "trt", graph="trt", gates=gates)]
+    specs = [Candidate(export, root / graph, graph=graph, gates=gates) for graph in ("portable", "trt")]
     if importlib.util.find_spec("openvino") is not None:
         specs.append(Candidate(export, root / "openvino-f32", backend="openvino", precision="f32", gates=gates))
     script = ("import pickle, sys; from maskrt.runtime.parity import run_parity_many; "
