@@ -10,7 +10,7 @@ Inputs:  images [B, 3, H, W] float32, normalised and zero-padded (runtime/prepro
          image_sizes [B, 2] int64, the (h, w) of each resized image inside the batch (boxes are
          clipped to it, as torchvision clips to the resized image).
 Outputs: num_detections [B] int32, boxes [B, D, 4] (resized-image pixels), scores [B, D], labels [B, D] int32,
-         masks [B, D, 28, 28] (probabilities of the detected class).
+         masks [B, D, M, M] (probabilities of the detected class; M = 28 for the FPN configs, 14 for C4).
 
 H and W are any multiples of 32 (dynamic in the exported graphs unless a static canvas is asked for). Nothing in
 the graph depends on them being fixed: the anchors are made from the feature-map shapes exactly as torchvision's
@@ -100,6 +100,12 @@ class DeployMaskRCNN(nn.Module):
         with torch.no_grad():  # the level scales, from a small probe (the canvas sides are multiples of 32 too), in
             # fp32: the shapes do not depend on the precision, and fp16 convolutions on a CPU are slow
             feats = list(model.backbone(torch.zeros((1, 3, SCALE_PROBE, SCALE_PROBE))).values())
+            # the mask side M: 28 for the FPN heads (14x14 pooled, upsampled x2), 14 for C4 (res5 halves, deconv x2)
+            heads = model.roi_heads
+            side = heads.mask_roi_pool.output_size
+            side = (side, side) if isinstance(side, int) else tuple(side)
+            pooled = torch.zeros((1, feats[0].shape[1], *side))
+            self.mask_size = int(heads.mask_predictor(heads.mask_head(pooled)).shape[-1])
         if precision == "fp16":  # a half copy of the networks; the caller's model stays fp32
             model = copy.deepcopy(model).half()
         self.flavor = flavor

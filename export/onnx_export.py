@@ -79,7 +79,7 @@ def _pin_io_shapes(path: Path, deploy: DeployMaskRCNN, batch: int, dynamic_batch
     b: int | str = "batch" if dynamic_batch else batch
     h: int | str = "height" if size is None else size[0]
     w: int | str = "width" if size is None else size[1]
-    d, m = deploy.max_detections, deploy.mask_spec.output_size[0] * 2
+    d, m = deploy.max_detections, deploy.mask_size
     shapes = {"images": [b, 3, h, w], "image_sizes": [b, 2], "num_detections": [b],
               "boxes": [b, d, 4], "scores": [b, d], "labels": [b, d], "masks": [b, d, m, m]}
     for value in [*model.graph.input, *model.graph.output]:

@@ -169,15 +169,16 @@ def _parts(model: nn.Module, predictor: Predictor, image: np.ndarray, detections
         _, kept = deploy.proposals(feats, canvas, sizes)
     proposals, channels = int(kept.sum()), feats[0].shape[1]
     gen = torch.Generator().manual_seed(0)
+    box_side, mask_side = deploy.box_spec.output_size, deploy.mask_spec.output_size  # 7 / 14; C4: 14 / 14
     parts: dict[str, tuple[nn.Module, list[torch.Tensor]]] = {
-        "backbone+FPN": (deploy.backbone, [canvas]),
+        "backbone+FPN" if len(feats) > 1 else "backbone": (deploy.backbone, [canvas]),
         "RPN head": (deploy.rpn_head, feats),
         f"box head ({proposals} RoIs)": (_Heads(deploy.box_head, deploy.box_predictor),
-                                        [torch.randn(proposals, channels, 7, 7, generator=gen)]),
+                                        [torch.randn(proposals, channels, *box_side, generator=gen)]),
     }
     if detections:
         parts[f"mask head ({detections} RoIs)"] = (_Heads(deploy.mask_head, deploy.mask_predictor),
-                                                   [torch.randn(detections, channels, 14, 14, generator=gen)])
+                                                   [torch.randn(detections, channels, *mask_side, generator=gen)])
     runs: dict[str, Callable[[], object]] = {}
     for i, (name, (module, inputs)) in enumerate(parts.items()):
         names = [f"in{j}" for j in range(len(inputs))]

@@ -159,3 +159,31 @@ def test_r50_fpn_fp16_engine_at_800(tmp_path: Path, plugin_library: Path) -> Non
     assert info.precision == "fp16" and info.profiles["images"].min == info.profiles["images"].max == (1, 3, 800, 800)
     fp16_size = (tmp_path / "export" / "model.fp16.engine").stat().st_size
     assert 50_000_000 < fp16_size < 120_000_000  # the r50-fpn weights in fp16 (~88 MB in fp32 ONNX: 44M params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "mask_side"), [("slim-c4", 14), ("mobilenet-fpn", 28)])
+def test_new_configs_build_engines(name: str, mask_side: int, tmp_path: Path, plugin_library: Path) -> None:
+    """The C4 head (one-level MultiLevelRoIAlign, res5 per RoI, 14x14 masks) and the MobileNetV3 FPN build with a
+    height/width profile (issue 25)."""
+    torch.manual_seed(0)
+    small = {"min_size": 160, "max_size": 160} if name == "mobilenet-fpn" else {}
+    cfg = default_model_config(name, 3, **small)
+    ckpt = tmp_path / f"{name}.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    export = tmp_path / "export"
+    export_checkpoint(ckpt, export, max_detections=50)
+    network = _parse(export / "model.trt.onnx")
+    plugins = [network.get_layer(i) for i in range(network.num_layers)
+               if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
+    assert len(plugins) == 4  # 2 RoIAlign + 2 NMS
+    levels = 1 if name.endswith("c4") else 2
+    pools = [layer for layer in plugins if layer.get_output(0).dtype.name == "FLOAT"]  # NMS outputs int32
+    assert [layer.num_inputs for layer in pools] == [1 + levels] * 2  # RoIs + one feature map per level
+    masks = next(network.get_output(i) for i in range(network.num_outputs) if network.get_output(i).name == "masks")
+    assert tuple(masks.shape)[-2:] == (mask_side, mask_side)
+    info = build_engine(export, builder="tensorrt-rtx", shapes=ShapeRange((1, 64, 64), (1, 96, 96), (1, 128, 128)),
+                        compute_capabilities=("8.9",))
+    plan = (export / "model.fp32.engine").read_bytes()
+    assert info.builder == "tensorrt-rtx" and b"MultiLevelRoIAlign" in plan and len(plan) > 1_000_000

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
+from maskrt.core.defaults import MODEL_CONFIGS
 from maskrt.core.errors import MaskrtError
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import CONFIGS, build_model, default_model_config
@@ -49,7 +50,9 @@ def test_unknown_config() -> None:
         default_model_config("r101", 3)
     with pytest.raises(MaskrtError, match="unknown option"):
         default_model_config("slim", 3, colour="blue")
-    assert CONFIGS == ("slim", "r50-fpn", "r50-fpn-v2")
+    assert CONFIGS == MODEL_CONFIGS  # one list: what the CLI offers is what the factory builds
+    for name in CONFIGS:  # every config has defaults, and its own options are accepted
+        assert default_model_config(name, 3, min_size=96)["min_size"] == 96
 
 
 def _torchvision_like_file(tmp_path: Path, builder, num_classes: int, frozen: bool) -> tuple[Path, torch.nn.Module]:

@@ -1,4 +1,4 @@
-"""Model factory: torchvision Mask R-CNN in three configurations.
+"""Model factory: torchvision Mask R-CNN in six configurations, from torchvision's parts.
 
 - `slim`: CPU-trainable. ResNet-18 + FPN with 64 channels, smaller anchors (16-256 px), a 256-d
   two-layer box head, a 2-conv mask head of 64 channels, 64 sampled RoIs per image, images kept at
@@ -8,6 +8,20 @@
   context, and the classifier learns more slowly (6-minute segm AP 37.8 vs 34-36 on the shapes data).
 - `r50-fpn`: the architecture of torchvision's `maskrcnn_resnet50_fpn`.
 - `r50-fpn-v2`: the architecture of torchvision's `maskrcnn_resnet50_fpn_v2`.
+- `r50-c4`: the Mask R-CNN paper's ResNet-C4 head (detectron2's R50-C4): the ResNet-50 stem and stages 1-4 give one
+  stride-16 map (1024 channels); the RPN has 15 anchors (sizes 32-512, ratios 0.5/1/2) on it; RoIAlign pools 14x14
+  on it (one level); the fifth ResNet stage (res5, torchvision's `layer4`) runs per RoI (7x7x2048), average pooling
+  feeds the classifier and box regressor; the mask branch runs the same res5 (shared weights, as detectron2) on the
+  detected boxes and deconvolves to 14x14 masks per class (`MaskRCNNPredictor`).
+- `slim-c4`: the C4 head at `slim`'s size: ResNet-18 stages 1-3 (256 channels at stride 16), a res5 of one
+  torchvision `BasicBlock` (stride 2, 256 channels), 128 px images, anchors 16-256.
+- `mobilenet-fpn`: an edge-sized model: a MobileNetV3-Large FPN backbone (torchvision's `mobilenet_v3_large` features
+  and `BackboneWithFPN`, 256 channels, a max-pool level) with the anchors, RPN limits and 320-px sizes of torchvision's
+  `fasterrcnn_mobilenet_v3_large_320_fpn`, RoIAlign over its stride-16 and stride-32 maps, a 1024-d box head and a
+  2-conv mask head of 128 channels (torchvision ships no mobile Mask R-CNN; this mask head is sized for it). The FPN
+  takes the end of the stride-16 stage (features[12]) and the last map (features[16]): torchvision's
+  `backbone_utils.mobilenet_backbone` returns two stride-32 maps (features[13] and [16]), which leaves RoIAlign no
+  stride-16 level for small objects and whose equal scales its level mapping collapses to one.
 
 A model config is a plain dict (stored in checkpoints) so that a checkpoint rebuilds its own model.
 `norm` is "bn" (BatchNorm, trained from scratch) or "frozen_bn" (FrozenBatchNorm2d in the backbone, as
@@ -16,22 +30,25 @@ torchvision uses with pretrained weights).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from maskrt.core.defaults import MODEL_CONFIGS
 from maskrt.core.errors import MaskrtError
 
-CONFIGS = ("slim", "r50-fpn", "r50-fpn-v2")
+CONFIGS = MODEL_CONFIGS
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "slim": {
@@ -45,6 +62,27 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "r50-fpn": {"min_size": 800, "max_size": 1333, "norm": "bn", "box_detections_per_img": 100},
     "r50-fpn-v2": {"min_size": 800, "max_size": 1333, "norm": "bn", "box_detections_per_img": 100},
+    "slim-c4": {
+        "min_size": 128, "max_size": 128, "norm": "bn", "res5_channels": 256, "anchor_sizes": [16, 32, 64, 128, 256],
+        "box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
+        "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300,
+        "box_detections_per_img": 100,
+    },
+    "r50-c4": {
+        "min_size": 800, "max_size": 1333, "norm": "bn", "anchor_sizes": [32, 64, 128, 256, 512],
+        "box_batch_size_per_image": 512, "rpn_batch_size_per_image": 256,
+        "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
+        "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+        "box_detections_per_img": 100,
+    },
+    "mobilenet-fpn": {
+        "min_size": 320, "max_size": 640, "norm": "bn", "box_head_dim": 1024, "mask_head_channels": 128,
+        "mask_head_convs": 2, "box_batch_size_per_image": 512, "rpn_batch_size_per_image": 256,
+        "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
+        "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05,
+        "box_detections_per_img": 100,
+    },
 }
 
 
@@ -115,6 +153,89 @@ def _build_slim(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
     )
 
 
+def _rpn_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """MaskRCNN's RPN keyword arguments from a config."""
+    keys = ("rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+            "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_score_thresh")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def _one_level_anchors(sizes: list[int]) -> AnchorGenerator:
+    """All anchor sizes x ratios 0.5/1/2 on one feature map (the C4 RPN: 15 anchors per location)."""
+    return AnchorGenerator(sizes=(tuple(sizes),), aspect_ratios=((0.5, 1.0, 2.0),))
+
+
+class C4Backbone(nn.Module):
+    """A torchvision ResNet's stem and stages 1-3 (res2-res4): one stride-16 feature map, named "0"."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+        self.body = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
+        last = resnet.layer3[-1]
+        self.out_channels = int((last.bn3 if hasattr(last, "bn3") else last.bn2).num_features)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return OrderedDict([("0", self.body(x))])
+
+
+def _build_c4(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
+    """ResNet-C4 Mask R-CNN: stages 1-4 as the backbone, res5 per RoI shared by the box and mask heads."""
+    norm = FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+    if cfg["name"] == "r50-c4":
+        body = resnet50(weights=None, norm_layer=norm)
+        res5, res5_out = body.layer4, 2048
+    else:  # slim-c4: one BasicBlock as res5
+        body = resnet18(weights=None, norm_layer=norm)
+        res5_out = int(cfg["res5_channels"])
+        down = nn.Sequential(nn.Conv2d(256, res5_out, 1, stride=2, bias=False), norm(res5_out))
+        res5 = nn.Sequential(BasicBlock(256, res5_out, stride=2, downsample=down, norm_layer=norm))
+    backbone = C4Backbone(body)
+    pool14 = MultiScaleRoIAlign(["0"], 14, 2)
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg["min_size"], max_size=cfg["max_size"],
+        rpn_anchor_generator=_one_level_anchors(cfg["anchor_sizes"]),
+        **_rpn_options(cfg),
+        box_roi_pool=pool14,
+        box_head=nn.Sequential(res5, nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
+        box_predictor=FastRCNNPredictor(res5_out, num_labels),
+        box_batch_size_per_image=cfg["box_batch_size_per_image"],
+        box_detections_per_img=cfg["box_detections_per_img"],
+        mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        mask_head=res5,  # the same module: detectron2's Res5ROIHeads shares res5 between the box and mask branches
+        mask_predictor=MaskRCNNPredictor(res5_out, 256 if cfg["name"] == "r50-c4" else 64, num_labels),
+    )
+
+
+def _build_mobilenet_fpn(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
+    """MobileNetV3-Large FPN Mask R-CNN (torchvision's mobile detector's backbone, RPN and sizes)."""
+    norm = FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+    features = mobilenet_v3_large(weights=None, norm_layer=norm).features
+    backbone = BackboneWithFPN(features, return_layers={"12": "0", "16": "1"},
+                               in_channels_list=[features[12].out_channels, features[16].out_channels],
+                               out_channels=256, extra_blocks=LastLevelMaxPool())
+    sizes = ((32, 64, 128, 256, 512),) * 3
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+    channels, mask_ch = backbone.out_channels, cfg["mask_head_channels"]
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg["min_size"], max_size=cfg["max_size"],
+        rpn_anchor_generator=anchors,
+        **_rpn_options(cfg),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2),
+        box_head=TwoMLPHead(channels * 7 * 7, cfg["box_head_dim"]),
+        box_predictor=FastRCNNPredictor(cfg["box_head_dim"], num_labels),
+        box_batch_size_per_image=cfg["box_batch_size_per_image"],
+        box_detections_per_img=cfg["box_detections_per_img"],
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1"], 14, 2),
+        mask_head=MaskRCNNHeads(channels, [mask_ch] * cfg["mask_head_convs"], dilation=1),
+        mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, num_labels),
+    )
+
+
 def build_model(cfg: dict[str, Any]) -> MaskRCNN:
     """Build the (randomly initialised) Mask R-CNN described by a model config."""
     name = cfg.get("name")
@@ -123,6 +244,10 @@ def build_model(cfg: dict[str, Any]) -> MaskRCNN:
     num_labels = int(cfg["num_classes"]) + 1  # + background
     if name == "slim":
         return _build_slim(cfg, num_labels)
+    if name in ("slim-c4", "r50-c4"):
+        return _build_c4(cfg, num_labels)
+    if name == "mobilenet-fpn":
+        return _build_mobilenet_fpn(cfg, num_labels)
     builder = maskrcnn_resnet50_fpn if name == "r50-fpn" else maskrcnn_resnet50_fpn_v2
     model = builder(weights=None, weights_backbone=None, num_classes=num_labels,
                     min_size=cfg["min_size"], max_size=cfg["max_size"],

@@ -1,7 +1,9 @@
-"""Import a torchvision Mask R-CNN state_dict file (the format of torchvision's published weights).
+"""Import a Mask R-CNN state_dict file: torchvision's published weights, or weights of any maskrt config's layout.
 
-The config (r50-fpn or r50-fpn-v2) and the number of classes are read from the keys and shapes. A
-91-way COCO model gets torchvision's COCO category names with label == COCO category id.
+The config and the number of classes are read from the keys and shapes: the box head tells FPN (`fc6`, torchvision's
+v1), FPN v2 (`box_head.0.0.weight`) and C4 (res5 blocks in the box head) apart, the backbone ResNet-50 (bottleneck
+blocks) from ResNet-18 and from MobileNetV3 (its `features` layout). A 91-way COCO model gets torchvision's COCO
+category names with label == COCO category id.
 """
 
 from __future__ import annotations
@@ -30,25 +32,30 @@ def detect_config(state_dict: dict) -> tuple[str, int]:
         raise MaskrtError("not a torchvision Mask R-CNN state_dict (no roi_heads.box_predictor.cls_score)")
     if "roi_heads.mask_predictor.mask_fcn_logits.weight" not in state_dict:
         raise MaskrtError("a Faster R-CNN state_dict (no mask head); maskrt needs Mask R-CNN weights")
-    if "roi_heads.box_head.fc6.weight" in state_dict:
-        name = "r50-fpn"
+    bottleneck = "backbone.body.layer1.0.conv3.weight" in state_dict
+    if "roi_heads.box_head.0.0.conv1.weight" in state_dict:  # res5 blocks per RoI: the C4 head
+        name = "r50-c4" if bottleneck else "slim-c4"
+    elif "roi_heads.box_head.fc6.weight" in state_dict:
+        if "backbone.body.0.0.weight" in state_dict:  # MobileNetV3's features[0] (a Conv2dNormActivation)
+            name = "mobilenet-fpn"
+        else:
+            name = "r50-fpn" if bottleneck else "slim"
     elif "roi_heads.box_head.0.0.weight" in state_dict:
         name = "r50-fpn-v2"
     else:
-        raise MaskrtError("unrecognised Mask R-CNN box head (expected torchvision's v1 or v2 layout)")
+        raise MaskrtError("unrecognised Mask R-CNN box head (expected torchvision's v1 or v2 FPN layout or a C4 res5 "
+                          "head)")
     return name, int(state_dict[key].shape[0])
 
 
 def import_torchvision(weights: str | Path, out: str | Path, *, class_names: list[str] | None = None,
-                       min_size: int = 800, max_size: int = 1333, force: bool = False) -> dict:
-    """Convert a torchvision Mask R-CNN weights file into a maskrt checkpoint at `out` (an existing `out` is refused
-    unless `force`, and never the weights file itself); returns it."""
+                       min_size: int | None = None, max_size: int | None = None, force: bool = False) -> dict:
+    """Convert a Mask R-CNN weights file into a maskrt checkpoint at `out` (an existing `out` is refused unless
+    `force`, and never the weights file itself); returns it. `min_size` / `max_size` default to the detected
+    config's (800 / 1333 for the ResNet-50 configs)."""
     weights = Path(weights)
     if not weights.is_file():
         raise MaskrtError(f"{weights}: weights file not found")
-    if min_size < 1 or max_size < min_size or max_size > MAX_CANVAS_SIDE:
-        raise MaskrtError(f"min_size must be >= 1 and max_size in [min_size, {MAX_CANVAS_SIDE}], got {min_size} and "
-                          f"{max_size}")
     check_not_input(out, [weights])
     check_output_file(out, force=force)
     try:
@@ -66,14 +73,20 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
         name, num_labels = detect_config(sd)
     except MaskrtError as exc:
         raise MaskrtError(f"{weights}: {exc}") from None
-    frozen = "backbone.body.bn1.num_batches_tracked" not in sd
+    # FrozenBatchNorm2d (torchvision's pretrained layout) keeps no batch count
+    frozen = not any(k.startswith("backbone.body.") and k.endswith(".num_batches_tracked") for k in sd)
     if class_names is None:
         names = _coco_names() if num_labels == 91 else [f"class_{i}" for i in range(num_labels)]
         class_names = names[1:]
     if len(class_names) != num_labels - 1:
         raise MaskrtError(f"{weights}: has {num_labels - 1} classes but {len(class_names)} names were given")
-    cfg = default_model_config(name, num_labels - 1, norm="frozen_bn" if frozen else "bn",
-                               min_size=min_size, max_size=max_size)
+    cfg = default_model_config(name, num_labels - 1, norm="frozen_bn" if frozen else "bn")
+    min_size = cfg["min_size"] if min_size is None else min_size
+    max_size = cfg["max_size"] if max_size is None else max_size
+    if min_size < 1 or max_size < min_size or max_size > MAX_CANVAS_SIDE:
+        raise MaskrtError(f"min_size must be >= 1 and max_size in [min_size, {MAX_CANVAS_SIDE}], got {min_size} and "
+                          f"{max_size}")
+    cfg.update(min_size=min_size, max_size=max_size)
     classes = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
     ckpt = make_checkpoint(model_config=cfg, state_dict=sd, classes=classes,
                            metrics={})

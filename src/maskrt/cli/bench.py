@@ -21,7 +21,7 @@ from maskrt.cli.options import (
     positive_int,
     predictor_options,
 )
-from maskrt.core.defaults import DEFAULT_MODEL_NAME
+from maskrt.core.defaults import DEFAULT_MODEL_NAME, MODEL_CONFIGS
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_atomic, write_json
 from maskrt.core.outputs import check_output_file
@@ -172,7 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "on OpenVINO, each end to end, runs alternated, plus the network parts alone (markdown table)")
     which = cmp.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="the model to compare")
-    which.add_argument("--random", choices=["slim", "r50-fpn", "r50-fpn-v2"],
+    which.add_argument("--random", choices=MODEL_CONFIGS,
                        help="instead of --checkpoint: a seeded random-init model of this config with 90 classes that "
                        "fills its 100 detection slots on every image")
     cmp.add_argument("--model", help="an existing export of the checkpoint (default: exported into --work)")

@@ -1,4 +1,5 @@
-"""`maskrt demo`: the end-to-end job on the embedded default (shapes dataset, slim model, export, parity)."""
+"""`maskrt demo`: the end-to-end job on the embedded default (shapes dataset, slim model, export, parity); `--config`
+trains another model config on the same data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from maskrt.cli.options import add_command, positive_float, positive_int
+from maskrt.core.defaults import DEFAULT_MODEL_CONFIG, MODEL_CONFIGS
 from maskrt.core.errors import MaskrtError
 
 DEMO_MARKER = ".maskrt-demo"
@@ -33,11 +35,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         generate(data, train=400, val=100, size=128, seed=0, progress=not args.quiet, force=True)
     else:
         print(f"[1/4] using the shapes dataset in {data}")
-    print(f"[2/4] training the slim model for {args.minutes} minutes in {run}")
-    opts = TrainOptions(data=data, out=run, config="slim", max_minutes=args.minutes, progress=not args.quiet,
+    print(f"[2/4] training the {args.config} model for {args.minutes} minutes in {run}")
+    opts = TrainOptions(data=data, out=run, config=args.config, max_minutes=args.minutes, progress=not args.quiet,
                         force=True)
     result = Trainer(opts).train()
-    print(f"slim Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
+    print(f"{args.config} Mask R-CNN, {result.step} steps, val metrics (COCO AP, 0-100):")
     print(format_metrics(result.metrics))
     print(f"[3/4] exporting {run / 'last.pt'} to {export}")
     export_checkpoint(run / "last.pt", export, force=True)
@@ -56,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """The parser of `maskrt demo`."""
     demo = add_command(sub, "demo", "the end-to-end demo on the embedded default (shapes dataset, slim model)")
     demo.add_argument("--out", default="demo", help="work folder (default ./demo)")
+    demo.add_argument("--config", default=DEFAULT_MODEL_CONFIG, choices=MODEL_CONFIGS,
+                      help=f"model config to train (default {DEFAULT_MODEL_CONFIG}; README, Model configs)")
     demo.add_argument("--minutes", type=positive_float, default=4.0, help="training budget (default 4)")
     demo.add_argument("--parity-images", type=positive_int, default=50, help="val images checked (default 50)")
     demo.set_defaults(func=cmd_demo, io=lambda a: ([a.out], []))

@@ -14,6 +14,7 @@ from maskrt.cli.options import (
     positive_int,
 )
 from maskrt.core.artifacts import check_same_classes
+from maskrt.core.defaults import DEFAULT_MODEL_CONFIG, MODEL_CONFIGS
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_output_file
@@ -107,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     train = add_command(sub, "train", "train Mask R-CNN on a COCO-format dataset")
     train.add_argument("--data", required=True, help="dataset folder (annotations/instances_{train,val}.json)")
-    train.add_argument("--config", default="slim", choices=["slim", "r50-fpn", "r50-fpn-v2"])
+    train.add_argument("--config", default=DEFAULT_MODEL_CONFIG, choices=MODEL_CONFIGS,
+                       help=f"model config (default {DEFAULT_MODEL_CONFIG}; README, Model configs)")
     train.add_argument("--out", required=True, help="run folder: last.pt, best.pt, metrics.json")
     train.add_argument("--max-minutes", type=positive_float, help="wall-clock budget in minutes")
     train.add_argument("--iters", type=positive_int, help="total steps (default 2000 without --max-minutes)")
@@ -134,12 +136,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--force", action="store_true", help="replace an existing metrics file")
     ev.set_defaults(func=cmd_eval, io=lambda a: ([_eval_out(a)], [("checkpoint", a.checkpoint), ("dataset", a.data)]))
 
-    imp = add_command(sub, "import", "convert a torchvision Mask R-CNN state_dict file into a maskrt checkpoint")
+    imp = add_command(sub, "import", "convert a Mask R-CNN state_dict file (torchvision's layout, or a maskrt "
+                                     "config's) into a maskrt checkpoint")
     imp.add_argument("--weights", required=True, help="e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     imp.add_argument("--out", required=True, help="checkpoint to write")
     imp.add_argument("--classes", help="text file, one class name per line (default: COCO names for 91 labels)")
-    imp.add_argument("--min-size", type=positive_int, default=800)
-    imp.add_argument("--max-size", type=positive_int, default=1333)
+    imp.add_argument("--min-size", type=positive_int, help="resize: shorter side (default: the config's, e.g. 800)")
+    imp.add_argument("--max-size", type=positive_int, help="resize: longest side (default: the config's, e.g. 1333)")
     imp.add_argument("--force", action="store_true", help="replace an existing --out checkpoint")
     imp.set_defaults(func=cmd_import,
                      io=lambda a: ([a.out], [("weights file", a.weights), ("class-names file", a.classes)]))

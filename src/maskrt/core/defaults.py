@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from maskrt.core.errors import MaskrtError
 
+#: The model configs (training/models.py builds each; README "Model configs" says what each is for).
+MODEL_CONFIGS = ("slim", "r50-fpn", "r50-fpn-v2", "slim-c4", "r50-c4", "mobilenet-fpn")
+#: The config `maskrt train` and `maskrt demo` use by default: the one that trains in minutes on a CPU.
+DEFAULT_MODEL_CONFIG = "slim"
+
 #: What `maskrt predict`, `serve` and `triton` show by default: detections scoring at least this.
 DEFAULT_SCORE_THRESHOLD = 0.5
 #: The Predictor's default: every detection the graph returns (what parity and bench compare).
