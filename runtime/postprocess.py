@@ -30,7 +30,7 @@ class Detections:
 
 @dataclass
 class RawOutput:
-    """One image's fixed-shape graph outputs (canvas / resized-image pixels, masks 28x28, D slots)."""
+    """One image's fixed-shape graph outputs (canvas / resized-image pixels, masks MxM: 28 FPN / 14 C4, D slots)."""
 
     num: int
     boxes: np.ndarray  # [D, 4]
@@ -43,15 +43,14 @@ class RawOutput:
         """torchvision's RoI-head result of one image (boxes in resized-image pixels, masks [N, 1|-, M, M]
         probabilities) in `slots` fixed slots, truncated like a deploy graph with that many detections."""
         n = min(len(det["scores"]), slots)
-        masks = det["masks"].reshape(len(det["scores"]), *det["masks"].shape[-2:]) if len(det["masks"]) else None
-        m = masks.shape[-1] if masks is not None else 28
+        m = det["masks"].shape[-1]  # the mask head's side (28 FPN, 14 C4), also when nothing was detected: [0, 1, M, M]
+        masks = det["masks"].reshape(len(det["scores"]), m, m)
         raw = cls(num=n, boxes=np.zeros((slots, 4), np.float32), scores=np.zeros(slots, np.float32),
                   labels=np.zeros(slots, np.int64), masks=np.zeros((slots, m, m), np.float32))
         raw.boxes[:n] = det["boxes"][:n].numpy()
         raw.scores[:n] = det["scores"][:n].numpy()
         raw.labels[:n] = det["labels"][:n].numpy()
-        if masks is not None:
-            raw.masks[:n] = masks[:n].numpy()
+        raw.masks[:n] = masks[:n].numpy()
         return raw
 
 

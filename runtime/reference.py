@@ -30,7 +30,7 @@ REFERENCES = ("plain", "canvas")
 def eager_detections(model: MaskRCNN, canvas: torch.Tensor, sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """torchvision's eager inference on a padded batch [B, 3, H, W] with resized sizes [B, 2] (h, w).
 
-    Returns per image boxes (resized-image pixels), scores, labels and masks [N, 28, 28] (probabilities
+    Returns per image boxes (resized-image pixels), scores, labels and masks [N, M, M] (probabilities
     of the detected class), before pasting.
     """
     model.eval()
@@ -52,7 +52,7 @@ class PlainReference:
     """``model(images)`` exactly as a torchvision user calls it.
 
     Besides the final detections (original-image pixels, masks pasted by torchvision), it records what the RoI
-    heads returned before torchvision's post-processing (resized-image pixels, 28x28 masks), with forward hooks
+    heads returned before torchvision's post-processing (resized-image pixels, MxM masks), with forward hooks
     that only observe, so that the raw fixed-shape outputs of a deployed graph can be compared too.
     """
 

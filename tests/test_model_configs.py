@@ -55,6 +55,20 @@ def test_c4_configs_have_the_c4_head(name: str) -> None:
     assert deploy.mask_size == 14
 
 
+def test_an_image_without_detections_keeps_the_c4_mask_side() -> None:
+    """The reference's fixed slots of an image where nothing is detected have the model's mask side (14 for C4), so
+    that they compare with the graph's outputs (a 28x28 default broke parity on the first empty image)."""
+    import numpy as np
+
+    from maskrt.runtime.reference import PlainReference
+
+    model = _model("slim-c4")
+    with torch.no_grad():  # background always wins: no detection
+        model.roi_heads.box_predictor.cls_score.bias[0] = 50.0
+    raws, dets = PlainReference(model, 100)([np.zeros((90, 120, 3), np.uint8)])
+    assert raws[0].num == 0 and len(dets[0]) == 0 and raws[0].masks.shape == (100, 14, 14)
+
+
 def test_mobilenet_fpn_is_torchvisions_mobile_detector_with_a_stride_16_level() -> None:
     model = _model("mobilenet-fpn")
     cfg = default_model_config("mobilenet-fpn", 3)
