@@ -1,8 +1,9 @@
 """Export (both ONNX flavors) and parity against the torch reference, on CPU.
 
 (a) the slim model trained to real accuracy (conftest.accurate_model, segm AP >= 50) and its four-graph export, (b)
-seeded random-init r50-fpn and r50-fpn-v2 at a square and a non-square canvas, batch 1 and 2, both graphs; an image
-set with zero detections (an inconclusive verdict, never a pass). Faults the gate must catch: test_parity_faults.py.
+seeded random-init r50-fpn-v2 (dynamic size) and r50-fpn (a static canvas) at batch 2, both graphs (r50-fpn with a
+dynamic size: test_photographs.py; the C4 and mobilenet configs: test_model_configs.py); an image set with zero
+detections (an inconclusive verdict, never a pass). Faults the gate must catch: test_parity_faults.py.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_trained_slim_export_holds_each_graphs_ops(accurate_model, accurate_expo
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("config", "height", "width", "batch", "static"), [
-    ("r50-fpn", 160, 160, 1, False),  # each config dynamic once, batch 1 and 2, square and not; a static canvas once
+    # r50-fpn with a dynamic size at batch 1 and 2: tests/test_photographs.py (five photographs, a mixed batch)
     ("r50-fpn-v2", 128, 224, 2, False),
     ("r50-fpn", 128, 224, 2, True),
 ])
