@@ -116,6 +116,10 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], **kwargs: Any) -> None:
+    """Export `module` for inference. It is put in eval mode first: torch.onnx.export restores the mode a module had,
+    recursively, so a new wrapper (train mode by default) around the model's heads would leave their BatchNorm layers
+    in train mode afterwards, and the eager candidate would run on batch statistics (C4's res5, v2's heads)."""
+    module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=names, **kwargs)
