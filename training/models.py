@@ -18,10 +18,11 @@
 - `mobilenet-fpn`: an edge-sized model: a MobileNetV3-Large FPN backbone (torchvision's `mobilenet_v3_large` features
   and `BackboneWithFPN`, 256 channels, a max-pool level) with the anchors, RPN limits and 320-px sizes of torchvision's
   `fasterrcnn_mobilenet_v3_large_320_fpn`, RoIAlign over its stride-16 and stride-32 maps, a 1024-d box head, a
-  2-conv mask head of 128 channels and 128 sampled RoIs per image (torchvision ships no mobile Mask R-CNN; this mask head is sized for it). The FPN
-  takes the end of the stride-16 stage (features[12]) and the last map (features[16]): torchvision's
-  `backbone_utils.mobilenet_backbone` returns two stride-32 maps (features[13] and [16]), which leaves RoIAlign no
-  stride-16 level for small objects and whose equal scales its level mapping collapses to one.
+  2-conv mask head of 128 channels and 128 sampled RoIs per image (torchvision ships no mobile Mask R-CNN; this
+  mask head is sized for it). The FPN takes the end of the stride-16 stage (features[12]) and the last map
+  (features[16]): torchvision's `backbone_utils.mobilenet_backbone` returns two stride-32 maps (features[13] and
+  [16]), which leaves RoIAlign no stride-16 level for small objects and whose equal scales its level mapping
+  collapses to one.
 
 A model config is a plain dict (stored in checkpoints) so that a checkpoint rebuilds its own model.
 `norm` is "bn" (BatchNorm, trained from scratch) or "frozen_bn" (FrozenBatchNorm2d in the backbone, as
