@@ -161,6 +161,12 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                        "--timing-cache", f"{t}/e.engine"], "named for two outputs", {}),
     ("demo-into-someone-elses-folder", lambda w, t: ["demo", "--out", str(_nonempty(t, "mine"))],
      "is not a folder `maskrt demo` made", {}),
+    ("demo-unknown-config", lambda w, t: ["demo", "--config", "r101-fpn", "--out", f"{t}/d"], "invalid choice", {}),
+    ("train-unknown-config", lambda w, t: ["train", "--data", f"{w}/data", "--config", "r101-fpn", "--out", f"{t}/r"],
+     "invalid choice", {}),
+    ("import-min-size-above-max-size", lambda w, t: ["import", "--weights", f"{w}/ckpt.pt", "--out", f"{t}/c.pt",
+                                                     "--min-size", "900", "--max-size", "800"],
+     "min_size must be >= 1 and max_size in [min_size", {}),
     ("build-batch-65", lambda w, t: ["build", "--model", f"{w}/export", "--batch", "1:1:65"],
      "batch sizes must be integers in [1, 64]", {}),
     # every path named is used or refused by name (issue 22)

@@ -48,11 +48,21 @@ def detect_config(state_dict: dict) -> tuple[str, int]:
     return name, int(state_dict[key].shape[0])
 
 
+def _check_sizes(min_size: int | None, max_size: int | None) -> None:
+    """min_size >= 1, max_size in [min_size, MAX_CANVAS_SIDE], for those given."""
+    lo = 1 if min_size is None else min_size
+    hi = MAX_CANVAS_SIDE if max_size is None else max_size
+    if lo < 1 or hi < lo or hi > MAX_CANVAS_SIDE:
+        raise MaskrtError(f"min_size must be >= 1 and max_size in [min_size, {MAX_CANVAS_SIDE}], got {min_size} and "
+                          f"{max_size}")
+
+
 def import_torchvision(weights: str | Path, out: str | Path, *, class_names: list[str] | None = None,
                        min_size: int | None = None, max_size: int | None = None, force: bool = False) -> dict:
     """Convert a Mask R-CNN weights file into a maskrt checkpoint at `out` (an existing `out` is refused unless
     `force`, and never the weights file itself); returns it. `min_size` / `max_size` default to the detected
     config's (800 / 1333 for the ResNet-50 configs)."""
+    _check_sizes(min_size, max_size)  # what was given, before reading anything
     weights = Path(weights)
     if not weights.is_file():
         raise MaskrtError(f"{weights}: weights file not found")
@@ -83,9 +93,7 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
     cfg = default_model_config(name, num_labels - 1, norm="frozen_bn" if frozen else "bn")
     min_size = cfg["min_size"] if min_size is None else min_size
     max_size = cfg["max_size"] if max_size is None else max_size
-    if min_size < 1 or max_size < min_size or max_size > MAX_CANVAS_SIDE:
-        raise MaskrtError(f"min_size must be >= 1 and max_size in [min_size, {MAX_CANVAS_SIDE}], got {min_size} and "
-                          f"{max_size}")
+    _check_sizes(min_size, max_size)  # again with the config's defaults filled in
     cfg.update(min_size=min_size, max_size=max_size)
     classes = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
     ckpt = make_checkpoint(model_config=cfg, state_dict=sd, classes=classes,
