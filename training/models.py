@@ -121,8 +121,13 @@ def _freeze_backbone_bn(backbone_body: nn.Module) -> None:
             _freeze_backbone_bn(child)
 
 
+def _norm_layer(cfg: dict[str, Any]) -> type[nn.Module]:
+    """FrozenBatchNorm2d for norm "frozen_bn" (torchvision's pretrained layout), else BatchNorm2d."""
+    return FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+
+
 def _build_slim(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
-    norm = FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+    norm = _norm_layer(cfg)
     body = resnet18(weights=None, norm_layer=norm)
     channels = cfg["fpn_channels"]
     backbone = BackboneWithFPN(
@@ -138,11 +143,7 @@ def _build_slim(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
         num_classes=None,
         min_size=cfg["min_size"], max_size=cfg["max_size"],
         rpn_anchor_generator=anchors,
-        rpn_batch_size_per_image=cfg["rpn_batch_size_per_image"],
-        rpn_pre_nms_top_n_train=cfg["rpn_pre_nms_top_n_train"],
-        rpn_post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"],
-        rpn_pre_nms_top_n_test=cfg["rpn_pre_nms_top_n_test"],
-        rpn_post_nms_top_n_test=cfg["rpn_post_nms_top_n_test"],
+        **_rpn_options(cfg),
         box_head=TwoMLPHead(channels * 7 * 7, cfg["box_head_dim"]),
         box_predictor=FastRCNNPredictor(cfg["box_head_dim"], num_labels),
         box_batch_size_per_image=cfg["box_batch_size_per_image"],
@@ -182,7 +183,7 @@ class C4Backbone(nn.Module):
 
 def _build_c4(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
     """ResNet-C4 Mask R-CNN: stages 1-4 as the backbone, res5 per RoI shared by the box and mask heads."""
-    norm = FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+    norm = _norm_layer(cfg)
     if cfg["name"] == "r50-c4":
         body = resnet50(weights=None, norm_layer=norm)
         res5, res5_out = body.layer4, 2048
@@ -212,7 +213,7 @@ def _build_c4(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
 
 def _build_mobilenet_fpn(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
     """MobileNetV3-Large FPN Mask R-CNN (torchvision's mobile detector's backbone, RPN and sizes)."""
-    norm = FrozenBatchNorm2d if cfg["norm"] == "frozen_bn" else nn.BatchNorm2d
+    norm = _norm_layer(cfg)
     features = mobilenet_v3_large(weights=None, norm_layer=norm).features
     backbone = BackboneWithFPN(features, return_layers={"12": "0", "16": "1"},
                                in_channels_list=[features[12].out_channels, features[16].out_channels],
