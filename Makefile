@@ -13,6 +13,10 @@ SERVE_PYTHON ?= /usr/bin/python3.11
 SERVE_VENV   := .venv-serve
 SERVE_STAMP  := $(SERVE_VENV)/.installed
 
+# One pytest-xdist worker per core, each test module on one worker (tests/conftest.py gives each worker its share of
+# the threads). `make test PYTEST_PARALLEL=` runs the suite in one process.
+PYTEST_PARALLEL ?= -n auto --dist loadgroup
+
 .PHONY: demo test test-fast lint plugin wheel clean serve-env
 
 $(STAMP): pyproject.toml $(PLUGIN_SOURCES)
@@ -41,10 +45,10 @@ plugin: $(STAMP)
 
 # The serving tests (tests/test_serve.py) start `maskrt serve` from the serving venv.
 test: $(STAMP) $(SERVE_STAMP) lint plugin
-	MASKRT_SERVE_PYTHON=$(CURDIR)/$(SERVE_VENV)/bin/python $(BIN)/pytest
+	MASKRT_SERVE_PYTHON=$(CURDIR)/$(SERVE_VENV)/bin/python $(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q $(PYTEST_PARALLEL)
 
 # A wheel with both libraries (e.g. to carry to a GPU machine: bash scripts/gpu_suite.sh dist/maskrt-*.whl).
 wheel: $(STAMP)

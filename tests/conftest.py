@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from maskrt.core.defaults import RTX_REQUIREMENT
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+#: Threads per test process. Under pytest-xdist (`make test` runs one worker per core) each worker and every
+#: process it starts gets cores / workers threads (OMP_NUM_THREADS is inherited), so the workers never oversubscribe
+#: the cores: torch's OpenMP threads spin-wait, and two 2-thread jobs on 2 cores run many times slower than one.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +97,13 @@ def accurate_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     root = (cache.mkdir(f"maskrt-accurate-{_accurate_key()}") if cache is not None
             else tmp_path_factory.mktemp("accurate"))
     data, run = root / "data", root / "run"
-    if not (run / "metrics.json").is_file():
-        generate(data, train=ACCURATE["train"], val=ACCURATE["val"], size=ACCURATE["size"], seed=ACCURATE["seed"],
-                 progress=False, force=True)
-        side = ACCURATE["size"]
-        Trainer(TrainOptions(data=data, out=run, iters=ACCURATE["iters"], eval_every=10**9, progress=False, force=True,
-                             model_overrides={"min_size": side, "max_size": side})).train()
+    with FileLock(root / "train.lock"):  # one trainer when several pytest-xdist workers ask at once
+        if not (run / "metrics.json").is_file():
+            generate(data, train=ACCURATE["train"], val=ACCURATE["val"], size=ACCURATE["size"],
+                     seed=ACCURATE["seed"], progress=False, force=True)
+            side = ACCURATE["size"]
+            Trainer(TrainOptions(data=data, out=run, iters=ACCURATE["iters"], eval_every=10**9, progress=False,
+                                 force=True, model_overrides={"min_size": side, "max_size": side})).train()
     metrics = json.loads((run / "metrics.json").read_text())
     if metrics["segm"]["AP"] < ACCURATE["min_ap"]:
         pytest.fail(f"the real-accuracy fixture reached segm AP {metrics['segm']['AP']}, below {ACCURATE['min_ap']}: "
@@ -160,8 +169,20 @@ def plugin_library() -> Path:
         pytest.skip(f"no CUDA compiler, so no plugin library: {error}")
 
 
+#: Modules that share the real-accuracy model and its export (trained once per session): one pytest-xdist worker
+#: runs them all. The serving modules start servers on free ports and a real Triton: one worker, one at a time.
+_XDIST_GROUPS = {"test_export_parity": "accurate", "test_openvino": "accurate", "test_parity_faults": "accurate",
+                 "test_serve": "serve", "test_triton_repo": "serve"}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip GPU-marked tests with a reason when no CUDA device is present."""
+    """Put each test module on one pytest-xdist worker (`--dist loadgroup`: its module fixtures are made once), the
+    modules of `_XDIST_GROUPS` together; skip GPU-marked tests with a reason when no CUDA device is present."""
+    for item in items:
+        module = item.path.stem
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(_XDIST_GROUPS.get(module, module)))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine (run scripts/gpu_suite.sh on one)")

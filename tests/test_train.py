@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import THREADS
 
 from maskrt.training.checkpoint import load_checkpoint
 from maskrt.training.trainer import Trainer, TrainOptions, lr_factor
@@ -89,7 +90,7 @@ def _train_cmd(data: Path, out: Path, iters: int, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_then_resume(shapes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     rng = random.Random(0)
     saved_steps = []
     for attempt in range(2):
