@@ -15,7 +15,7 @@ SERVE_STAMP  := $(SERVE_VENV)/.installed
 
 # One pytest-xdist worker per core, each test module on one worker (tests/conftest.py gives each worker its share of
 # the threads). `make test PYTEST_PARALLEL=` runs the suite in one process.
-PYTEST_PARALLEL ?= -n auto --dist loadgroup
+PYTEST_PARALLEL ?= -n auto
 
 .PHONY: demo test test-fast lint plugin wheel clean serve-env
 
