@@ -137,12 +137,25 @@ def _insert_after(graph: onnx.GraphProto, tensor: str, make: Callable[[str, str]
 
 
 # -- the faults ------------------------------------------------------------------------------------------
-def _scale_backbone_conv(graph: onnx.GraphProto, kind: str) -> None:
-    """The first convolution of the backbone's third stage, weights x1.5 (a stale or mis-converted weight)."""
-    conv = _nodes(graph, ("Conv",), "/backbone/body/layer3/")[0]
-    weight, scale = _weight_tensors(graph, conv)
-    target = scale if scale is not None else weight
-    _replace(target, numpy_helper.to_array(target) * 1.5)
+def scaled_weights(contains: str, factor: float = 1.5, op_types: tuple[str, ...] = ("Conv", "Gemm")) -> GraphEdit:
+    """A graph edit: the weights of the first `op_types` node whose name holds `contains` times `factor` (a stale or
+    mis-converted weight); through its DequantizeLinear scale in the INT8 graph."""
+
+    def edit(graph: onnx.GraphProto, kind: str) -> None:
+        node = _nodes(graph, op_types, contains)[0]
+        weight, scale = _weight_tensors(graph, node)
+        target = scale if scale is not None else weight
+        _replace(target, numpy_helper.to_array(target) * factor)
+
+    return edit
+
+
+def scaled_node(graph: onnx.GraphProto, contains: str, op_types: tuple[str, ...] = ("Conv", "Gemm")) -> str:
+    """The name of the node `scaled_weights(contains)` edits."""
+    return _nodes(graph, op_types, contains)[0].name
+
+
+_scale_backbone_conv = scaled_weights("/backbone/body/layer3/", 1.5, ("Conv",))
 
 
 #: ONNX NonMaxSuppression's threshold inputs (the BatchedNMS plugin has attributes of the same names).

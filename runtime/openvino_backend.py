@@ -47,6 +47,19 @@ def gate_precision(graph: str, precision: str) -> str:
     return GATE_PRECISION[(GRAPH_KINDS[graph][1], precision)]
 
 
+def check_openvino(graph: str, precision: str) -> None:
+    """Refuse what OpenVINO cannot run here: an unknown precision, a graph with maskrt's plugin ops, bf16 on a CPU
+    without native bfloat16."""
+    if precision not in PRECISIONS:
+        raise MaskrtError(f"unknown OpenVINO precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if GRAPH_KINDS.get(graph, ("trt",))[0] != "portable":
+        raise MaskrtError(f"the {graph} graph holds maskrt's TensorRT plugin ops: OpenVINO runs the portable "
+                          "graphs (--graph portable or portable_int8)")
+    if precision == "bf16" and not cpu_supports_bf16():
+        raise MaskrtError("--precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); this CPU's "
+                          "OpenVINO plugin offers only f32 here (use --precision f32)")
+
+
 class OpenVinoBackend:
     """OpenVINO's CPU plugin on model.onnx or model.int8.onnx, compiled once (per backend) with `threads` inference
     threads (None: OpenVINO's default, one per physical core) and `precision` f32 or bf16."""
@@ -56,16 +69,9 @@ class OpenVinoBackend:
     def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
                  threads: int | None = None, precision: str = "f32") -> None:
         ov = openvino_module()
-        if precision not in PRECISIONS:
-            raise MaskrtError(f"unknown OpenVINO precision '{precision}' (choose from {', '.join(PRECISIONS)})")
         if threads is not None and threads < 1:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
-        if GRAPH_KINDS.get(graph, ("trt",))[0] != "portable":
-            raise MaskrtError(f"the {graph} graph holds maskrt's TensorRT plugin ops: OpenVINO runs the portable "
-                              "graphs (--graph portable or portable_int8)")
-        if precision == "bf16" and not cpu_supports_bf16():
-            raise MaskrtError("--precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); this CPU's "
-                              "OpenVINO plugin offers only f32 here (use --precision f32)")
+        check_openvino(graph, precision)
         path = info.verified_graph(export_dir, graph)
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -127,6 +127,11 @@ class _Inputs:
         return cls([dataset.image_path(i) for i in range(len(dataset))], list(dataset.ids), dataset.coco)
 
 
+def parity_images(data: str | Path, split: str, info: ExportInfo, export_dir: str | Path) -> list[Path]:
+    """The images `maskrt parity` runs on: a COCO-format dataset's `split`, or a folder's images."""
+    return _Inputs.load(data, split, info, export_dir).files
+
+
 def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: ExportInfo
                ) -> Callable[[list[np.ndarray]], tuple[list[RawOutput], list[Detections]]]:
     """The reference as a function: batch of images -> (raw outputs, detections on the original images)."""
@@ -221,8 +226,8 @@ class _Comparison:
         worst = set(pick_worst(self.per_image, WORST_SHOWN))
         self.shown = {j: d for j, d in self.shown.items() if j in worst}
 
-    def report(self, checkpoint: str | Path, checkpoint_sha256: str, reference: str, coco: dict[str, Any] | None
-               ) -> dict[str, Any]:
+    def report(self, checkpoint: str | Path, checkpoint_sha256: str, reference: str, coco: dict[str, Any] | None,
+               data: dict[str, Any]) -> dict[str, Any]:
         """The report.json document."""
         spec, info, gates, evidence = self.spec, self.info, self.gates, self.evidence
         summary = {"images": len(self.per_image), **evidence.summary(), "coco": coco}
@@ -230,8 +235,9 @@ class _Comparison:
         return {
             "verdict": verdict, "passed": verdict == PASSED, "reason": reason, "exit_code": EXIT_CODES[verdict],
             "backend": spec.backend, "graph": self.graph, "precision": self.precision, "reference": reference,
+            **({"inference_precision": spec.precision} if spec.backend == "openvino" else {}),
             "reference_is": REFERENCE_TITLES[reference],
-            "export": str(spec.model), "checkpoint": str(checkpoint),
+            "export": str(spec.model), "checkpoint": str(checkpoint), "data": data, "report_folder": str(spec.out),
             "checkpoint_matches_export": checkpoint_sha256 == info.checkpoint.get("sha256"),
             "input": {"dynamic_size": info.input.dynamic_size, "height": info.input.height,
                       "width": info.input.width},
@@ -332,7 +338,9 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     checkpoint_sha256 = sha256(checkpoint)
     for comparison in comparisons:
         coco = None if inputs.coco is None else coco_comparison(inputs.coco, ref_results, comparison.results, ids)
-        report = comparison.report(checkpoint, checkpoint_sha256, reference, coco)
+        report = comparison.report(checkpoint, checkpoint_sha256, reference, coco,
+                                   {"path": str(data), "split": split if inputs.coco is not None else None,
+                                    "limit": limit})
         comparison.write(report, files, figures)
         reports.append(report)
     return reports

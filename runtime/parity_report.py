@@ -79,6 +79,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [f"**{fig['image']}**: {row['matched']} of {row['reference_above_floor']} reference detections "
                       f"matched, {row['extra']} extra candidate detection(s), min box IoU {_fmt(row['box_iou_min'])}, "
                       f"max |score diff| {_fmt(row['score_diff_max'])}", "", f"![{fig['image']}]({fig['file']})", ""]
+    if report["verdict"] == "failed" and "report_folder" in report:
+        from maskrt.runtime.layers_report import parity_layers_command
+
+        lines += ["", "## Which layer?", "",
+                  "Compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor; layers.md ranks "
+                  "the nodes by the error each adds (`maskrt parity --layers` runs it into this folder's layers/):",
+                  "", "```", parity_layers_command(report), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from maskrt.cli import bench, demo, export, predict, serve, training
+from maskrt.cli import bench, demo, export, layers, predict, serve, training
 from maskrt.cli.options import Parser, interrupt
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import WRITE_ERRNOS
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training, export, predict, bench, serve, demo):
+    for module in (training, export, predict, layers, bench, serve, demo):
         module.register(sub)
     return parser
 

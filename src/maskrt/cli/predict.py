@@ -17,7 +17,7 @@ from maskrt.cli.options import (
     predictor_options,
     unit_float,
 )
-from maskrt.core.defaults import DEFAULT_SCORE_THRESHOLD
+from maskrt.core.defaults import DEFAULT_LAYER_IMAGES, DEFAULT_SCORE_THRESHOLD
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_output_dir, staged_dir
@@ -125,6 +125,17 @@ def cmd_parity(args: argparse.Namespace) -> int:
                         force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
+    if args.layers:
+        from maskrt.runtime.layers import layers_for_report
+
+        try:
+            doc = layers_for_report(report, limit=args.layers_images, threads=args.threads, progress=not args.quiet)
+        except MaskrtError as exc:  # the parity verdict stands; say why there is no layer report
+            print(f"layers: not compared ({exc})")
+        else:
+            top = doc["ranking"][0] if doc["ranking"] else None
+            print(f"layers: {doc['compared_tensors']} tensors compared; top offender "
+                  f"{top['node'] + ' (' + top['op'] + ')' if top else 'none'}; wrote {Path(args.out) / 'layers'}")
     return report["exit_code"]
 
 
@@ -160,6 +171,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--min-detections", type=positive_int, default=DEFAULT_MIN_DETECTIONS,
                      help="reference detections at or above the score floor a run must compare to pass; with fewer "
                      f"the verdict is INCONCLUSIVE, exit 3 (default {DEFAULT_MIN_DETECTIONS})")
+    par.add_argument("--layers", action="store_true",
+                     help="also compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor "
+                     "(`maskrt layers`) into OUT/layers/: which node adds the error")
+    par.add_argument("--layers-images", type=positive_int, default=DEFAULT_LAYER_IMAGES,
+                     help=f"images --layers compares (default {DEFAULT_LAYER_IMAGES})")
     add_threads(par)
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     par.add_argument("--force", action="store_true", help="replace a non-empty --out folder")

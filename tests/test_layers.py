@@ -1,0 +1,146 @@
+"""`maskrt layers` (issue 26): a per-layer comparison that names the node that broke a graph.
+
+One node's weights scaled (a fault injected into one convolution in the middle of the backbone, or into a head) must
+come out first in the ranking by own contribution, on both graphs that hold it (portable: against a clean export's
+model.onnx; trt: against the export's own model.onnx, the plugin ops in between), by a wide margin; a clean run
+reports zero error. The slim model of the `world` fixture is untrained, but its detections (scores about 1/4) feed
+the mask head, so every stage holds real tensors; each test asserts how much it compared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from maskrt.runtime.faults import Fault, inject, scaled_node, scaled_weights
+from maskrt.runtime.layers import compare_layers, matched_tensors, tensor_metrics
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+#: Where a fault goes: the middle of the backbone, the box head's first fully connected layer, the mask head.
+SITES = {"backbone": "/backbone/body/layer3/", "box head": "/box_head/", "mask head": "/mask_head/"}
+IMAGES = 2
+
+
+def _fault(world: Path, site: str, graph: str, out: Path) -> tuple[Path, str]:
+    """A copy of the world export with the weights of the first Conv/Gemm at `site` x1.5 in `graph` only; the node."""
+    fault = Fault(f"scaled {site}", "weights", f"{site} weights x1.5", graph=scaled_weights(SITES[site]))
+    inject(world / "export", fault, out, graphs=[graph])
+    return out, scaled_node(onnx.load(str(world / "export" / "model.onnx")).graph, SITES[site])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["portable", "trt"])
+@pytest.mark.parametrize("site", list(SITES))
+def test_a_scaled_node_comes_out_first(world: Path, tmp_path: Path, site: str, graph: str) -> None:
+    faulted, node = _fault(world, site, graph, tmp_path / "faulted")
+    # the portable graph is the reference itself: compare it with the clean export's model.onnx
+    doc = compare_layers(faulted, tmp_path / "layers", graph=graph, data=world / "data", limit=IMAGES,
+                         reference=world / "export" if graph == "portable" else None, progress=False)
+    ranking = doc["ranking"]
+    assert ranking[0]["node"] == node, [(r["node"], r["contribution"]) for r in ranking[:5]]
+    assert ranking[0]["contribution"] > 0.1 and ranking[1]["contribution"] < ranking[0]["contribution"] / 10
+    # the evidence: every stage compared, the faulty tensor on real (non-empty) values on every image
+    tensors = {t["node"]: t for t in doc["tensors"]}
+    stages = {t["stage"] for t in doc["tensors"]}
+    assert {"backbone", "FPN", "RPN", "box head", "mask head"} <= stages, stages
+    assert doc["compared_tensors"] >= 300 and len(doc["images"]) == IMAGES
+    assert len(tensors[node]["per_image"]) == IMAGES and tensors[node]["worst"]["rel_l2"] > 0.1
+    assert doc["first_over_tolerance"]["node"] == node  # nothing before it differs
+    for name in ("layers.json", "layers.md", "layers.png"):
+        assert (tmp_path / "layers" / name).stat().st_size > 0
+    assert f"| 1 | `{node}` |" in (tmp_path / "layers" / "layers.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_clean_fp32_run_reports_zero_error(world: Path, tmp_path: Path) -> None:
+    """model.onnx against itself: exactly zero everywhere; the TensorRT graph against model.onnx: float rounding only,
+    its box and mask heads compared through the plugin ops' outputs."""
+    doc = compare_layers(world / "export", tmp_path / "same", graph="portable", data=world / "data", limit=IMAGES,
+                         progress=False)
+    assert doc["compared_tensors"] >= 500
+    nonzero = [(t["node"], t["worst"], t["contribution"]) for t in doc["tensors"]
+               if t["worst"]["max_abs"] != 0.0 or t["contribution"] != 0.0]
+    assert not nonzero, nonzero[:3]
+    assert doc["first_over_tolerance"] is None and doc["first_shape_mismatch"] is None
+    trt = compare_layers(world / "export", tmp_path / "trt", graph="trt", data=world / "data", limit=IMAGES,
+                         progress=False)
+    assert trt["compared_tensors"] >= 300
+    assert max(t["worst"]["rel_l2"] for t in trt["tensors"] if t["worst"]["rel_l2"] is not None) < 1e-4
+    heads = [t for t in trt["tensors"] if t["stage"] in ("box head", "mask head")]
+    assert len(heads) >= 10 and any("candidate_name" in t for t in trt["tensors"])  # paired across the plugins
+
+
+def test_tensor_metrics() -> None:
+    import numpy as np
+
+    ref = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0]], np.float32)
+    assert tensor_metrics(ref.copy(), ref) == {"max_abs": 0.0, "rel_l2": 0.0, "cosine": 1.0}
+    m = tensor_metrics(ref * 1.5, ref)
+    assert m["rel_l2"] == pytest.approx(0.5) and m["cosine"] == pytest.approx(1.0) and m["max_abs"] == 1.5
+    rows = tensor_metrics(np.concatenate([ref, np.zeros((3, 3), np.float32)]), ref)  # padded slots
+    assert rows["rows"] == [5, 2] and rows["rel_l2"] == 0.0
+    assert "shape" in tensor_metrics(ref.T, ref)
+    pad = np.array([1.0, -np.inf], np.float32)
+    assert tensor_metrics(pad, pad)["rel_l2"] == 0.0  # the same -inf padding: compared on the rest
+    assert tensor_metrics(np.array([1.0, np.nan], np.float32), np.array([1.0, 2.0], np.float32))["nonfinite"] == 1
+
+
+def test_matching_follows_structure_not_numbers(world: Path) -> None:
+    """The TensorRT graph's top-level node numbers shift after its plugin ops: a name alone would pair other
+    tensors; pairing follows what computes them."""
+    ref = onnx.load(str(world / "export" / "model.onnx"))
+    trt = onnx.load(str(world / "export" / "model.trt.onnx"))
+    same_names = {n for node in ref.graph.node for n in node.output} & {n for node in trt.graph.node
+                                                                        for n in node.output}
+    pairs = matched_tensors(ref, trt)
+    assert len(pairs) >= 300
+    assert len(same_names - set(pairs)) >= 50  # same name, other tensor: not paired
+    assert matched_tensors(ref, ref) == {n: n for node in ref.graph.node if node.op_type != "Constant"
+                                         for n in node.output} | {i.name: i.name for i in ref.graph.input}
+
+
+@pytest.mark.slow
+def test_cli_and_parity_point_at_the_layer(world: Path, tmp_path: Path) -> None:
+    """`maskrt layers` from the command line; a failed `maskrt parity` ends its report.md with that command, and
+    `--layers` runs it into REPORT/layers (against a fresh export of the checkpoint)."""
+    faulted, node = _fault(world, "mask head", "portable", tmp_path / "faulted")
+    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(world / "ckpt.pt"), "--model", str(faulted), "--data",
+                           str(world / "data"), "--score-floor", "0.05", "--min-detections", "1", "--layers",
+                           "--layers-images", str(IMAGES), "--out", str(tmp_path / "report"), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "failed" and report["evidence"]["reference_detections_compared"] >= 1
+    md = (tmp_path / "report" / "report.md").read_text()
+    command = md.rstrip().split("```")[-2].strip()
+    assert command.startswith("maskrt layers --model") and "--checkpoint" in command and md.rstrip().endswith("```")
+    layers = json.loads((tmp_path / "report" / "layers" / "layers.json").read_text())
+    assert layers["ranking"][0]["node"] == node and "exported anew" in layers["reference"]
+    assert f"top offender {node}" in proc.stdout
+    # the printed command runs as printed (into another folder)
+    args = command.split()[2:]
+    args[args.index("--out") + 1] = str(tmp_path / "again")
+    proc = subprocess.run([*CLI, "layers", *args, "--limit", "1", "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "again" / "layers.json").read_text())["ranking"][0]["node"] == node
+
+
+def test_bad_input_is_one_line(world: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, "layers", *args], capture_output=True, text=True, timeout=120)
+
+    both = run("--model", str(world / "export"), "--images", str(world / "data"), "--data", str(world / "data"),
+               "--out", str(tmp_path / "a"))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    ov_trt = run("--model", str(world / "export"), "--graph", "trt", "--backend", "openvino", "--data",
+                 str(world / "data"), "--out", str(tmp_path / "b"))
+    assert ov_trt.returncode == 2 and "plugin ops" in ov_trt.stderr and len(ov_trt.stderr.strip().splitlines()) == 1
+    missing = run("--model", str(world / "export"), "--graph", "portable_int8", "--data", str(world / "data"),
+                  "--out", str(tmp_path / "c"))
+    assert missing.returncode == 2 and "portable_int8" in missing.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
