@@ -189,6 +189,7 @@ def _export_info(ckpt: dict, model: torch.nn.Module, deploy: DeployMaskRCNN, che
         roi_align={"box": deploy.box_spec.onnx_attributes(), "mask": deploy.mask_spec.onnx_attributes()},
         opset=opset,
         graphs=graphs,
-        checkpoint={"file": Path(checkpoint).name, "sha256": sha256(checkpoint)},
+        checkpoint={"file": Path(checkpoint).name, "path": str(Path(checkpoint).resolve()),
+                    "sha256": sha256(checkpoint)},
         versions={**versions(), "onnx": onnx.__version__},
     )

@@ -29,6 +29,7 @@ import onnx
 from tqdm import tqdm
 
 from maskrt.core.artifacts import GRAPH_FILES, ExportInfo, GraphFile
+from maskrt.core.defaults import DEFAULT_MAX_EXCLUDED_NODES
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import image_folder, load_rgb
@@ -105,51 +106,92 @@ def calibration_files(folder: str | Path, count: int) -> list[Path]:
 
 
 def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | Path, *, images: int = 32,
-                    method: str = "minmax", progress: bool = True, force: bool = False) -> ExportInfo:
-    """Write the folder `out`: `export_dir`'s files plus model.int8.onnx calibrated on `images` images."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+                    method: str = "minmax", progress: bool = True, force: bool = False,
+                    max_dap_drop: float | None = None, data: str | Path | None = None,
+                    checkpoint: str | Path | None = None, split: str = "val", limit: int | None = None,
+                    max_excluded: int | None = None) -> ExportInfo:
+    """Write the folder `out`: `export_dir`'s files plus model.int8.onnx calibrated on `images` images.
+
+    With `max_dap_drop`, the INT8 graph's dAP against plain model(images) of the export's checkpoint (`checkpoint`,
+    or the path export.json records) on `data`'s `split` (first `limit` images) must hold it: the worst quantized
+    nodes are kept in fp32 until it does or `max_excluded` are (runtime/accuracy_control.py); the quantization
+    record says which, with every step's dAP and speed, and whether the limit was met."""
+    from maskrt.runtime.accuracy_control import control_accuracy, find_checkpoint
 
     if method not in METHODS:
         raise MaskrtError(f"unknown calibration method '{method}' (choose from {', '.join(METHODS)})")
     info = ExportInfo.read(export_dir)
-    check_apart([out], [("export folder", export_dir), ("calibration folder", calibration)])
+    controlled = max_dap_drop is not None
+    if controlled and (not np.isfinite(max_dap_drop) or max_dap_drop < 0):
+        raise MaskrtError(f"the dAP drop limit must be >= 0 and finite, got {max_dap_drop}")
+    if controlled and data is None:
+        raise MaskrtError("--max-dap-drop needs --data: a COCO-format dataset whose val split measures the dAP")
+    inputs = [("export folder", export_dir), ("calibration folder", calibration),
+              *((("dataset", data),) if data is not None else ()),
+              *((("checkpoint", checkpoint),) if checkpoint is not None else ())]
+    check_apart([out], inputs)
     out = check_output_dir(out, force=force)
     source = info.verified_graph(export_dir, "portable")
+    ckpt = find_checkpoint(info, checkpoint) if controlled else None
     files = calibration_files(calibration, images)
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    record = {"method": method, "images": len(files), "calibration": str(calibration),
+              "quantized_ops": list(QUANTIZED_OPS), "networks": list(NETWORKS),
+              "format": "QDQ, int8 weights per channel, uint8 activations per tensor"}
     with staged_dir(out) as staging:
         for graph in info.graphs.values():  # the export's graphs (engines and other files stay behind)
             shutil.copy2(Path(export_dir) / graph.file, staging / graph.file)
         target = staging / GRAPH_FILES["portable_int8"]
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
+        prepared = staging / "model.fp32-for-int8.onnx"
+        model = onnx.load(str(source))
+        inline_shared_constants(model)
+        onnx.save(model, str(prepared))
+        nodes = network_nodes(model)
+        del model
+
+        def requantize(excluded: list[str]) -> None:
+            _quantize(prepared, target, files, info, method, [n for n in nodes if n not in set(excluded)], progress)
+
+        def write_info() -> ExportInfo:
+            graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
+                                                                check_graph(target, "portable"))}
+            result = replace(info, graphs=graphs, quantization=dict(record))
+            result.write(staging)
+            return result
+
         try:
-            model = onnx.load(str(source))
-            inline_shared_constants(model)
-            prepared = staging / "model.fp32-for-int8.onnx"
-            onnx.save(model, str(prepared))
-            nodes = network_nodes(model)
-            del model
-            with flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
-                quantize_static(str(prepared), str(target), _Images(files, info, progress),
-                                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-                                nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=methods[method])
-        except MaskrtError:
-            raise
-        except Exception as exc:  # onnxruntime's quantizer raises its own exception types
-            raise MaskrtError(f"{source}: quantization failed ({str(exc).splitlines()[0]})") from None
+            requantize([])
+            if controlled:
+                assert ckpt is not None
+                record["accuracy_control"] = control_accuracy(
+                    staging, write_info, requantize, nodes, checkpoint=ckpt, data=data, split=split, limit=limit,
+                    max_dap_drop=max_dap_drop, max_excluded=max_excluded or DEFAULT_MAX_EXCLUDED_NODES,
+                    progress=progress)
         finally:
-            root.setLevel(level)
-            (staging / "model.fp32-for-int8.onnx").unlink(missing_ok=True)
-        onnx.checker.check_model(onnx.load(str(target)), full_check=True)
-        graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
-                                                            check_graph(target, "portable"))}
-        record = {"method": method, "images": len(files), "calibration": str(calibration),
-                  "quantized_ops": list(QUANTIZED_OPS), "networks": list(NETWORKS),
-                  "format": "QDQ, int8 weights per channel, uint8 activations per tensor"}
-        result = replace(info, graphs=graphs, quantization=record)
-        result.write(staging)
+            prepared.unlink(missing_ok=True)
+        result = write_info()
     return result
+
+
+def _quantize(prepared: Path, target: Path, files: list[Path], info: ExportInfo, method: str, nodes: list[str],
+              progress: bool) -> None:
+    """quantize_static of the prepared fp32 graph into `target`, quantizing `nodes` only; checked."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
+    try:
+        with flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
+            quantize_static(str(prepared), str(target), _Images(files, info, progress),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method])
+    except MaskrtError:
+        raise
+    except Exception as exc:  # onnxruntime's quantizer raises its own exception types
+        raise MaskrtError(f"{prepared.name}: quantization failed ({str(exc).splitlines()[0]})") from None
+    finally:
+        root.setLevel(level)
+    onnx.checker.check_model(onnx.load(str(target)), full_check=True)

@@ -38,6 +38,14 @@ DEFAULT_RTX_CAPABILITIES = ("8.6", "8.9", "12.0")
 #: The TensorRT-RTX the project is tested with (pyproject.toml's test extra pins the same; a test checks they agree).
 RTX_REQUIREMENT = "tensorrt-rtx-cu13==1.7.1.116"
 
+#: `maskrt layers`: images compared, the relative L2 error that counts as a difference, and the memory of the tensors
+#: marked at once per image and side (MiB).
+DEFAULT_LAYER_IMAGES = 4
+DEFAULT_LAYER_TOLERANCE = 0.01
+DEFAULT_LAYER_CHUNK_MIB = 512
+#: `maskrt quantize --max-dap-drop`: the most quantized nodes accuracy control keeps in fp32 (`--max-excluded`).
+DEFAULT_MAX_EXCLUDED_NODES = 32
+
 
 def check_score_threshold(value: float) -> float:
     """`value` if it is a score threshold in [0, 1]; MaskrtError otherwise (NaN included)."""

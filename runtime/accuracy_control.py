@@ -1,0 +1,151 @@
+"""Accuracy-controlled INT8 (`maskrt quantize --max-dap-drop D --data DATASET`): keep the nodes that cost the most
+accuracy in fp32 until the INT8 graph's dAP holds.
+
+After calibration, the INT8 graph's dAP on the dataset's val split is measured as the parity gate measures it:
+COCO box and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two.
+While it exceeds D, the quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error,
+its piece of the INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's
+quantizer leaves out of `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each
+time, until the dAP holds or `max_excluded` nodes are kept. A ranked node that is not quantized itself (an fp32 node
+reading a quantized tensor) points at the quantized nodes that produce its inputs. export.json records every step:
+the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
+
+OpenVINO bf16 has the same per-layer report (`maskrt layers --backend openvino --precision bf16`) but no such loop:
+its CPU plugin chooses bf16 per op from INFERENCE_PRECISION_HINT alone, and OpenVINO 2026.4 documents no per-node
+way to keep an op in f32 for bf16 inference on the CPU (the `disable_fp16_compression` runtime attribute is a
+model-compression mark for f16 IR, not an inference-precision control), so the loop would have nothing to turn.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from maskrt.core.artifacts import ExportInfo
+from maskrt.core.defaults import DEFAULT_MAX_EXCLUDED_NODES
+from maskrt.core.errors import MaskrtError
+from maskrt.core.files import sha256
+from maskrt.core.images import load_rgb
+
+#: Nodes kept in fp32 after the first step; each later step adds as many again (2, 4, 8, ...).
+FIRST_STEP = 2
+#: Images whose ranking `maskrt layers` computes, and images timed per step.
+RANKING_IMAGES = 4
+TIMED_IMAGES = 8
+
+
+def find_checkpoint(info: ExportInfo, checkpoint: str | Path | None) -> Path:
+    """The checkpoint the export came from: `checkpoint`, or the path export.json recorded (when it still holds the
+    same file). Its sha256 must match the export's record."""
+    path = Path(checkpoint) if checkpoint is not None else (Path(info.checkpoint["path"]) if
+                                                            info.checkpoint.get("path") else None)
+    if path is None or not path.is_file():
+        where = f"{path}: not found" if path is not None else "export.json records no checkpoint path"
+        raise MaskrtError(f"--max-dap-drop measures the dAP against plain model(images) of the export's checkpoint "
+                          f"({where}); give it with --checkpoint")
+    if sha256(path) != info.checkpoint.get("sha256"):
+        raise MaskrtError(f"{path}: not the checkpoint this export was made from (its sha256 differs from "
+                          "export.json's)")
+    return path
+
+
+def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, limit: int | None,
+           work: Path) -> dict[str, Any]:
+    """model.int8.onnx's COCO AP against plain model(images), as `maskrt parity --graph portable_int8` computes it:
+    {"bbox": delta, "segm": delta, "max_abs": ..., "verdict": ...}."""
+    from maskrt.runtime.parity import Candidate, run_parity_many
+
+    out = Path(tempfile.mkdtemp(prefix="parity-", dir=work))
+    (report,) = run_parity_many(checkpoint, [Candidate(export_dir, out, graph="portable_int8")], data, split=split,
+                                limit=limit, progress=False, force=True, figures=False)
+    coco = report["summary"]["coco"]
+    if coco is None:
+        raise MaskrtError(f"{data}: --max-dap-drop needs a COCO-format dataset with annotations (its {split} split)")
+    delta = coco["delta"]
+    return {"bbox": delta["bbox"], "segm": delta["segm"], "max_abs": max(abs(delta["bbox"]), abs(delta["segm"])),
+            "verdict": report["verdict"], "reference_detections": report["evidence"]["reference_detections_compared"]}
+
+
+def ms_per_image(export_dir: Path, graph: str, files: list[Path]) -> float:
+    """Median milliseconds per image of `graph` on ONNX Runtime (pre-processing to paste), after one warm-up."""
+    from maskrt.runtime.predictor import Predictor
+
+    images = [load_rgb(f) for f in files]
+    times = []
+    with Predictor.from_export(export_dir, graph=graph) as predictor:
+        predictor.predict(images[:1])
+        for image in images:
+            start = time.perf_counter()
+            predictor.predict([image])
+            times.append((time.perf_counter() - start) * 1000)
+    return round(float(np.median(times)), 2)
+
+
+def exclusion_order(layers_doc: dict[str, Any], model: onnx.ModelProto, quantized: list[str]) -> list[str]:
+    """The quantized nodes, worst first: for each node of `maskrt layers`' ranking (own error, all of them), itself
+    when quantized and the quantized nodes producing its inputs. In the QDQ form a tensor between two quantized nodes
+    is quantized for either of them, so a node's own error (the rounding of its weights and of the activations it
+    reads) leaves only when it and its inputs' producers stay fp32."""
+    quantized_set = set(quantized)
+    producers = {out: node.name for node in model.graph.node for out in node.output}
+    inputs = {node.name: list(node.input) for node in model.graph.node}
+    ranked = sorted((t for t in layers_doc["tensors"] if t["contribution_from"] == "own"
+                     and isinstance(t["contribution"], float) and t["contribution"] > 0),
+                    key=lambda t: -t["contribution"])
+    order: list[str] = []
+    for t in ranked:
+        names = [t["node"]] if t["node"] in quantized_set else []
+        names += [producers[i] for i in inputs.get(t["node"], []) if producers.get(i) in quantized_set]
+        order += [n for n in names if n not in order]
+    return order
+
+
+def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requantize: Callable[[list[str]], None],
+                     quantized: list[str], *, checkpoint: Path, data: str | Path, split: str, limit: int | None,
+                     max_dap_drop: float, max_excluded: int = DEFAULT_MAX_EXCLUDED_NODES,
+                     progress: bool = True) -> dict[str, Any]:
+    """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop`, keep the worst quantized
+    nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()` writes export.json for it).
+    Returns the record for export.json."""
+    from maskrt.runtime.layers import compare_layers
+    from maskrt.runtime.parity import parity_images
+
+    info = write_info()
+    timed = parity_images(data, split, info, staging)[:TIMED_IMAGES]
+    steps: list[dict[str, Any]] = []
+    excluded: list[str] = []
+    order: list[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="maskrt-accuracy-") as tmp:
+        work = Path(tmp)
+        fp32_ms = ms_per_image(staging, "portable", timed)
+        while True:
+            dap = dap_of(staging, checkpoint, data, split, limit, work)
+            steps.append({"excluded": list(excluded), "dap": dap, "ms_per_image": ms_per_image(staging,
+                                                                                           "portable_int8", timed)})
+            if progress:
+                print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} segm "
+                      f"{dap['segm']:+.3f} (limit {max_dap_drop:g}), {steps[-1]['ms_per_image']} ms/image")
+            if dap["max_abs"] <= max_dap_drop or len(excluded) >= max_excluded:
+                break
+            if order is None:
+                doc = compare_layers(staging, work / "layers", graph="portable_int8", data=data, split=split,
+                                     limit=RANKING_IMAGES, progress=False)
+                order = exclusion_order(doc, onnx.load(str(staging / "model.onnx")), quantized)
+            remaining = [n for n in order if n not in excluded]
+            if not remaining:
+                break
+            step = max(FIRST_STEP, len(excluded))  # 2, then as many again: 2, 4, 8, ...
+            excluded += remaining[:min(step, max_excluded - len(excluded))]
+            requantize(excluded)
+            write_info()
+    met = steps[-1]["dap"]["max_abs"] <= max_dap_drop
+    return {"max_dap_drop": max_dap_drop, "data": str(data), "split": split, "checkpoint": str(checkpoint),
+            "met": met, "excluded_nodes": list(excluded), "steps": steps, "fp32_ms_per_image": fp32_ms,
+            "speed_cost": round(steps[-1]["ms_per_image"] / steps[0]["ms_per_image"], 3),
+            "ranking_images": RANKING_IMAGES, "timed_images": len(timed)}

@@ -1,0 +1,87 @@
+"""Accuracy-controlled INT8 (`maskrt quantize --max-dap-drop`, issue 26) on the real-accuracy fixture: the loop
+measures the INT8 graph's dAP against plain model(images), keeps the worst quantized nodes in fp32 a few at a time,
+records every step, and its result passes `maskrt parity` with the INT8 gates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from maskrt.runtime.quantize import network_nodes, quantize_export
+
+CLI = [sys.executable, "-m", "maskrt.cli"]
+
+
+def _quantized_tensors(graph: Path) -> set[str]:
+    """The tensors a QuantizeLinear of the graph quantizes."""
+    return {n.input[0] for n in onnx.load(str(graph)).graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.slow
+def test_the_loop_keeps_the_worst_nodes_in_fp32_and_parity_passes(accurate_model, accurate_export: Path,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    fp = accurate_export.parent / "fp"  # the fixture's fp32 export, before `maskrt quantize`
+    # a limit no INT8 graph meets: the loop runs its steps (2 nodes, then 2 more) up to --max-excluded 4
+    info = quantize_export(fp, accurate_model.data / "train", tmp_path / "int8", images=32, progress=False,
+                           max_dap_drop=0.0, data=accurate_model.data, checkpoint=accurate_model.checkpoint,
+                           max_excluded=4)
+    control = info.quantization["accuracy_control"]
+    assert control["met"] is False and control["max_dap_drop"] == 0.0
+    steps = control["steps"]
+    assert [len(s["excluded"]) for s in steps] == [0, 2, 4]
+    assert all(s["dap"]["reference_detections"] >= 50 and s["ms_per_image"] > 0 for s in steps)
+    assert all(s["dap"]["max_abs"] == max(abs(s["dap"]["bbox"]), abs(s["dap"]["segm"])) for s in steps)
+    kept = control["excluded_nodes"]
+    assert len(kept) == 4 and kept == steps[-1]["excluded"] and steps[1]["excluded"] == kept[:2]
+    # the kept nodes are network nodes, and model.int8.onnx quantizes fewer tensors than the fully quantized graph
+    # of the same calibration (the fixture's): the tensors only kept nodes quantized are fp32 now
+    assert set(kept) <= set(network_nodes(onnx.load(str(fp / "model.onnx"))))
+    assert _quantized_tensors(tmp_path / "int8" / "model.int8.onnx") < _quantized_tensors(
+        accurate_export / "model.int8.onnx")
+    record = json.loads((tmp_path / "int8" / "export.json").read_text())["quantization"]["accuracy_control"]
+    assert record["excluded_nodes"] == kept and record["speed_cost"] > 0 and record["fp32_ms_per_image"] > 0
+    # its result still passes parity with the INT8 gates, over real evidence
+    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(accurate_model.checkpoint), "--model",
+                           str(tmp_path / "int8"), "--graph", "portable_int8", "--data", str(accurate_model.data),
+                           "--out", str(tmp_path / "report"), "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "passed" and report["precision"] == "int8"
+    assert report["evidence"]["reference_detections_compared"] >= 50
+
+
+@pytest.mark.slow
+def test_a_limit_met_at_once_keeps_no_node(accurate_model, accurate_export: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """The CLI with a limit the INT8 graph meets: one measurement, no node kept, exit 0, the checkpoint found from
+    export.json's record."""
+    fp = accurate_export.parent / "fp"
+    proc = subprocess.run([*CLI, "quantize", "--model", str(fp), "--calibration", str(accurate_model.data / "train"),
+                           "--out", str(tmp_path / "int8"), "--max-dap-drop", "5", "--data", str(accurate_model.data),
+                           "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "0 node(s) kept in fp32 (none needed)" in proc.stdout
+    control = json.loads((tmp_path / "int8" / "export.json").read_text())["quantization"]["accuracy_control"]
+    assert control["met"] is True and control["excluded_nodes"] == [] and len(control["steps"]) == 1
+    assert control["checkpoint"] == str(Path(accurate_model.checkpoint).resolve())
+    assert control["steps"][0]["dap"]["max_abs"] <= 5
+
+
+def test_bad_input_is_one_line(world: Path, tmp_path: Path) -> None:
+    def quantize(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, "quantize", "--model", str(world / "export"), "--calibration",
+                               str(world / "data" / "train"), "--out", str(tmp_path / "q"), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    no_data = quantize("--max-dap-drop", "0.5")
+    assert no_data.returncode == 2 and "--data" in no_data.stderr
+    negative = quantize("--max-dap-drop", "-1", "--data", str(world / "data"))
+    assert negative.returncode == 2 and ">= 0" in negative.stderr
+    other = quantize("--max-dap-drop", "0.5", "--data", str(world / "data"), "--checkpoint",
+                     str(world / "export" / "export.json"))
+    assert other.returncode == 2 and "not the checkpoint" in other.stderr
+    assert not (tmp_path / "q").exists()
