@@ -11,9 +11,9 @@ reading a quantized tensor) points at the quantized nodes that produce its input
 the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
 
 OpenVINO bf16 has the same per-layer report (`maskrt layers --backend openvino --precision bf16`) but no such loop:
-its CPU plugin chooses bf16 per op from INFERENCE_PRECISION_HINT alone, and OpenVINO 2026.4 documents no per-node
-way to keep an op in f32 for bf16 inference on the CPU (the `disable_fp16_compression` runtime attribute is a
-model-compression mark for f16 IR, not an inference-precision control), so the loop would have nothing to turn.
+its CPU plugin's documented control is the model-wide INFERENCE_PRECISION_HINT; the per-node runtime attribute
+`disable_fp16_compression` is documented for f16 compression, and whether the CPU plugin honours it for bf16
+inference is not verified here (docs/architecture.md section 7).
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return
-    if "not slow" in (config.option.markexpr or ""):
-        return
+    if "not slow" in (config.option.markexpr or "") or getattr(config, "cache", None) is None:
+        return  # the fast tier does not use it; without a cache each worker trains its own
     _train_accurate(_accurate_root(config))
 
 

@@ -106,13 +106,31 @@ CASES: list[Case] = [
     ("quantize", "calibration folder", lambda w, t: w / "data" / "train",
      lambda w, t, out: ["quantize", "--model", w / "export", "--calibration", w / "data" / "train", "--out", out,
                         "--force"]),
+    ("quantize", "dataset", lambda w, t: w / "data",
+     lambda w, t, out: ["quantize", "--model", w / "export", "--calibration", w / "data" / "train", "--max-dap-drop",
+                        "1", "--data", w / "data", "--out", out, "--force"]),
+    ("quantize", "checkpoint", lambda w, t: w / "ckpt.pt",
+     lambda w, t, out: ["quantize", "--model", w / "export", "--calibration", w / "data" / "train", "--max-dap-drop",
+                        "1", "--data", w / "data", "--checkpoint", w / "ckpt.pt", "--out", out, "--force"]),
+    ("layers", "export folder", lambda w, t: w / "export",
+     lambda w, t, out: ["layers", "--model", w / "export", "--graph", "trt", "--data", w / "data", "--out", out,
+                        "--force"]),
+    ("layers", "dataset", lambda w, t: w / "data",
+     lambda w, t, out: ["layers", "--model", w / "export", "--graph", "trt", "--data", w / "data", "--out", out,
+                        "--force"]),
+    ("layers", "images", lambda w, t: w / "data" / "val",
+     lambda w, t, out: ["layers", "--model", w / "export", "--graph", "trt", "--images", w / "data" / "val", "--out",
+                        out, "--force"]),
+    ("layers", "checkpoint", lambda w, t: w / "ckpt.pt",
+     lambda w, t, out: ["layers", "--model", w / "export", "--graph", "trt", "--checkpoint", w / "ckpt.pt", "--data",
+                        w / "data", "--out", out, "--force"]),
     ("triton", "model", lambda w, t: w / "export",
      lambda w, t, out: ["triton", "--model", w / "export", "--out", out, "--force"]),
 ]
 RELATIONS = {"equal": (lambda p: p, "is the"), "parent": (lambda p: p.parent, "holds the"),
              "child": (lambda p: p / "sub", "lies inside the")}
 COMMANDS = {"data", "train", "eval", "import", "export", "predict", "parity", "build", "bench", "quantize", "serve",
-            "triton", "demo"}
+            "triton", "demo", "layers"}
 
 
 def test_every_command_with_inputs_is_in_the_table() -> None:

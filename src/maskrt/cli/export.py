@@ -188,5 +188,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx added")
     quant.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     quant.set_defaults(func=cmd_quantize,
-                       io=lambda a: ([a.out], [("export folder", a.model), ("calibration folder", a.calibration),
-                                               ("dataset", a.data), ("checkpoint", a.checkpoint)]))
+                       io=lambda a: ([a.out], [("export folder", a.model), ("dataset", a.data),
+                                               ("checkpoint", a.checkpoint), ("calibration folder", a.calibration)]))
