@@ -144,3 +144,17 @@ def test_bad_input_is_one_line(world: Path, tmp_path: Path) -> None:
                   "--out", str(tmp_path / "c"))
     assert missing.returncode == 2 and "portable_int8" in missing.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_openvino_gets_the_same_report(world: Path, tmp_path: Path) -> None:
+    """OpenVINO f32 (bf16 where the CPU has it) as the candidate: the scaled node still comes out first."""
+    from maskrt.runtime.openvino_backend import cpu_supports_bf16
+
+    faulted, node = _fault(world, "backbone", "portable", tmp_path / "faulted")
+    precision = "bf16" if cpu_supports_bf16() else "f32"
+    doc = compare_layers(faulted, tmp_path / "layers", graph="portable", backend="openvino", precision=precision,
+                         data=world / "data", limit=1, reference=world / "export", progress=False)
+    assert doc["candidate"] == {"graph": "portable", "backend": "openvino", "precision": precision,
+                                "file": str(faulted / "model.onnx")}
+    assert doc["compared_tensors"] >= 300 and doc["ranking"][0]["node"] == node
