@@ -18,8 +18,8 @@ relative error minus the worst of its inputs'. Selections (top-k, gathers, NMS) 
 change picks other elements; layers.md names the first one that differs.
 
 Memory stays bounded on large models: tensors are marked a chunk at a time, in graph order, the chunk sized so that
-its tensors of one image take about `chunk_mib` MiB (sizes learned from the previous chunk); each chunk's sessions
-run every image, its tensors are compared and dropped before the next chunk.
+its tensors of one image take about `chunk_mib` MiB (sizes from ONNX shape inference at the images' input shape);
+each chunk's sessions run every image, its tensors are compared and dropped before the next chunk.
 
 Caveats, as with Polygraphy: a marked tensor has to be materialised, so the runtime cannot fuse across it (ONNX
 Runtime's QLinearConv fusion of DequantizeLinear -> Conv -> QuantizeLinear, OpenVINO's convolution + activation
@@ -63,8 +63,7 @@ STAGE_ORDER = ("input", "backbone", "FPN", "RPN", "box head", "mask head")
 SELECTION_OPS = frozenset(("TopK", "NonMaxSuppression", "NonZero", "ArgMax", "ArgMin", "Gather", "GatherElements",
                            "GatherND", "ScatterND", "ScatterElements", "Where", "Compress", "Slice"))
 TOP_SHOWN = 15
-_FIRST_CHUNK = 8  # tensors in the first chunk, before any size is known
-_MAX_CHUNK = 2048
+_UNKNOWN_BYTES = 2**20  # the planned size of a tensor whose shape inference leaves a dimension unknown
 
 
 def stage_of(node_name: str, previous: str) -> str:
@@ -596,27 +595,57 @@ def _pieces(chunk: list[TensorRecord], cand: OnnxRuntimeSide | OpenVinoSide, pro
     return pieces
 
 
+def planned_bytes(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> dict[str, int]:
+    """Bytes of each tensor at the largest of `feeds`' input shapes, by ONNX shape inference with those shapes
+    (tensors with a dimension it cannot tell are left out)."""
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    for inp in sized.graph.input:
+        shapes = [feed[inp.name].shape for feed in feeds if inp.name in feed]
+        if not shapes:
+            continue
+        for k, dim in enumerate(inp.type.tensor_type.shape.dim):
+            dim.dim_value = max(int(shape[k]) for shape in shapes)  # clears dim_param (a oneof)
+    inferred = onnx.shape_inference.infer_shapes(sized, strict_mode=False, data_prop=True)
+    sizes = {}
+    for v in inferred.graph.value_info:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        if t.HasField("shape") and all(d > 0 for d in dims):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            sizes[v.name] = int(np.prod(dims)) * itemsize
+    return sizes
+
+
+def _chunks(records: list[TensorRecord], sizes: dict[str, int], budget: int) -> list[list[TensorRecord]]:
+    """Consecutive records whose planned bytes (per image and side) stay within `budget` (a larger tensor alone)."""
+    chunks: list[list[TensorRecord]] = [[]]
+    used = 0
+    for record in records:
+        size = sizes.get(record.name, _UNKNOWN_BYTES)
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(record)
+        used += size
+    return chunks
+
+
 def _compare(records: list[TensorRecord], ref: OnnxRuntimeSide, cand: OnnxRuntimeSide | OpenVinoSide,
              feeds: list[dict[str, np.ndarray]], chunk_mib: int, progress: bool) -> None:
     """Fill each record's per-image metrics, and its node's own error (its candidate piece run on the reference's
     inputs), one chunk of tensors at a time."""
-    budget = chunk_mib * 2**20
     by_candidate = {r.candidate_name: r for r in records}
     producers = {out: node for node in cand.model.graph.node for out in node.output}
     bar = tqdm(total=len(records), desc="compare tensors", unit="tensor", disable=not progress)
-    start, size = 0, _FIRST_CHUNK
-    while start < len(records):
-        chunk = records[start:start + size]
+    for chunk in _chunks(records, planned_bytes(ref.model, feeds), chunk_mib * 2**20):
         pieces = _pieces(chunk, cand, producers, by_candidate)
         fetched = [r.name for r in chunk] + [by_candidate[n].name for _, names in pieces.values() for n in names
                                              if n in by_candidate]
         run_ref = ref.with_outputs(list(dict.fromkeys(fetched)))
         run_cand = cand.with_outputs(list(dict.fromkeys(r.candidate_name for r in chunk)))
-        used = 0
-        for k, feed in enumerate(feeds):
+        for feed in feeds:
             ref_out, cand_out = run_ref(feed), run_cand(feed)
-            if k == 0:
-                used = sum(ref_out[r.name].nbytes for r in chunk)
             for record in chunk:
                 record.per_image.append(tensor_metrics(cand_out[record.candidate_name], ref_out[record.name]))
                 own = None
@@ -632,9 +661,6 @@ def _compare(records: list[TensorRecord], ref: OnnxRuntimeSide, cand: OnnxRuntim
             del ref_out, cand_out
         del run_ref, run_cand, pieces
         bar.update(len(chunk))
-        start += len(chunk)
-        per_tensor = max(used / len(chunk), 1.0)
-        size = int(min(_MAX_CHUNK, max(1, budget // per_tensor)))
     bar.close()
 
 
