@@ -536,6 +536,11 @@ def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "por
     export_dir = Path(export_dir)
     info = ExportInfo.read(export_dir)
     files = _image_files(images, data, split, limit)
+    cand_path = info.verified_graph(export_dir, graph)
+    if backend == "openvino":
+        from maskrt.runtime.openvino_backend import check_openvino
+
+        check_openvino(graph, precision)
     with tempfile.TemporaryDirectory(prefix="maskrt-layers-") as work:
         if checkpoint is not None:
             reference_dir = fresh_reference(checkpoint, info, Path(work) / "reference")
@@ -545,16 +550,11 @@ def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "por
             reference_is = f"{reference_dir / 'model.onnx'}"
         ref_info = _reference_info(reference_dir, info) if reference_dir != export_dir else info
         ref_side = OnnxRuntimeSide(ref_info.verified_graph(reference_dir, "portable"), "portable", threads)
-        cand_path = info.verified_graph(export_dir, graph)
         if backend == "openvino":
-            from maskrt.runtime.openvino_backend import check_openvino
-
-            check_openvino(graph, precision)
             cand_side: OnnxRuntimeSide | OpenVinoSide = OpenVinoSide(cand_path, precision, threads, Path(work))
         else:
             cand_side = OnnxRuntimeSide(cand_path, GRAPH_KINDS[graph][0], threads)
-        pairs = matched_tensors(ref_side.model, onnx.load(str(cand_path)) if backend == "openvino" else
-                                cand_side.model)
+        pairs = matched_tensors(ref_side.model, cand_side.model)
         shared = {r: c for r, c in pairs.items() if r in ref_side.types and c in cand_side.types}
         records = _records(ref_side.model, shared)
         if not records:
@@ -733,16 +733,10 @@ def _document(records: list[TensorRecord], info: ExportInfo, graph: str, backend
 
 def layers_for_report(report: dict[str, Any], *, limit: int = DEFAULT_LAYER_IMAGES, threads: int | None = None,
                       progress: bool = True) -> dict[str, Any]:
-    """`maskrt parity --layers`: `compare_layers` for a parity report's candidate against a fresh export of its
-    checkpoint, on its data, into REPORT/layers (an engine: the TensorRT graph of the export folder it lies in, on
-    ONNX Runtime)."""
-    data = report["data"]
-    if report["backend"] == "tensorrt":
-        model, backend, precision = Path(report["export"]).parent, "onnxruntime", "f32"
-        graph = "trt_fp16" if report["precision"] == "fp16" else "trt"
-    else:
-        model, graph, backend = report["export"], report["graph"], report["backend"]
-        precision = report.get("inference_precision") or "f32"
-    return compare_layers(model, Path(report["report_folder"]) / "layers", graph=graph, backend=backend,
-                          precision=precision, data=data["path"], split=data["split"] or "val", limit=limit,
-                          checkpoint=report["checkpoint"], threads=threads, progress=progress)
+    """`maskrt parity --layers`: `compare_layers` of what `parity_layers_target` says for a parity report."""
+    from maskrt.runtime.layers_report import parity_layers_target
+
+    t = parity_layers_target(report)
+    return compare_layers(t["model"], t["out"], graph=t["graph"], backend=t["backend"], precision=t["precision"],
+                          data=t["data"], split=t["split"], limit=limit, checkpoint=t["checkpoint"], threads=threads,
+                          progress=progress)

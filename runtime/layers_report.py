@@ -29,18 +29,25 @@ def layers_command(model: str | Path, graph: str, backend: str, out: str | Path,
     return shlex.join([*words, "--out", str(out)])
 
 
-def parity_layers_command(report: dict[str, Any]) -> str:
-    """The `maskrt layers` command for a parity report's candidate, against a fresh export of its checkpoint, on its
-    data, into REPORT/layers (an engine: the TensorRT graph of the export folder it lies in, on onnxruntime)."""
-    out = Path(report["report_folder"]) / "layers"
+def parity_layers_target(report: dict[str, Any]) -> dict[str, Any]:
+    """What `maskrt layers` compares for a parity report's candidate: its graph on its backend against a fresh export
+    of its checkpoint, on its data, into REPORT/layers (an engine: the TensorRT graph of the export folder it lies
+    in, on ONNX Runtime)."""
     data = report.get("data") or {}
+    target = {"out": Path(report["report_folder"]) / "layers", "data": data.get("path"),
+              "split": data.get("split") or "val", "checkpoint": report["checkpoint"]}
     if report["backend"] == "tensorrt":
-        graph = "trt_fp16" if report["precision"] == "fp16" else "trt"
-        return layers_command(Path(report["export"]).parent, graph, "onnxruntime", out, data=data.get("path"),
-                              split=data.get("split"), checkpoint=report["checkpoint"])
-    return layers_command(report["export"], report["graph"], report["backend"], out,
-                          precision=report.get("inference_precision"), data=data.get("path"),
-                          split=data.get("split"), checkpoint=report["checkpoint"])
+        return {**target, "model": Path(report["export"]).parent, "backend": "onnxruntime", "precision": "f32",
+                "graph": "trt_fp16" if report["precision"] == "fp16" else "trt"}
+    return {**target, "model": report["export"], "graph": report["graph"], "backend": report["backend"],
+            "precision": report.get("inference_precision") or "f32"}
+
+
+def parity_layers_command(report: dict[str, Any]) -> str:
+    """The `maskrt layers` command for a parity report's candidate (`parity_layers_target`)."""
+    t = parity_layers_target(report)
+    return layers_command(t["model"], t["graph"], t["backend"], t["out"], precision=t["precision"], data=t["data"],
+                          split=t["split"], checkpoint=t["checkpoint"])
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:

@@ -124,8 +124,9 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     controlled = max_dap_drop is not None
     if controlled and (not np.isfinite(max_dap_drop) or max_dap_drop < 0):
         raise MaskrtError(f"the dAP drop limit must be >= 0 and finite, got {max_dap_drop}")
-    if controlled and data is None:
-        raise MaskrtError("--max-dap-drop needs --data: a COCO-format dataset whose val split measures the dAP")
+    if controlled and (data is None or not (Path(data) / "annotations").is_dir()):
+        raise MaskrtError(f"--max-dap-drop needs --data: a COCO-format dataset (an annotations/ folder) whose {split} "
+                          f"split measures the dAP{'' if data is None else f'; {data} has none'}")
     inputs = [("export folder", export_dir), ("calibration folder", calibration),
               *((("dataset", data),) if data is not None else ()),
               *((("checkpoint", checkpoint),) if checkpoint is not None else ())]

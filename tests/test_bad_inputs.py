@@ -45,6 +45,11 @@ def _copy_export(w: Path, t: Path, change: Callable[[dict], None]) -> Path:
     return t / "bad_export"
 
 
+def _fewer_slots(w: Path, t: Path) -> Path:
+    """A copy of the export whose record says 50 detection slots."""
+    return _copy_export(w, t, lambda d: d["limits"].update(max_detections=50))
+
+
 def _copy_data(w: Path, t: Path, change: Callable[[dict], None], split: str = "val") -> Path:
     shutil.copytree(w / "data", t / "bad_data")
     _edit_json(t / "bad_data" / "annotations" / f"instances_{split}.json", change)
@@ -279,6 +284,39 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("quantize-out-is-the-input", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
                                                 f"{w}/data/train", "--out", f"{w}/export", "--force"],
      "is the export folder", {}),
+    ("quantize-max-dap-drop-without-data", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                        f"{w}/data/train", "--max-dap-drop", "0.5", "--out", f"{t}/q"],
+     "--max-dap-drop needs --data", {}),
+    ("quantize-max-dap-drop-negative", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                     f"{w}/data/train", "--max-dap-drop", "-1", "--data", f"{w}/data",
+                                                     "--out", f"{t}/q"], "must be >= 0", {}),
+    ("quantize-max-dap-drop-on-plain-images", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                            f"{w}/data/train", "--max-dap-drop", "0.5", "--data",
+                                                            f"{w}/data/val", "--out", f"{t}/q"],
+     "has none", {}),
+    ("quantize-another-checkpoint", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                  f"{w}/data/train", "--max-dap-drop", "0.5", "--data", f"{w}/data",
+                                                  "--checkpoint", f"{w}/export/export.json", "--out", f"{t}/q"],
+     "not the checkpoint this export was made from", {}),
+    ("layers-data-and-images", lambda w, t: ["layers", "--model", f"{w}/export", "--data", f"{w}/data", "--images",
+                                             f"{w}/data/val", "--out", f"{t}/l"], "not allowed with argument", {}),
+    ("layers-reference-and-checkpoint", lambda w, t: ["layers", "--model", f"{w}/export", "--data", f"{w}/data",
+                                                      "--reference", f"{w}/export", "--checkpoint", f"{w}/ckpt.pt",
+                                                      "--out", f"{t}/l"], "not allowed with argument", {}),
+    ("layers-no-int8-graph", lambda w, t: ["layers", "--model", f"{w}/export", "--data", f"{w}/data", "--out",
+                                           f"{t}/l"], "portable_int8", {}),
+    ("layers-openvino-trt-graph", lambda w, t: ["layers", "--model", f"{w}/export", "--graph", "trt", "--backend",
+                                                "openvino", "--data", f"{w}/data", "--out", f"{t}/l"],
+     "plugin ops", {}),
+    ("layers-images-empty-folder", lambda w, t: ["layers", "--model", f"{w}/export", "--graph", "trt", "--images",
+                                                 str(_empty_dir(t)), "--out", f"{t}/l"], "no images", {}),
+    ("layers-limit-0", lambda w, t: ["layers", "--model", f"{w}/export", "--data", f"{w}/data", "--limit", "0",
+                                     "--out", f"{t}/l"], "must be a positive integer", {}),
+    ("layers-tolerance-nan", lambda w, t: ["layers", "--model", f"{w}/export", "--data", f"{w}/data", "--tolerance",
+                                           "nan", "--out", f"{t}/l"], "must be >= 0 and finite", {}),
+    ("layers-reference-other-input", lambda w, t: ["layers", "--model", f"{w}/export", "--graph", "trt", "--data",
+                                                   f"{w}/data", "--reference", str(_fewer_slots(w, t)), "--out",
+                                                   f"{t}/l"], "differ from the candidate export's", {}),
     ("bench-images-empty-folder", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--images",
                                                 str(_empty_dir(t)), "--iters", "1"], "holds no images", {}),
     ("bench-tensorrt-on-a-folder", lambda w, t: ["bench", "--model", f"{w}/export", "--backend", "tensorrt",

@@ -130,21 +130,6 @@ def test_cli_and_parity_point_at_the_layer(world: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "again" / "layers.json").read_text())["ranking"][0]["node"] == node
 
 
-def test_bad_input_is_one_line(world: Path, tmp_path: Path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLI, "layers", *args], capture_output=True, text=True, timeout=120)
-
-    both = run("--model", str(world / "export"), "--images", str(world / "data"), "--data", str(world / "data"),
-               "--out", str(tmp_path / "a"))
-    assert both.returncode == 2 and "not allowed with argument" in both.stderr
-    ov_trt = run("--model", str(world / "export"), "--graph", "trt", "--backend", "openvino", "--data",
-                 str(world / "data"), "--out", str(tmp_path / "b"))
-    assert ov_trt.returncode == 2 and "plugin ops" in ov_trt.stderr and len(ov_trt.stderr.strip().splitlines()) == 1
-    missing = run("--model", str(world / "export"), "--graph", "portable_int8", "--data", str(world / "data"),
-                  "--out", str(tmp_path / "c"))
-    assert missing.returncode == 2 and "portable_int8" in missing.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
-
 
 @pytest.mark.slow
 def test_openvino_gets_the_same_report(world: Path, tmp_path: Path) -> None:

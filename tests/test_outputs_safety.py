@@ -219,15 +219,18 @@ def _one_error(proc: subprocess.CompletedProcess, path: Path, cause: str) -> Non
     assert len(errors) == 1 and str(path) in errors[0] and cause in errors[0].lower(), proc.stderr
 
 
-@pytest.mark.parametrize("command", ["export", "train", "predict"])
+@pytest.mark.parametrize("command", ["export", "train", "predict", "layers"])
 def test_a_file_size_limit_is_one_line_and_keeps_the_previous_output(world: Path, tmp_path: Path,
                                                                     command: str) -> None:
     out = _previous(tmp_path / "out")
     argv = {"export": ["export", "--checkpoint", world / "ckpt.pt", "--out", out, "--force"],
             "train": ["train", "--data", world / "data", "--out", out, "--iters", "1", "--force", "-q"],
             "predict": ["predict", "--model", world / "export", "--out", out, world / "data" / "val", "--force",
-                        "-q"]}[command]
-    limit = {"export": 1 << 20, "train": 1 << 20, "predict": 2048}[command]  # graphs, checkpoint ~50 MB; overlays
+                        "-q"],
+            "layers": ["layers", "--model", world / "export", "--graph", "trt", "--data", world / "data", "--limit",
+                       "1", "--out", out, "--force", "-q"]}[command]
+    # graphs, checkpoint ~50 MB; overlays; layers.json ~1 MB
+    limit = {"export": 1 << 20, "train": 1 << 20, "predict": 2048, "layers": 4096}[command]
     proc = _limited(argv, limit)
     _one_error(proc, out, "file too large")
     if command == "train":  # a run folder is replaced at the start (--force); the checkpoint save failed cleanly
