@@ -6,8 +6,9 @@ COCO box and mask AP of model.int8.onnx against plain `model(images)` of the che
 While it exceeds D, the quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error,
 its piece of the INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's
 quantizer leaves out of `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each
-time, until the dAP holds or `max_excluded` nodes are kept. A ranked node that is not quantized itself (an fp32 node
-reading a quantized tensor) points at the quantized nodes that produce its inputs. export.json records every step:
+time, until the dAP holds or `max_excluded` nodes are kept. Each ranked node brings itself (when quantized) and the
+quantized nodes producing its inputs: in the QDQ form a tensor between two quantized nodes is quantized for either,
+so its rounding leaves only when both stay fp32 (`exclusion_order`). export.json records every step:
 the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
 
 OpenVINO bf16 has the same per-layer report (`maskrt layers --backend openvino --precision bf16`) but no such loop:
