@@ -1,15 +1,16 @@
 """Accuracy-controlled INT8 (`maskrt quantize --max-dap-drop D --data DATASET`): keep the nodes that cost the most
-accuracy in fp32 until the INT8 graph's dAP holds.
+accuracy in fp32 until the INT8 graph's dAP holds and it passes its parity gates.
 
-After calibration, the INT8 graph's dAP on the dataset's val split is measured as the parity gate measures it:
-COCO box and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two.
-While it exceeds D, the quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error,
-its piece of the INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's
-quantizer leaves out of `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each
-time, until the dAP holds or `max_excluded` nodes are kept. Each ranked node brings itself (when quantized) and the
-quantized nodes producing its inputs: in the QDQ form a tensor between two quantized nodes is quantized for either,
-so its rounding leaves only when both stay fp32 (`exclusion_order`). export.json records every step:
-the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
+After calibration, the INT8 graph's dAP on the dataset's val split is measured by the parity gate itself: COCO box
+and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two, with the
+INT8 per-detection gates beside it. While the dAP exceeds D or a gate fails (a graph within D can still move boxes
+beyond the INT8 median box IoU), the quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each
+node's own error, its piece of the INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX
+Runtime's quantizer leaves out of `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and
+re-measuring each time, until both hold or `max_excluded` nodes are kept. Each ranked node brings itself (when
+quantized) and the quantized nodes producing its inputs: in the QDQ form a tensor between two quantized nodes is
+quantized for either, so its rounding leaves only when both stay fp32 (`exclusion_order`). export.json records every
+step: the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
 
 OpenVINO bf16 has the same per-layer report (`maskrt layers --backend openvino --precision bf16`) but no such loop:
 its CPU plugin's documented control is the model-wide INFERENCE_PRECISION_HINT; the per-node runtime attribute
@@ -70,7 +71,13 @@ def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, lim
         raise MaskrtError(f"{data}: --max-dap-drop needs a COCO-format dataset with annotations (its {split} split)")
     delta = coco["delta"]
     return {"bbox": delta["bbox"], "segm": delta["segm"], "max_abs": max(abs(delta["bbox"]), abs(delta["segm"])),
-            "verdict": report["verdict"], "reference_detections": report["evidence"]["reference_detections_compared"]}
+            "verdict": report["verdict"], "failed_gates": [g["gate"] for g in report["gates"] if g["passed"] is False],
+            "reference_detections": report["evidence"]["reference_detections_compared"]}
+
+
+def holds(dap: dict[str, Any], max_dap_drop: float) -> bool:
+    """Whether a step's INT8 graph is done: its dAP within `max_dap_drop` and no INT8 parity gate failed."""
+    return dap["max_abs"] <= max_dap_drop and not dap["failed_gates"]
 
 
 def ms_per_image(export_dir: Path, graph: str, files: list[Path]) -> float:
@@ -111,7 +118,8 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
                      quantized: list[str], *, checkpoint: Path, data: str | Path, split: str, limit: int | None,
                      max_dap_drop: float, max_excluded: int = DEFAULT_MAX_EXCLUDED_NODES,
                      progress: bool = True) -> dict[str, Any]:
-    """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop`, keep the worst quantized
+    """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop` or an INT8 parity gate
+    fails, keep the worst quantized
     nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()` writes export.json for it).
     Returns the record for export.json."""
     from maskrt.runtime.layers import compare_layers
@@ -130,9 +138,10 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
             steps.append({"excluded": list(excluded), "dap": dap, "ms_per_image": ms_per_image(staging,
                                                                                            "portable_int8", timed)})
             if progress:
+                failed = f", INT8 gates failed: {', '.join(dap['failed_gates'])}" if dap["failed_gates"] else ""
                 print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} segm "
-                      f"{dap['segm']:+.3f} (limit {max_dap_drop:g}), {steps[-1]['ms_per_image']} ms/image")
-            if dap["max_abs"] <= max_dap_drop or len(excluded) >= max_excluded:
+                      f"{dap['segm']:+.3f} (limit {max_dap_drop:g}){failed}, {steps[-1]['ms_per_image']} ms/image")
+            if holds(dap, max_dap_drop) or len(excluded) >= max_excluded:
                 break
             if order is None:
                 doc = compare_layers(staging, work / "layers", graph="portable_int8", data=data, split=split,
@@ -145,7 +154,7 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
             excluded += remaining[:min(step, max_excluded - len(excluded))]
             requantize(excluded)
             write_info()
-    met = steps[-1]["dap"]["max_abs"] <= max_dap_drop
+    met = holds(steps[-1]["dap"], max_dap_drop)
     return {"max_dap_drop": max_dap_drop, "data": str(data), "split": split, "checkpoint": str(checkpoint),
             "met": met, "excluded_nodes": list(excluded), "steps": steps, "fp32_ms_per_image": fp32_ms,
             "speed_cost": round(steps[-1]["ms_per_image"] / steps[0]["ms_per_image"], 3),

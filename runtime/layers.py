@@ -359,10 +359,9 @@ class OpenVinoSide:
     """An ONNX graph on OpenVINO's CPU plugin at `precision` (f32 | bf16), outputs added by tensor name."""
 
     def __init__(self, path: Path, precision: str, threads: int | None, work: Path) -> None:
-        from maskrt.runtime.openvino_backend import openvino_module
+        from maskrt.runtime.openvino_backend import openvino_core
 
-        ov = openvino_module()
-        self.core, self.work = ov.Core(), work
+        self.core, self.work = openvino_core(), work
         self.model = onnx.load(str(path))
         self.base = self.core.read_model(str(path))
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",

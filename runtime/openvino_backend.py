@@ -11,6 +11,7 @@ to f32 silently). The TensorRT graphs (maskrt plugin ops) do not run here.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,15 @@ def openvino_module():  # noqa: ANN201
     return openvino
 
 
+@cache
+def openvino_core():  # noqa: ANN201
+    """The process's one `openvino.Core`, shared by every backend (OpenVINO's guidance: one Core per process)."""
+    return openvino_module().Core()
+
+
 def cpu_supports_bf16() -> bool:
     """Whether OpenVINO's CPU plugin runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
-    return "BF16" in openvino_module().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def gate_precision(graph: str, precision: str) -> str:
@@ -68,7 +75,6 @@ class OpenVinoBackend:
 
     def __init__(self, export_dir: str | Path, info: ExportInfo, graph: str = "portable",
                  threads: int | None = None, precision: str = "f32") -> None:
-        ov = openvino_module()
         if threads is not None and threads < 1:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
         check_openvino(graph, precision)
@@ -77,7 +83,7 @@ class OpenVinoBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         try:
-            core = ov.Core()
+            core = openvino_core()
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with its frontend's message
             raise MaskrtError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0][:300]})") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskrt.core.artifacts import ExportInfo
-from maskrt.runtime.openvino_backend import PRECISIONS, openvino_module
+from maskrt.runtime.openvino_backend import PRECISIONS, openvino_core
 
 #: node-name fragments of the exporter's module paths -> stage (first match wins)
 STAGES = (("mask_head", "mask head"), ("mask_predictor", "mask head"), ("box_head", "box head"),
@@ -33,8 +33,7 @@ def stage_of(node_name: str) -> str:
 
 
 def profile(model_path: Path, height: int, width: int, precision: str, threads: int, iters: int) -> None:
-    ov = openvino_module()
-    core = ov.Core()
+    core = openvino_core()
     compiled = core.compile_model(core.read_model(str(model_path)), "CPU", {
         "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": str(threads), "PERF_COUNT": "YES"})

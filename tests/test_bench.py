@@ -62,8 +62,8 @@ def test_bench_compare_runs_every_candidate_side_by_side(tmp_path: Path) -> None
     out, md, work = tmp_path / "compare.json", tmp_path / "compare.md", tmp_path / "work"
     argv = ["bench", "compare", "--random", "slim", "--size", "64", "--threads", "1", "--warmup", "1", "--iters", "2",
             "--int8", "--work", str(work), "--json", str(out), "--markdown", str(md), "-q"]
-    # a process of its own: after these in-process OpenVINO rows the pytest process died of SIGSEGV some tests later
-    # (not reproduced in isolation; see README, OpenVINO)
+    # a process of its own, as the CLI runs it (when every OpenVINO backend made its own openvino.Core, these rows in
+    # process were followed by a SIGSEGV some tests later; one Core per process now: README, OpenVINO)
     proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stdout = proc.stdout

@@ -117,8 +117,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"{': ' + ', '.join(kept) if kept else ' (none needed)'}; {last['ms_per_image']} ms/image "
           f"({control['speed_cost']:.2f}x the fully quantized graph, fp32 {control['fp32_ms_per_image']} ms)")
     if not control["met"]:
-        print(f"error: the dAP still exceeds {control['max_dap_drop']:g} with {len(kept)} node(s) in fp32 (the "
-              "limit, --max-excluded); the INT8 graph was written for inspection (`maskrt layers`)")
+        dap = last["dap"]
+        why = (f"the dAP still exceeds {control['max_dap_drop']:g}" if dap["max_abs"] > control["max_dap_drop"]
+               else f"INT8 parity gates still fail ({', '.join(dap['failed_gates'])})")
+        print(f"error: {why} with {len(kept)} node(s) in fp32 (the limit, --max-excluded); the INT8 graph was "
+              "written for inspection (`maskrt layers`)")
         return 1
     return 0
 
