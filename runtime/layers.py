@@ -562,6 +562,7 @@ def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "por
         _compare(records, ref_side, cand_side, feeds, chunk_mib, progress)
     _contributions(records, ref_side.model)
     document = _document(records, info, graph, backend, precision, files, reference_is, str(cand_path), tolerance,
+                         weight_groups=weight_sharing(ref_side.model),
                          only_candidate=len(set(cand_side.types) - set(shared.values())),
                          only_reference=len(set(ref_side.types) - set(shared)))
     from maskrt.runtime.layers_report import layers_plot, render_layers_markdown
@@ -693,11 +694,44 @@ def _contributions(records: list[TensorRecord], model: onnx.ModelProto) -> None:
                 record.contributions.append(contribution(_rel(metrics), [_rel(i.per_image[k]) for i in inputs]))
 
 
+def weight_sharing(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """For each node that shares its weight initializer with others (a module called more than once: torchvision's
+    RPN head runs on every FPN level and torch.onnx writes one node per call), all the nodes reading that weight, in
+    graph order."""
+    initializers = {i.name for i in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
+            weight = alias.get(node.input[1], node.input[1])
+            if weight in initializers:
+                readers.setdefault(weight, []).append(node.name)
+    return {name: group for group in readers.values() if len(group) > 1 for name in group}
+
+
+def _by_module(ranked: list[TensorRecord], shared: dict[str, list[str]]) -> list[tuple[TensorRecord, float, list[str]]]:
+    """The ranking with the nodes of one shared weight as one entry: named by the group's first node in graph order,
+    its worst contribution the worst of the group, the others listed."""
+    rows: list[tuple[TensorRecord, float, list[str]]] = []
+    seen: set[str] = set()
+    by_node = {r.node: r for r in ranked}
+    for record in ranked:
+        if record.node in seen:
+            continue
+        group = shared.get(record.node, [record.node])
+        seen.update(group)
+        first = next((by_node[n] for n in group if n in by_node), record)
+        rows.append((first, record.worst_contribution() or 0.0, [n for n in group if n != first.node]))
+    return rows
+
+
 def _document(records: list[TensorRecord], info: ExportInfo, graph: str, backend: str, precision: str,
               files: list[Path], reference_is: str, candidate_file: str, tolerance: float, *, only_candidate: int,
-              only_reference: int) -> dict[str, Any]:
+              only_reference: int, weight_groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
     rankable = [r for r in records if r.worst_contribution() is not None and r.op not in SELECTION_OPS]
     ranked = sorted((r for r in rankable if r.isolated), key=lambda r: -(r.worst_contribution() or 0.0))
+    modules = _by_module(ranked, weight_groups or {})
     unisolated = sorted((r for r in rankable if not r.isolated), key=lambda r: -(r.worst_contribution() or 0.0))
     first_selection = next((r for r in records if r.op in SELECTION_OPS and (rel := r.worst_rel()) is not None
                             and rel > tolerance), None)
@@ -709,8 +743,9 @@ def _document(records: list[TensorRecord], info: ExportInfo, graph: str, backend
         "reference": reference_is, "images": [f.name for f in files], "tolerance": tolerance,
         "compared_tensors": len(records), "only_in_candidate": only_candidate, "only_in_reference": only_reference,
         "ranking": [{"rank": k + 1, "name": r.name, "node": r.node, "op": r.op, "stage": r.stage,
-                     "contribution": _json_float(r.worst_contribution() or 0.0), "rel_l2": r.worst()["rel_l2"]}
-                    for k, r in enumerate(ranked[:TOP_SHOWN])],
+                     "contribution": _json_float(worst), "rel_l2": r.worst()["rel_l2"],
+                     **({"same_weights": others} if others else {})}
+                    for k, (r, worst, others) in enumerate(modules[:TOP_SHOWN])],
         "not_isolated": [{"name": r.name, "node": r.node, "op": r.op, "stage": r.stage,
                           "beyond_inputs": _json_float(r.worst_contribution() or 0.0), "rel_l2": r.worst()["rel_l2"]}
                          for r in unisolated[:TOP_SHOWN]],

@@ -74,7 +74,8 @@ def render_layers_markdown(doc: dict[str, Any]) -> str:
              "## Top offenders", "",
              "| rank | node | op | stage | contribution | rel L2 error |", "|---|---|---|---|---|---|"]
     for row in doc["ranking"]:
-        lines.append(f"| {row['rank']} | `{row['node']}` | {row['op']} | {row['stage']} | "
+        same = f" (and {len(row['same_weights'])} more with its weights)" if row.get("same_weights") else ""
+        lines.append(f"| {row['rank']} | `{row['node']}`{same} | {row['op']} | {row['stage']} | "
                      f"{_fmt(row['contribution'])} | {_fmt(row['rel_l2'])} |")
     if doc["not_isolated"]:
         lines += ["", f"{doc['not_isolated_count']} node(s) could not be run alone on the reference's inputs (their "

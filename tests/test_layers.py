@@ -18,11 +18,13 @@ import onnx
 import pytest
 
 from maskrt.runtime.faults import Fault, inject, scaled_node, scaled_weights
-from maskrt.runtime.layers import compare_layers, matched_tensors, tensor_metrics
+from maskrt.runtime.layers import compare_layers, matched_tensors, tensor_metrics, weight_sharing
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
-#: Where a fault goes: the middle of the backbone, the box head's first fully connected layer, the mask head.
-SITES = {"backbone": "/backbone/body/layer3/", "box head": "/box_head/", "mask head": "/mask_head/"}
+#: Where a fault goes: the middle of the backbone, the box head's first fully connected layer, the mask head, and the
+#: RPN head's convolution (one weight, called on every FPN level: one node per level in the graph).
+SITES = {"backbone": "/backbone/body/layer3/", "box head": "/box_head/", "mask head": "/mask_head/",
+         "rpn head": "/rpn_head/conv"}
 IMAGES = 2
 
 
@@ -43,6 +45,10 @@ def test_a_scaled_node_comes_out_first(world: Path, tmp_path: Path, site: str, g
                          reference=world / "export" if graph == "portable" else None, progress=False)
     ranking = doc["ranking"]
     assert ranking[0]["node"] == node, [(r["node"], r["contribution"]) for r in ranking[:5]]
+    # a weight read by several nodes ranks once, named by its first node, the others listed
+    shared = weight_sharing(onnx.load(str(world / "export" / "model.onnx")))
+    assert ranking[0].get("same_weights", []) == shared.get(node, [node])[1:]
+    assert (site == "rpn head") == bool(ranking[0].get("same_weights"))
     assert ranking[0]["contribution"] > 0.1 and ranking[1]["contribution"] < ranking[0]["contribution"] / 10
     # the evidence: every stage compared, the faulty tensor on real (non-empty) values on every image
     tensors = {t["node"]: t for t in doc["tensors"]}
@@ -53,7 +59,7 @@ def test_a_scaled_node_comes_out_first(world: Path, tmp_path: Path, site: str, g
     assert doc["first_over_tolerance"]["node"] == node  # nothing before it differs
     for name in ("layers.json", "layers.md", "layers.png"):
         assert (tmp_path / "layers" / name).stat().st_size > 0
-    assert f"| 1 | `{node}` |" in (tmp_path / "layers" / "layers.md").read_text()
+    assert f"| 1 | `{node}`" in (tmp_path / "layers" / "layers.md").read_text()
 
 
 @pytest.mark.slow
