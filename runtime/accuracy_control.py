@@ -119,9 +119,8 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
                      max_dap_drop: float, max_excluded: int = DEFAULT_MAX_EXCLUDED_NODES,
                      progress: bool = True) -> dict[str, Any]:
     """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop` or an INT8 parity gate
-    fails, keep the worst quantized
-    nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()` writes export.json for it).
-    Returns the record for export.json."""
+    fails, keep the worst quantized nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()`
+    writes export.json for it). Returns the record for export.json."""
     from maskrt.runtime.layers import compare_layers
     from maskrt.runtime.parity import parity_images
 
