@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from maskrt.core.errors import MaskrtError
+from maskrt.core.machine import machine_facts
 from maskrt.core.versions import versions
 from maskrt.runtime.postprocess import Detections, to_detections
 from maskrt.runtime.predictor import Predictor
@@ -38,21 +39,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(threads: int | None) -> dict[str, Any]:
     """The machine a measurement ran on, with the threads it used."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "processor": _cpu_name(),
+    facts = machine_facts()
+    return {"platform": platform.platform(), "processor": facts["cpu"], "isa": facts["isa"],
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "onnxruntime_threads": threads,
             "gpu": gpu}
 
