@@ -26,13 +26,18 @@ def detections_to_coco(image_id: int, output: dict, label_to_cat: dict[int, int]
                           output["labels"].detach().cpu().numpy(), binary, label_to_cat)
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict:
-    """{"bbox": {AP, AP50, ...}, "segm": {...}} on the 0-100 scale (-1 where COCO has no GT for a metric)."""
-    metrics: dict[str, dict[str, float]] = {}
-    for iou_type in ("bbox", "segm"):
+IOU_TYPES = ("bbox", "segm")
+
+
+def coco_evaluations(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None
+                     ) -> dict[str, COCOeval | None]:
+    """pycocotools' evaluation per IoU type, evaluated, accumulated and summarized (its per-image matches in
+    `evalImgs`, its AP in `stats`); None for a type without any result (AP 0)."""
+    evaluations: dict[str, COCOeval | None] = {}
+    for iou_type in IOU_TYPES:
         usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
         if not usable:
-            metrics[iou_type] = {k: 0.0 for k in METRIC_NAMES}
+            evaluations[iou_type] = None
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(usable)
@@ -42,9 +47,23 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics[iou_type] = {k: round(float(v) * 100 if v >= 0 else -1.0, 3)
-                             for k, v in zip(METRIC_NAMES, ev.stats[:3], strict=True)}
+        evaluations[iou_type] = ev
+    return evaluations
+
+
+def metrics_of(evaluations: dict[str, COCOeval | None]) -> dict:
+    """{"bbox": {AP, AP50, AP75}, "segm": {...}} on the 0-100 scale of `coco_evaluations`' result (-1 where COCO has
+    no GT for a metric, 0 for a type without results)."""
+    metrics: dict[str, dict[str, float]] = {}
+    for iou_type, ev in evaluations.items():
+        metrics[iou_type] = {k: 0.0 for k in METRIC_NAMES} if ev is None else {
+            k: round(float(v) * 100 if v >= 0 else -1.0, 3) for k, v in zip(METRIC_NAMES, ev.stats[:3], strict=True)}
     return metrics
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict:
+    """{"bbox": {AP, AP50, ...}, "segm": {...}} on the 0-100 scale (-1 where COCO has no GT for a metric)."""
+    return metrics_of(coco_evaluations(coco_gt, results, image_ids))
 
 
 @torch.no_grad()
