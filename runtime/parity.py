@@ -9,14 +9,17 @@ detections at or above a score floor that find no candidate are missed (recall),
 the floor that find no reference detection are extra (precision: duplicates, detections from nothing). Over the
 matched pairs the report gives box IoU (min / median), |score| difference (max / median / p99) and mask IoU (median,
 masks pasted at the original size). Per output: the raw fixed-shape tensors (Polygraphy-style max / mean / median
-absolute and relative error). Per dataset, when it has annotations: COCO box and mask AP of both (pycocotools, 0-100).
-A folder of plain images (no annotations) is checked on the detection-level gates only.
+absolute and relative error). Per dataset, when it has annotations: COCO box and mask AP of both (pycocotools, 0-100)
+and the dAP's paired bootstrap interval over images (runtime/parity_bootstrap.py). A folder of plain images (no
+annotations) is checked on the detection-level gates only.
 
 The verdict (parity_gates.judge) is FAILED when a gate fails, INCONCLUSIVE when fewer than `Gates.min_detections`
-reference detections above the floor were compared, PASSED otherwise; `maskrt parity` exits 0 / 1 / 3 accordingly
-(2: bad input). report.md (runtime/parity_report.py) names the reference, lists the missed and extra detections
-and embeds, as PNG files beside it, the images with the largest differences (reference | candidate, missed and extra
-detections marked) and a plot of the matched pairs.
+reference detections above the floor were compared or a gate could not decide (a dAP interval straddling its limit, a
+|score diff| tail over too few pairs), PASSED otherwise; `maskrt parity` exits 0 / 1 / 3 accordingly (2: bad
+input). report.json records the machine it ran on (CPU model and instruction sets). report.md
+(runtime/parity_report.py) names the reference, lists the missed and extra detections and embeds, as PNG files beside
+it, the images with the largest differences (reference | candidate, missed and extra detections marked) and a plot of
+the matched pairs.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo, check_sam
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
+from maskrt.core.machine import machine_facts
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.runtime.backends import TorchBackend
+from maskrt.runtime.parity_bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_dap_bootstrap
 from maskrt.runtime.parity_gates import EXIT_CODES, PASSED, Evidence, Gates, ImageMatch, judge, match
 from maskrt.runtime.parity_report import render_markdown, summary_line
 from maskrt.runtime.postprocess import Detections, RawOutput, coco_results, to_detections
@@ -46,10 +51,10 @@ from maskrt.runtime.reference import REFERENCES, PlainReference
 from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.coco import load_split
-from maskrt.training.evaluate import coco_metrics
+from maskrt.training.evaluate import IOU_TYPES, coco_evaluations, metrics_of
 
-__all__ = ["EXIT_CODES", "Candidate", "Gates", "coco_comparison", "match", "render_markdown", "run_parity",
-           "run_parity_many", "summary_line"]
+__all__ = ["EXIT_CODES", "Candidate", "Gates", "ReferenceCache", "coco_comparison", "match", "render_markdown",
+           "run_parity", "run_parity_many", "summary_line"]
 
 WORST_SHOWN = 4
 #: Missed and extra detections kept in report.json (highest scores first; the summary has the totals).
@@ -151,14 +156,21 @@ def _run(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[RawOutput
     return raws, [to_detections(r, a, b) for r, a, b in zip(raws, resized, original, strict=True)]
 
 
-def coco_comparison(coco: Any, ref_results: list[dict], cand_results: list[dict], image_ids: list[int]
-                    ) -> dict[str, Any]:
+def coco_comparison(coco: Any, ref_results: list[dict], cand_results: list[dict], image_ids: list[int], *,
+                    resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
+                    reference_evaluations: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO box and mask AP (pycocotools, 0-100) of both sides' results on `image_ids` of the ground truth `coco`,
-    and their difference (candidate - reference) per IoU type."""
-    ref_ap = coco_metrics(coco, ref_results, image_ids=image_ids)
-    cand_ap = coco_metrics(coco, cand_results, image_ids=image_ids)
+    their difference (candidate - reference) per IoU type and its paired bootstrap interval over the images
+    (`resamples`, `confidence`; seeded). `reference_evaluations` (coco_evaluations of `ref_results`) saves evaluating
+    the reference again for each candidate of one reference pass."""
+    ref_eval = reference_evaluations or coco_evaluations(coco, ref_results, image_ids=image_ids)
+    cand_eval = coco_evaluations(coco, cand_results, image_ids=image_ids)
+    ref_ap, cand_ap = metrics_of(ref_eval), metrics_of(cand_eval)
+    interval = {t: paired_dap_bootstrap(ref_eval[t], cand_eval[t], resamples=resamples, confidence=confidence)
+                for t in IOU_TYPES}
     return {"reference": ref_ap, "candidate": cand_ap,
-            "delta": {t: round(cand_ap[t]["AP"] - ref_ap[t]["AP"], 4) for t in ("bbox", "segm")}}
+            "delta": {t: round(cand_ap[t]["AP"] - ref_ap[t]["AP"], 4) for t in IOU_TYPES},
+            "interval": interval, "images": len(set(image_ids))}
 
 
 @dataclass
@@ -231,13 +243,14 @@ class _Comparison:
         """The report.json document."""
         spec, info, gates, evidence = self.spec, self.info, self.gates, self.evidence
         summary = {"images": len(self.per_image), **evidence.summary(), "coco": coco}
-        results, verdict, reason = judge(evidence, gates, coco["delta"] if coco else None)
+        results, verdict, reason = judge(evidence, gates, coco)
         return {
             "verdict": verdict, "passed": verdict == PASSED, "reason": reason, "exit_code": EXIT_CODES[verdict],
             "backend": spec.backend, "graph": self.graph, "precision": self.precision, "reference": reference,
             **({"inference_precision": spec.precision} if spec.backend == "openvino" else {}),
             "reference_is": REFERENCE_TITLES[reference],
             "export": str(spec.model), "checkpoint": str(checkpoint), "data": data, "report_folder": str(spec.out),
+            "machine": machine_facts(),
             "checkpoint_matches_export": checkpoint_sha256 == info.checkpoint.get("sha256"),
             "input": {"dynamic_size": info.input.dynamic_size, "height": info.input.height,
                       "width": info.input.width},
@@ -290,13 +303,30 @@ def _same_export_record(comparisons: list[_Comparison]) -> ExportInfo:
     return first.info
 
 
+@dataclass
+class ReferenceCache:
+    """The plain reference's outputs per batch of image files, kept between parity runs of one checkpoint in one
+    process (accuracy control's steps, the fault catalogue's faults): plain model(images) depends only on the
+    checkpoint and the images, so each batch runs once. Another checkpoint empties it."""
+
+    checkpoint_sha256: str | None = None
+    batches: dict[tuple[str, ...], tuple[list[RawOutput], list[Detections]]] = field(default_factory=dict)
+
+    def use(self, checkpoint: str | Path) -> None:
+        """Keep the outputs only if they are `checkpoint`'s."""
+        digest = sha256(checkpoint)
+        if digest != self.checkpoint_sha256:
+            self.checkpoint_sha256, self.batches = digest, {}
+
+
 def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: str | Path, *,
                     reference: str = "plain", split: str = "val", limit: int | None = None, progress: bool = True,
-                    force: bool = False, figures: bool = True) -> list[dict[str, Any]]:
+                    force: bool = False, figures: bool = True, cache: ReferenceCache | None = None
+                    ) -> list[dict[str, Any]]:
     """Compare each candidate with one pass of the `reference` over `data` (run once per batch for all of them; the
     candidates must share classes, detection slots and input, e.g. the graphs of one export); write each
     candidate's report folder (without the PNG figures unless `figures`) and return the reports (see
-    `run_parity`)."""
+    `run_parity`). `cache` keeps the plain reference's outputs for later runs on the same checkpoint."""
     if not candidates:
         raise MaskrtError("no candidate to compare")
     check_apart([c.out for c in candidates], [("checkpoint", checkpoint), ("dataset", data),
@@ -308,6 +338,10 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     info = _same_export_record(comparisons)
     inputs = _Inputs.load(data, split, info, candidates[0].model)
     ref_fn = _reference(reference, checkpoint, candidates[0].model, info)
+    if cache is not None and reference == "plain":  # the canvas reference depends on the export: never cached
+        cache.use(checkpoint)
+    else:
+        cache = None
     indices = list(range(len(inputs.files)))[: limit or None]
     files = [inputs.files[i] for i in indices]
     ids = [inputs.ids[i] for i in indices]
@@ -323,7 +357,13 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
             chunk_files, chunk_ids = files[start:start + batch], ids[start:start + batch]
             images = [load_rgb(f) for f in chunk_files]
             with torch.no_grad():
-                ref_raw, ref_dets = ref_fn(images)
+                key = tuple(str(Path(f).resolve()) for f in chunk_files)
+                if cache is not None and key in cache.batches:
+                    ref_raw, ref_dets = cache.batches[key]
+                else:
+                    ref_raw, ref_dets = ref_fn(images)
+                    if cache is not None:
+                        cache.batches[key] = (ref_raw, ref_dets)
                 for dets, image_id in zip(ref_dets, chunk_ids, strict=True):
                     ref_results.extend(coco_results(dets, info.classes, image_id))
                 for comparison in comparisons:
@@ -336,8 +376,12 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
             comparison.close()
     reports = []
     checkpoint_sha256 = sha256(checkpoint)
+    ref_eval = None if inputs.coco is None else coco_evaluations(inputs.coco, ref_results, image_ids=ids)
     for comparison in comparisons:
-        coco = None if inputs.coco is None else coco_comparison(inputs.coco, ref_results, comparison.results, ids)
+        gates = comparison.gates
+        coco = None if inputs.coco is None else coco_comparison(
+            inputs.coco, ref_results, comparison.results, ids, resamples=gates.resamples,
+            confidence=gates.confidence, reference_evaluations=ref_eval)
         report = comparison.report(checkpoint, checkpoint_sha256, reference, coco,
                                    {"path": str(data), "split": split if inputs.coco is not None else None,
                                     "limit": limit})

@@ -12,6 +12,19 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+_STATUS = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "no data": "no data"}
+
+
+def _evidence(gate: dict[str, Any]) -> str:
+    """What a gate's value rests on: a dAP's interval, a |score diff| tail's pairs."""
+    if "interval" in gate:
+        low, high = gate["interval"]
+        return f" (dAP {gate['delta']:+.4g}, interval [{low:+.3f}, {high:+.3f}])"
+    if "pairs" in gate:
+        return f" (over {gate['pairs']} pairs)"
+    return ""
+
+
 def _detection_rows(title: str, rows: list[dict[str, Any]], total: int, what: str) -> list[str]:
     """A markdown table of missed or extra detections (the highest scores first)."""
     if not total:
@@ -49,13 +62,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for g in report["gates"]:
-        result = {True: "pass", False: "FAIL", None: "no data"}[g["passed"]]
-        lines.append(f"| {g['gate']} | {_fmt(g['value'], '.6g')} | {g['op']} {g['limit']} | {result} |")
+        result = _STATUS.get(g.get("status"), {True: "pass", False: "FAIL", None: "no data"}[g["passed"]])
+        lines.append(f"| {g['gate']} | {_fmt(g['value'], '.6g')}{_evidence(g)} | {g['op']} {g['limit']} | {result} |")
+    undecided = [g for g in report["gates"] if g.get("why")]
+    if undecided:
+        lines += [""] + [f"- {g['gate']}: {g['why']}." for g in undecided]
     if s["coco"] is not None:
-        lines += ["", "| COCO AP | reference | candidate | delta |", "|---|---|---|---|"]
+        coco = s["coco"]
+        conf = next(iter(coco["interval"].values()))
+        lines += ["", f"| COCO AP | reference | candidate | delta | {conf['confidence']:.0%} interval of delta |",
+                  "|---|---|---|---|---|"]
         for t in ("bbox", "segm"):
-            lines.append(f"| {t} | {s['coco']['reference'][t]['AP']:.3f} | {s['coco']['candidate'][t]['AP']:.3f} | "
-                         f"{s['coco']['delta'][t]:+.4f} |")
+            iv = coco["interval"][t]
+            lines.append(f"| {t} | {coco['reference'][t]['AP']:.3f} | {coco['candidate'][t]['AP']:.3f} | "
+                         f"{coco['delta'][t]:+.4f} | [{iv['low']:+.3f}, {iv['high']:+.3f}] |")
+        lines += ["", f"The interval: paired bootstrap over the {coco['images']} images ({conf['resamples']} "
+                  f"resamples, seed {conf['seed']}; the same images drawn for both sides, pycocotools' AP on each). A "
+                  "dAP gate passes only when its interval lies within the limit."]
     else:
         lines += ["", "No annotations (a folder of images): no COCO AP; the detection-level gates decide."]
     lines += ["", f"Matched pairs: {s['matched_pairs']}; box IoU min {_fmt(s['box_iou']['min'], '.6f')} / median "
@@ -66,6 +89,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     lines += _detection_rows("Missed reference detections", report["missed_reference_detections"],
                              s["missed_reference_detections"], "no candidate detection of their class matches them")
+    machine = report.get("machine")
+    if machine:
+        lines += ["", f"Machine: {machine['cpu']} ({machine['cpus']} CPUs; {' '.join(machine['isa'])})."]
     lines += ["", "| raw output | max abs | mean abs | median abs | max rel | mean rel |", "|---|---|---|---|---|---|"]
     for name, st in report["raw_outputs"].items():
         lines.append(f"| {name} | {st['abs']['max']:.3g} | {st['abs']['mean']:.3g} | {st['abs']['median']:.3g} | "
@@ -92,8 +118,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 def summary_line(report: dict[str, Any]) -> str:
     """One line for the CLI: verdict and why, dAPs, recall, precision, evidence."""
     s = report["summary"]
-    ap = (f"dAP bbox {s['coco']['delta']['bbox']:+.3f} segm {s['coco']['delta']['segm']:+.3f}"
-          if s["coco"] is not None else "no annotations")
+    coco = s["coco"]
+    ap = (", ".join(f"dAP {t} {coco['delta'][t]:+.3f} [{coco['interval'][t]['low']:+.3f}, "
+                    f"{coco['interval'][t]['high']:+.3f}]" for t in ("bbox", "segm"))
+          if coco is not None else "no annotations")
     return (f"parity {report['backend']}/{report['graph']} vs {report['reference']}: {report['verdict'].upper()} "
             f"({report['reason']}); {ap}, recall {_fmt(s['recall'], '.4f')}, precision {_fmt(s['precision'], '.4f')}, "
             f"{s['reference_detections_above_floor']} reference detections, images {s['images']}")

@@ -1,5 +1,6 @@
 """The parity gates on hand-made detections (no model): each gate failing alone, the empty cases, the evidence rule,
-label mismatch and one-to-one matching (runtime/parity_gates.py, parity.coco_comparison)."""
+the dAP decided by its bootstrap interval (within, wholly beyond, straddling the limit), the |score diff| tail's
+evidence, label mismatch and one-to-one matching (runtime/parity_gates.py, parity.coco_comparison)."""
 
 from __future__ import annotations
 
@@ -34,17 +35,17 @@ def grid(n: int, offset: float = 0.0) -> list[tuple[float, float, float, float]]
             for k in range(n)]
 
 
-def run(pairs: list[tuple[Detections, Detections]], gates: Gates, coco_delta: dict | None = None
+def run(pairs: list[tuple[Detections, Detections]], gates: Gates, coco: dict | None = None
         ) -> tuple[Evidence, dict[str, bool | None], str, str]:
     """Evidence over the images, each gate's result by name, the verdict and its reason."""
     evidence = Evidence()
     for ref, cand in pairs:
         evidence.add(ref, cand, gates)
-    results, verdict, reason = judge(evidence, gates, coco_delta)
+    results, verdict, reason = judge(evidence, gates, coco)
     return evidence, {r["gate"]: r["passed"] for r in results}, verdict, reason
 
 
-GATES = Gates(min_detections=20)
+GATES = Gates(min_detections=20, min_score_pairs=20)
 CLEAN = (dets(grid(20)), dets(grid(20)))
 
 
@@ -135,8 +136,10 @@ def test_dap_fails_alone() -> None:
     cand = dets(boxes, scores=[0.9] * 15 + [0.2] * 5)  # the candidate also the other 5, below the floor
     comparison = coco_comparison(coco, coco_results(ref, CLASSES, 1), coco_results(cand, CLASSES, 1), [1])
     assert comparison["delta"]["bbox"] > 10 and comparison["delta"]["segm"] > 10
-    evidence, results, verdict, _ = run([(ref, cand)], Gates(min_detections=15), comparison["delta"])
+    evidence, results, verdict, _ = run([(ref, cand)], Gates(min_detections=15, min_score_pairs=15), comparison)
     assert failing(results) == {"bbox dAP", "segm dAP"} and verdict == FAILED
+    # one image: every resample is that image, the interval is the point
+    assert comparison["interval"]["bbox"]["low"] == comparison["interval"]["bbox"]["high"] > 10
     assert evidence.reference_above == 15 and evidence.extra == 0
     same = coco_comparison(coco, coco_results(ref, CLASSES, 1), coco_results(ref, CLASSES, 1), [1])
     assert same["delta"] == {"bbox": 0.0, "segm": 0.0} and same["reference"]["segm"]["AP"] > 50
@@ -236,3 +239,104 @@ def test_gates_per_precision_and_validation() -> None:
                 {"min_precision": float("nan")}):
         with pytest.raises(MaskrtError):
             Gates(**bad)
+
+
+def test_a_score_tail_over_too_few_pairs_is_not_read() -> None:
+    """A |score diff| gate over fewer than min_score_pairs pairs: the max fails on any pair beyond its limit, else is
+    inconclusive; the 99th percentile fails only when more pairs lie beyond than 1% of min_score_pairs allows."""
+    gates = Gates(min_detections=20)  # min_score_pairs 100
+    assert gates.min_score_pairs == 100
+    ref = dets(grid(20))
+    evidence, results, verdict, reason = run([(ref, dets(grid(20)))] * 3, gates)  # 60 pairs, all identical
+    assert results["max score diff"] is None and verdict == INCONCLUSIVE
+    assert "rests on 60 matched pairs, fewer than 100" in reason and len(evidence.score_diffs) == 60
+    one_off = dets(grid(20), scores=[0.9] * 19 + [0.95])
+    assert run([(ref, one_off)] * 3, gates)[1]["max score diff"] is False  # a measured max beyond: fails
+    int8 = Gates.for_precision("int8", min_detections=20)
+    far = dets(grid(20), scores=[0.9] * 19 + [0.2])  # |diff| 0.7 > 0.5
+    _, results, verdict, _ = run([(ref, far), (ref, ref), (ref, ref)], int8)  # 1 of 60 beyond: not decided
+    assert results["p99 score diff"] is None and verdict == INCONCLUSIVE
+    _, results, verdict, reason = run([(ref, far), (ref, far), (ref, ref)], int8)  # 2 of 60: more than 1% of 100
+    assert results["p99 score diff"] is False and verdict == FAILED and "2 of 60 matched pairs beyond 0.5" in reason
+    _, results, verdict, _ = run([(ref, ref)] * 5, int8)  # 100 pairs: read
+    assert results["p99 score diff"] is True and verdict == PASSED
+
+
+IMAGES = 30  # images of the dAP interval cases, 5 objects each; the reference finds 4 of them on every image
+
+
+def _coco_images(n: int) -> COCO:
+    """n images, each with the 5 class-1 objects of grid(5) (masks fill the boxes)."""
+    import pycocotools.mask as mask_utils
+
+    anns = []
+    for image_id in range(1, n + 1):
+        for x1, y1, x2, y2 in grid(5):
+            m = np.zeros((SIZE, SIZE), np.uint8)
+            m[int(y1):int(y2), int(x1):int(x2)] = 1
+            rle = mask_utils.encode(np.asfortranarray(m))
+            rle["counts"] = rle["counts"].decode("ascii")
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
+                         "area": float(m.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.png"}
+                               for i in range(1, n + 1)], "annotations": anns, "categories": CLASSES}
+    coco.createIndex()
+    return coco
+
+
+def _interval_case(found_on: int, max_abs_dap: float | None = None) -> tuple[dict, dict[str, dict], str, str]:
+    """The reference finds 4 of the 5 objects of every image; the candidate also finds the fifth (below the score
+    floor: only the AP sees it) on the first `found_on` images. Returns the COCO comparison, the gate results by
+    name, the verdict and its reason."""
+    coco = _coco_images(IMAGES)
+    ref = dets(grid(4))
+    found = dets(grid(5), scores=[0.9] * 4 + [0.2])
+    pairs = [(ref, found if i < found_on else ref) for i in range(IMAGES)]
+    ids = list(range(1, IMAGES + 1))
+    comparison = coco_comparison(coco, [r for i, (a, _) in enumerate(pairs) for r in coco_results(a, CLASSES, i + 1)],
+                                 [r for i, (_, b) in enumerate(pairs) for r in coco_results(b, CLASSES, i + 1)], ids)
+    gates = Gates() if max_abs_dap is None else Gates(max_abs_dap=max_abs_dap)
+    evidence = Evidence()
+    for a, b in pairs:
+        evidence.add(a, b, gates)
+    results, verdict, reason = judge(evidence, gates, comparison)
+    assert evidence.reference_above == 4 * IMAGES and evidence.extra == 0 and evidence.missed == 0
+    return comparison, {r["gate"]: r for r in results}, verdict, reason
+
+
+def test_dap_interval_within_the_limit_passes() -> None:
+    comparison, results, verdict, _ = _interval_case(found_on=0)
+    assert comparison["delta"] == {"bbox": 0.0, "segm": 0.0} and comparison["images"] == IMAGES
+    for t in ("bbox", "segm"):
+        assert (comparison["interval"][t]["low"], comparison["interval"][t]["high"]) == (0.0, 0.0)
+        assert results[f"{t} dAP"]["status"] == "pass" and results[f"{t} dAP"]["interval"] == [0.0, 0.0]
+    assert verdict == PASSED and all(r["status"] == "pass" for r in results.values())
+
+
+def test_dap_interval_wholly_beyond_the_limit_fails() -> None:
+    """The fifth object found on every image: AP about +20 on every resample."""
+    comparison, results, verdict, reason = _interval_case(found_on=IMAGES)
+    for t in ("bbox", "segm"):
+        low, high = comparison["interval"][t]["low"], comparison["interval"][t]["high"]
+        assert 15 < low <= comparison["delta"][t] <= high and results[f"{t} dAP"]["status"] == "fail"
+    assert verdict == FAILED and "wholly beyond" in reason
+    assert {name for name, r in results.items() if r["status"] != "pass"} == {"bbox dAP", "segm dAP"}
+
+
+def test_dap_interval_straddling_the_limit_is_inconclusive() -> None:
+    """The fifth object found on 3 of 30 images: a point dAP of about +1 whose interval is wider than itself. A limit
+    inside the interval neither passes nor fails: INCONCLUSIVE (exit 3), with the images likely to decide it; a limit
+    above the interval passes."""
+    comparison, _, _, _ = _interval_case(found_on=3)
+    point, iv = comparison["delta"]["bbox"], comparison["interval"]["bbox"]
+    assert iv["low"] < point < iv["high"] and iv["high"] - iv["low"] > point > 0.5
+    limit = round((point + iv["high"]) / 2, 3)  # beyond the point, inside the interval
+    _, results, verdict, reason = _interval_case(found_on=3, max_abs_dap=limit)
+    gate = results["bbox dAP"]
+    assert gate["status"] == "inconclusive" and gate["passed"] is None and verdict == INCONCLUSIVE
+    assert EXIT_CODES[verdict] == 3 and "straddles the limit" in reason and "images would likely decide it" in reason
+    assert gate["decide_images"] > IMAGES and gate["interval"] == [iv["low"], iv["high"]]
+    assert all(r["status"] == "pass" for name, r in results.items() if "dAP" not in name)
+    _, results, verdict, _ = _interval_case(found_on=3, max_abs_dap=max(abs(iv["low"]), iv["high"]) + 0.01)
+    assert results["bbox dAP"]["status"] == "pass" and results["segm dAP"]["status"] == "pass" and verdict == PASSED

@@ -39,6 +39,7 @@ def checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: s
 
 
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+resamples_count = checked(int, lambda v: 100 <= v <= 100_000, "in [100, 100000]")
 non_negative_int = checked(int, lambda v: v >= 0, ">= 0")
 image_side = checked(int, lambda v: v >= 32, "at least 32 pixels")
 positive_float = checked(float, lambda v: v > 0 and math.isfinite(v), "positive and finite")

@@ -15,13 +15,15 @@ from maskrt.cli.options import (
     model_inputs,
     positive_int,
     predictor_options,
+    resamples_count,
     unit_float,
 )
 from maskrt.core.defaults import DEFAULT_LAYER_IMAGES, DEFAULT_SCORE_THRESHOLD
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_output_dir, staged_dir
-from maskrt.runtime.parity_gates import DEFAULT_MIN_DETECTIONS
+from maskrt.runtime.parity_bootstrap import DEFAULT_RESAMPLES
+from maskrt.runtime.parity_gates import DEFAULT_MIN_DETECTIONS, DEFAULT_MIN_SCORE_PAIRS
 
 log = logging.getLogger("maskrt")
 
@@ -118,7 +120,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         precision = gate_precision(args.graph, openvino)
     else:
         precision = GRAPH_KINDS[args.graph][1]
-    gates = Gates.for_precision(precision, score_floor=args.score_floor, min_detections=args.min_detections)
+    gates = Gates.for_precision(precision, score_floor=args.score_floor, min_detections=args.min_detections,
+                                min_score_pairs=args.min_score_pairs, resamples=args.resamples)
     report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
                         reference=args.reference, split=args.split, limit=args.limit, gates=gates,
                         progress=not args.quiet, threads=args.threads, device=args.device, precision=openvino,
@@ -152,7 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pred.set_defaults(func=cmd_predict, io=lambda a: ([a.out], [*model_inputs(a), *(("image", p) for p in a.images)]))
 
     par = add_command(sub, "parity", "compare a deployed graph with the torch reference; exit 0 passed, 1 a gate "
-                      "failed, 3 inconclusive (too few reference detections compared), 2 bad input")
+                      "failed, 3 inconclusive (too few reference detections compared, a dAP interval straddling its "
+                      "limit), 2 bad input")
     par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
     par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
@@ -171,6 +175,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--min-detections", type=positive_int, default=DEFAULT_MIN_DETECTIONS,
                      help="reference detections at or above the score floor a run must compare to pass; with fewer "
                      f"the verdict is INCONCLUSIVE, exit 3 (default {DEFAULT_MIN_DETECTIONS})")
+    par.add_argument("--min-score-pairs", type=positive_int, default=DEFAULT_MIN_SCORE_PAIRS,
+                     help="matched pairs the |score diff| gate (max or 99th percentile) must rest on to pass; with "
+                     f"fewer it is INCONCLUSIVE unless the pairs beyond its limit fail it (default "
+                     f"{DEFAULT_MIN_SCORE_PAIRS})")
+    par.add_argument("--resamples", type=resamples_count, default=DEFAULT_RESAMPLES,
+                     help="bootstrap resamples of the dAP's 90%% interval (annotated data): a dAP gate passes only "
+                     "when the interval lies within its limit, fails when it lies beyond, else INCONCLUSIVE "
+                     f"(default {DEFAULT_RESAMPLES}: about 1 s per 1000 detections)")
     par.add_argument("--layers", action="store_true",
                      help="also compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor "
                      "(`maskrt layers`) into OUT/layers/: which node adds the error")
