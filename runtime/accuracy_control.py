@@ -2,12 +2,13 @@
 accuracy in fp32 until the INT8 graph's dAP holds and it passes its parity gates.
 
 After calibration, the INT8 graph's dAP on the dataset's val split is measured by the parity gate itself: COCO box
-and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two, with the
-INT8 per-detection gates beside it. While the dAP exceeds D or a gate fails (a graph within D can still move boxes
-beyond the INT8 median box IoU), the quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each
-node's own error, its piece of the INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX
-Runtime's quantizer leaves out of `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and
-re-measuring each time, until both hold or `max_excluded` nodes are kept. Each ranked node brings itself (when
+and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two, with its
+bootstrap interval (D is the dAP gate's limit) and the INT8 per-detection gates beside it. While the dAP or its
+interval exceeds D or a gate fails (a graph within D can still move boxes beyond the INT8 median box IoU), the
+quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error, its piece of the INT8
+graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's quantizer leaves out of
+`nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each time, until both hold or
+`max_excluded` nodes are kept. Each ranked node brings itself (when
 quantized) and the quantized nodes producing its inputs: in the QDQ form a tensor between two quantized nodes is
 quantized for either, so its rounding leaves only when both stay fp32 (`exclusion_order`). export.json records every
 step: the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
@@ -57,27 +58,33 @@ def find_checkpoint(info: ExportInfo, checkpoint: str | Path | None) -> Path:
     return path
 
 
-def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, limit: int | None,
-           work: Path) -> dict[str, Any]:
-    """model.int8.onnx's COCO AP against plain model(images), as `maskrt parity --graph portable_int8` computes it:
-    {"bbox": delta, "segm": delta, "max_abs": ..., "verdict": ...}."""
-    from maskrt.runtime.parity import Candidate, run_parity_many
+def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, limit: int | None, work: Path,
+           max_dap_drop: float, cache: Any = None) -> dict[str, Any]:
+    """model.int8.onnx's COCO AP against plain model(images), as `maskrt parity --graph portable_int8` computes it,
+    with the INT8 gates and `max_dap_drop` as the dAP limit: {"bbox": delta, "segm": delta, "max_abs", "interval"
+    (the bootstrap interval of each), "verdict", "failed_gates", "undecided_gates" (a dAP interval straddling the
+    limit), "reference_detections"}. `cache` (parity.ReferenceCache) keeps the reference between steps."""
+    from maskrt.runtime.parity import Candidate, Gates, run_parity_many
 
     out = Path(tempfile.mkdtemp(prefix="parity-", dir=work))
-    (report,) = run_parity_many(checkpoint, [Candidate(export_dir, out, graph="portable_int8")], data, split=split,
-                                limit=limit, progress=False, force=True, figures=False)
+    gates = Gates.for_precision("int8", max_abs_dap=max_dap_drop)
+    (report,) = run_parity_many(checkpoint, [Candidate(export_dir, out, graph="portable_int8", gates=gates)], data,
+                                split=split, limit=limit, progress=False, force=True, figures=False, cache=cache)
     coco = report["summary"]["coco"]
     if coco is None:
         raise MaskrtError(f"{data}: --max-dap-drop needs a COCO-format dataset with annotations (its {split} split)")
     delta = coco["delta"]
     return {"bbox": delta["bbox"], "segm": delta["segm"], "max_abs": max(abs(delta["bbox"]), abs(delta["segm"])),
+            "interval": {t: [coco["interval"][t]["low"], coco["interval"][t]["high"]] for t in ("bbox", "segm")},
             "verdict": report["verdict"], "failed_gates": [g["gate"] for g in report["gates"] if g["passed"] is False],
+            "undecided_gates": [g["gate"] for g in report["gates"] if g.get("status") == "inconclusive"],
             "reference_detections": report["evidence"]["reference_detections_compared"]}
 
 
 def holds(dap: dict[str, Any], max_dap_drop: float) -> bool:
-    """Whether a step's INT8 graph is done: its dAP within `max_dap_drop` and no INT8 parity gate failed."""
-    return dap["max_abs"] <= max_dap_drop and not dap["failed_gates"]
+    """Whether a step's INT8 graph is done: its dAP within `max_dap_drop`, its interval too (no gate undecided) and
+    no INT8 parity gate failed."""
+    return dap["max_abs"] <= max_dap_drop and not dap["failed_gates"] and not dap.get("undecided_gates")
 
 
 def ms_per_image(export_dir: Path, graph: str, files: list[Path]) -> float:
@@ -122,24 +129,29 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
     fails, keep the worst quantized nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()`
     writes export.json for it). Returns the record for export.json."""
     from maskrt.runtime.layers import compare_layers
-    from maskrt.runtime.parity import parity_images
+    from maskrt.runtime.parity import ReferenceCache, parity_images
 
     info = write_info()
     timed = parity_images(data, split, info, staging)[:TIMED_IMAGES]
     steps: list[dict[str, Any]] = []
     excluded: list[str] = []
     order: list[str] | None = None
+    cache = ReferenceCache()  # plain model(images) runs once, not once per step
     with tempfile.TemporaryDirectory(prefix="maskrt-accuracy-") as tmp:
         work = Path(tmp)
         fp32_ms = ms_per_image(staging, "portable", timed)
         while True:
-            dap = dap_of(staging, checkpoint, data, split, limit, work)
+            dap = dap_of(staging, checkpoint, data, split, limit, work, max_dap_drop, cache)
             steps.append({"excluded": list(excluded), "dap": dap, "ms_per_image": ms_per_image(staging,
                                                                                            "portable_int8", timed)})
             if progress:
                 failed = f", INT8 gates failed: {', '.join(dap['failed_gates'])}" if dap["failed_gates"] else ""
-                print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} segm "
-                      f"{dap['segm']:+.3f} (limit {max_dap_drop:g}){failed}, {steps[-1]['ms_per_image']} ms/image")
+                undecided = (f", undecided: {', '.join(dap['undecided_gates'])}" if dap["undecided_gates"] else "")
+                iv = dap["interval"]
+                print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} "
+                      f"[{iv['bbox'][0]:+.2f}, {iv['bbox'][1]:+.2f}] segm {dap['segm']:+.3f} [{iv['segm'][0]:+.2f}, "
+                      f"{iv['segm'][1]:+.2f}] (limit {max_dap_drop:g}){failed}{undecided}, "
+                      f"{steps[-1]['ms_per_image']} ms/image")
             if holds(dap, max_dap_drop) or len(excluded) >= max_excluded:
                 break
             if order is None:

@@ -340,13 +340,17 @@ def image_folder_of(data: str | Path, split: str, out: str | Path, limit: int | 
 def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Path, work: str | Path, *,
                  faults: list[str] | None = None, graphs: list[str] | None = None, clean: bool = True,
                  split: str = "val", limit: int | None = None, min_detections: int | None = None,
-                 figures: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+                 figures: bool = False, progress: bool = False, modes: tuple[str, ...] = DATA_MODES,
+                 cache: Any = None) -> list[dict[str, Any]]:
     """`maskrt parity` of the clean export (with `clean`) and of each fault injected into it, for every graph
     (default: all the export has), on the COCO split (its first `limit` images) and on a folder of the same images,
-    with each graph's own gates. One row per (fault, graph, data mode): verdict, reason, failing gates, evidence,
-    report folder. Faulty exports and reports (figures only with `figures`) are written under `work`."""
-    from maskrt.runtime.parity import Candidate, Gates, run_parity_many
+    with each graph's own gates. One row per (fault, graph, data mode): verdict, reason, failing gates, undecided
+    gates, evidence, report folder. Faulty exports and reports (figures only with `figures`) are written under `work`.
+    `modes` picks the data modes; the plain reference runs once per image (`cache`, a parity.ReferenceCache, keeps it
+    for later calls)."""
+    from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity_many
 
+    cache = cache if cache is not None else ReferenceCache()
     info = ExportInfo.read(export_dir)
     graphs = graphs or list(info.graphs)
     names = faults if faults is not None else list(FAULTS)
@@ -355,14 +359,14 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         raise MaskrtError(f"unknown fault(s) {', '.join(unknown)} (known: {', '.join(FAULTS)})")
     work = Path(work)
     folder = work / f"images_{split}_{limit or 'all'}"  # made once per work folder, split and limit
-    if not folder.is_dir():
+    if "folder" in modes and not folder.is_dir():
         image_folder_of(data, split, folder, limit)
     sources = {"coco": (Path(data), limit), "folder": (folder, None)}
     rows = []
     for name in [CLEAN, *names] if clean else names:
         export = Path(export_dir) if name == CLEAN else inject(export_dir, name, work / "exports" / name,
                                                                 graphs=graphs, force=True)
-        for mode in DATA_MODES:
+        for mode in modes:
             source, mode_limit = sources[mode]
             candidates = []
             for graph in graphs:
@@ -370,11 +374,13 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
                 gates = Gates.for_precision(GRAPH_KINDS[graph][1], **evidence)
                 candidates.append(Candidate(export, work / "reports" / name / mode / graph, graph=graph, gates=gates))
             reports = run_parity_many(checkpoint, candidates, source, split=split, limit=mode_limit,
-                                      progress=progress, force=True, figures=figures)
+                                      progress=progress, force=True, figures=figures, cache=cache)
             for graph, report in zip(graphs, reports, strict=True):
                 rows.append({"fault": name, "graph": graph, "mode": mode, "verdict": report["verdict"],
                              "reason": report["reason"],
                              "failed_gates": [g["gate"] for g in report["gates"] if g["passed"] is False],
+                             "undecided_gates": [g["gate"] for g in report["gates"]
+                                                 if g.get("status") == "inconclusive"],
                              "reference_detections": report["summary"]["reference_detections_above_floor"],
                              "images": report["summary"]["images"],
                              "report": str(work / "reports" / name / mode / graph)})

@@ -118,8 +118,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"({control['speed_cost']:.2f}x the fully quantized graph, fp32 {control['fp32_ms_per_image']} ms)")
     if not control["met"]:
         dap = last["dap"]
-        why = (f"the dAP still exceeds {control['max_dap_drop']:g}" if dap["max_abs"] > control["max_dap_drop"]
-               else f"INT8 parity gates still fail ({', '.join(dap['failed_gates'])})")
+        if dap["max_abs"] > control["max_dap_drop"]:
+            why = f"the dAP still exceeds {control['max_dap_drop']:g}"
+        elif dap["failed_gates"]:
+            why = f"INT8 parity gates still fail ({', '.join(dap['failed_gates'])})"
+        else:
+            undecided = ", ".join(dap["undecided_gates"])
+            why = f"the dAP's interval still straddles {control['max_dap_drop']:g} ({undecided}: more images narrow it)"
         print(f"error: {why} with {len(kept)} node(s) in fp32 (the limit, --max-excluded); the INT8 graph was "
               "written for inspection (`maskrt layers`)")
         return 1
