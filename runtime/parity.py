@@ -158,16 +158,16 @@ def _run(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[RawOutput
 
 def coco_comparison(coco: Any, ref_results: list[dict], cand_results: list[dict], image_ids: list[int], *,
                     resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
-                    reference_evaluations: dict[str, Any] | None = None) -> dict[str, Any]:
+                    reference_evaluations: dict[str, Any] | None = None, memo: dict | None = None) -> dict[str, Any]:
     """COCO box and mask AP (pycocotools, 0-100) of both sides' results on `image_ids` of the ground truth `coco`,
     their difference (candidate - reference) per IoU type and its paired bootstrap interval over the images
-    (`resamples`, `confidence`; seeded). `reference_evaluations` (coco_evaluations of `ref_results`) saves evaluating
-    the reference again for each candidate of one reference pass."""
+    (`resamples`, `confidence`; seeded). `reference_evaluations` (coco_evaluations of `ref_results`) and `memo` save
+    evaluating and resampling the reference again for each candidate of one reference pass."""
     ref_eval = reference_evaluations or coco_evaluations(coco, ref_results, image_ids=image_ids)
     cand_eval = coco_evaluations(coco, cand_results, image_ids=image_ids)
     ref_ap, cand_ap = metrics_of(ref_eval), metrics_of(cand_eval)
-    interval = {t: paired_dap_bootstrap(ref_eval[t], cand_eval[t], resamples=resamples, confidence=confidence)
-                for t in IOU_TYPES}
+    interval = {t: paired_dap_bootstrap(ref_eval[t], cand_eval[t], resamples=resamples, confidence=confidence,
+                                        memo=memo) for t in IOU_TYPES}
     return {"reference": ref_ap, "candidate": cand_ap,
             "delta": {t: round(cand_ap[t]["AP"] - ref_ap[t]["AP"], 4) for t in IOU_TYPES},
             "interval": interval, "images": len(set(image_ids))}
@@ -377,11 +377,12 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     reports = []
     checkpoint_sha256 = sha256(checkpoint)
     ref_eval = None if inputs.coco is None else coco_evaluations(inputs.coco, ref_results, image_ids=ids)
+    memo: dict = {}  # the reference's resampled APs, made once for every candidate
     for comparison in comparisons:
         gates = comparison.gates
         coco = None if inputs.coco is None else coco_comparison(
             inputs.coco, ref_results, comparison.results, ids, resamples=gates.resamples,
-            confidence=gates.confidence, reference_evaluations=ref_eval)
+            confidence=gates.confidence, reference_evaluations=ref_eval, memo=memo)
         report = comparison.report(checkpoint, checkpoint_sha256, reference, coco,
                                    {"path": str(data), "split": split if inputs.coco is not None else None,
                                     "limit": limit})

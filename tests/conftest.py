@@ -60,15 +60,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
 
 
 #: The real-accuracy model (issue 21): the slim config at 96 px on 300 shapes images, 700 steps (about 2 minutes on 2
-#: cores; segm AP 52.6 after 600 steps, 64.8 after 900 here). It trains on two torch threads however the suite runs
-#: (the model depends on the threads' summation order); under pytest-xdist the controller trains it before the workers
-#: start, so nothing else runs meanwhile. Training is reproducible per machine, not across instruction sets, so each
-#: CPU kind tests its own model: every number asserted on it has a margin over the spread of three training seeds
-#: (scripts/fixture_spread.py; docs/architecture.md section 7).
-#: Its 384 validation images (about 2400 reference detections) are what the low-precision gates need: the dAP's 90%
-#: bootstrap interval over images is about +-0.4 wide for INT8 there (+-0.75 on 128 images, +-1.5 on 32), inside the
-#: 1.0 limit. Tests of the fp32 gates, whose interval is +-0 (every detection the same), use the first VAL_FP32.
-ACCURATE = {"train": 300, "val": 384, "size": 96, "seed": 5, "iters": 700, "min_ap": 50.0, "threads": 2}
+#: cores). It trains on two torch threads however the suite runs (the model depends on the threads' summation order);
+#: under pytest-xdist the controller trains it before the workers start, so nothing else runs meanwhile. Training is
+#: reproducible per machine, not across instruction sets, so each CPU kind tests its own model: every number asserted
+#: on it has a margin over the spread of three training seeds (scripts/fixture_spread.py, docs/architecture.md section
+#: 7; segm AP 54-61 on them, hence min_ap 45).
+#: Its 640 validation images (about 4000 reference detections) are what the low-precision gates need: the 90% bootstrap
+#: interval of an INT8 graph's dAP is about +-0.35 wide there (+-0.45 on 384 images, +-1.3 on 32), so a graph whose dAP
+#: is noise around 0 (INT8's is, on these models) is decided inside the 1.0 limit but for a 3.1-sigma draw. Tests of the
+#: fp32 gates, whose interval is +-0 (every detection the same), use the first VAL_FP32.
+ACCURATE = {"train": 300, "val": 640, "size": 96, "seed": 5, "iters": 700, "min_ap": 45.0, "threads": 2}
 VAL_FP32 = 32
 
 
@@ -135,7 +136,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def accurate_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AccurateModel:
-    """A slim model trained to real accuracy (segm AP >= 50 on its val split), trained once per test session and
+    """A slim model trained to real accuracy (segm AP >= 45 on its val split), trained once per test session and
     cached in pytest's cache folder (.pytest_cache), keyed by the recipe, the training code and the torch versions:
     a later session on the same code reuses it."""
     root = _accurate_root(request.config, tmp_path_factory)
