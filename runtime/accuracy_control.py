@@ -147,10 +147,10 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
             if progress:
                 failed = f", INT8 gates failed: {', '.join(dap['failed_gates'])}" if dap["failed_gates"] else ""
                 undecided = (f", undecided: {', '.join(dap['undecided_gates'])}" if dap["undecided_gates"] else "")
-                iv = dap["interval"]
-                print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} "
-                      f"[{iv['bbox'][0]:+.2f}, {iv['bbox'][1]:+.2f}] segm {dap['segm']:+.3f} [{iv['segm'][0]:+.2f}, "
-                      f"{iv['segm'][1]:+.2f}] (limit {max_dap_drop:g}){failed}{undecided}, "
+                iv = {t: ", ".join("-" if v is None else f"{v:+.2f}" for v in ends)
+                      for t, ends in dap["interval"].items()}
+                print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} [{iv['bbox']}] "
+                      f"segm {dap['segm']:+.3f} [{iv['segm']}] (limit {max_dap_drop:g}){failed}{undecided}, "
                       f"{steps[-1]['ms_per_image']} ms/image")
             if holds(dap, max_dap_drop) or len(excluded) >= max_excluded:
                 break

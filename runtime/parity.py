@@ -307,16 +307,17 @@ def _same_export_record(comparisons: list[_Comparison]) -> ExportInfo:
 class ReferenceCache:
     """The plain reference's outputs per batch of image files, kept between parity runs of one checkpoint in one
     process (accuracy control's steps, the fault catalogue's faults): plain model(images) depends only on the
-    checkpoint and the images, so each batch runs once. Another checkpoint empties it."""
+    checkpoint, the images and the export's detection slots, so each batch runs once. Another checkpoint or number of
+    slots empties it."""
 
-    checkpoint_sha256: str | None = None
+    key: tuple[str, int] | None = None  # (checkpoint sha256, detection slots)
     batches: dict[tuple[str, ...], tuple[list[RawOutput], list[Detections]]] = field(default_factory=dict)
 
-    def use(self, checkpoint: str | Path) -> None:
-        """Keep the outputs only if they are `checkpoint`'s."""
-        digest = sha256(checkpoint)
-        if digest != self.checkpoint_sha256:
-            self.checkpoint_sha256, self.batches = digest, {}
+    def use(self, checkpoint: str | Path, max_detections: int) -> None:
+        """Keep the outputs only if they are `checkpoint`'s with `max_detections` slots."""
+        key = (sha256(checkpoint), max_detections)
+        if key != self.key:
+            self.key, self.batches = key, {}
 
 
 def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: str | Path, *,
@@ -339,7 +340,7 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     inputs = _Inputs.load(data, split, info, candidates[0].model)
     ref_fn = _reference(reference, checkpoint, candidates[0].model, info)
     if cache is not None and reference == "plain":  # the canvas reference depends on the export: never cached
-        cache.use(checkpoint)
+        cache.use(checkpoint, info.max_detections)
     else:
         cache = None
     indices = list(range(len(inputs.files)))[: limit or None]

@@ -141,7 +141,8 @@ def paired_dap_bootstrap(reference: Any, candidate: Any, *, resamples: int = DEF
                          confidence: float = DEFAULT_CONFIDENCE, seed: int = DEFAULT_SEED,
                          memo: dict | None = None) -> dict[str, Any]:
     """The paired bootstrap of candidate - reference AP for two evaluated COCOevals of one IoU type over the same
-    images (None: no result, AP 0): {"low", "high", "std", "resamples", "confidence", "seed", "seconds"}. `memo`
+    images (None: no result, AP 0): {"low", "high", "std", "resamples", "confidence", "seed", "seconds"}, low, high
+    and std None when no resample holds ground truth. `memo`
     keeps each evaluation's resampled APs (one reference against several candidates is resampled once)."""
     start = time.perf_counter()
     ev = reference if reference is not None else candidate
@@ -166,10 +167,12 @@ def paired_dap_bootstrap(reference: Any, candidate: Any, *, resamples: int = DEF
     ap = [resampled(reference), resampled(candidate)]
     delta = ap[1] - ap[0]
     delta = delta[~np.isnan(delta)]
+    record = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    if not delta.size:  # no resample holds ground truth (pycocotools: AP -1): nothing to measure
+        return {"low": None, "high": None, "std": None, **record, "seconds": round(time.perf_counter() - start, 3)}
     tail = (1 - confidence) / 2
-    low, high = (float(v) for v in np.quantile(delta, [tail, 1 - tail])) if delta.size else (math.nan, math.nan)
-    return {"low": round(low, 4), "high": round(high, 4), "std": round(float(np.std(delta)), 4),
-            "resamples": resamples, "confidence": confidence, "seed": seed,
+    low, high = (round(float(v), 4) for v in np.quantile(delta, [tail, 1 - tail]))
+    return {"low": low, "high": high, "std": round(float(np.std(delta)), 4), **record,
             "seconds": round(time.perf_counter() - start, 3)}
 
 

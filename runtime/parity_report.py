@@ -19,7 +19,7 @@ def _evidence(gate: dict[str, Any]) -> str:
     """What a gate's value rests on: a dAP's interval, a |score diff| tail's pairs."""
     if "interval" in gate:
         low, high = gate["interval"]
-        return f" (dAP {gate['delta']:+.4g}, interval [{low:+.3f}, {high:+.3f}])"
+        return f" (dAP {gate['delta']:+.4g}, interval [{_fmt(low, '+.3f')}, {_fmt(high, '+.3f')}])"
     if "pairs" in gate:
         return f" (over {gate['pairs']} pairs)"
     return ""
@@ -75,7 +75,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for t in ("bbox", "segm"):
             iv = coco["interval"][t]
             lines.append(f"| {t} | {coco['reference'][t]['AP']:.3f} | {coco['candidate'][t]['AP']:.3f} | "
-                         f"{coco['delta'][t]:+.4f} | [{iv['low']:+.3f}, {iv['high']:+.3f}] |")
+                         f"{coco['delta'][t]:+.4f} | [{_fmt(iv['low'], '+.3f')}, {_fmt(iv['high'], '+.3f')}] |")
         lines += ["", f"The interval: paired bootstrap over the {coco['images']} images ({conf['resamples']} "
                   f"resamples, seed {conf['seed']}; the same images drawn for both sides, pycocotools' AP on each). A "
                   "dAP gate passes only when its interval lies within the limit."]
@@ -119,8 +119,8 @@ def summary_line(report: dict[str, Any]) -> str:
     """One line for the CLI: verdict and why, dAPs, recall, precision, evidence."""
     s = report["summary"]
     coco = s["coco"]
-    ap = (", ".join(f"dAP {t} {coco['delta'][t]:+.3f} [{coco['interval'][t]['low']:+.3f}, "
-                    f"{coco['interval'][t]['high']:+.3f}]" for t in ("bbox", "segm"))
+    ap = (", ".join(f"dAP {t} {coco['delta'][t]:+.3f} [{_fmt(coco['interval'][t]['low'], '+.3f')}, "
+                    f"{_fmt(coco['interval'][t]['high'], '+.3f')}]" for t in ("bbox", "segm"))
           if coco is not None else "no annotations")
     return (f"parity {report['backend']}/{report['graph']} vs {report['reference']}: {report['verdict'].upper()} "
             f"({report['reason']}); {ap}, recall {_fmt(s['recall'], '.4f')}, precision {_fmt(s['precision'], '.4f')}, "

@@ -19,7 +19,7 @@ import torch
 from conftest import ACCURATE, VAL_FP32
 
 from maskrt.export.onnx_export import FORBIDDEN_IN_TRT, export_checkpoint
-from maskrt.runtime.parity import Candidate, Gates, run_parity, run_parity_many
+from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity, run_parity_many
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.models import build_model, default_model_config
 
@@ -89,6 +89,45 @@ def test_random_r50_parity(config: str, height: int, width: int, batch: int, sta
         assert report["summary"]["unmatched_candidate_detections"] == 0
         assert report["raw_outputs"]["num_detections"]["abs"]["max"] == 0
         assert report["raw_outputs"]["scores"]["abs"]["max"] < 1e-4
+
+
+def test_the_reference_cache_runs_plain_model_once_per_image(world: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """parity.ReferenceCache (accuracy control's steps, the fault catalogue): a second run on the same checkpoint
+    reuses plain model(images)'s outputs, with the same result; another checkpoint runs it again."""
+    from maskrt.runtime import reference
+
+    calls: list[int] = []
+    original = reference.PlainReference.__call__
+
+    def counting(self, images):  # noqa: ANN001, ANN202
+        calls.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(reference.PlainReference, "__call__", counting)
+    cache = ReferenceCache()
+    gates = Gates(score_floor=0.05, min_detections=1, min_score_pairs=1)
+
+    def run(checkpoint: Path, out: str) -> dict:
+        (report,) = run_parity_many(checkpoint, [Candidate(world / "export", tmp_path / out, gates=gates)],
+                                    world / "data", progress=False, figures=False, cache=cache)
+        return report
+
+    first = run(world / "ckpt.pt", "first")
+    assert sum(calls) == first["summary"]["images"] == 8
+    second = run(world / "ckpt.pt", "second")
+    assert sum(calls) == 8  # nothing ran again
+    assert second["summary"]["coco"]["delta"] == first["summary"]["coco"]["delta"]
+    assert second["per_image"] == first["per_image"] and second["raw_outputs"] == first["raw_outputs"]
+    other = tmp_path / "other.pt"
+    other.write_bytes((world / "ckpt.pt").read_bytes() + b"")  # the same weights in another file: same sha256
+    run(other, "third")
+    assert sum(calls) == 8
+    changed = load_checkpoint(world / "ckpt.pt")
+    changed["state_dict"]["roi_heads.box_predictor.cls_score.bias"] += 1.0
+    save_checkpoint(other, changed)
+    run(other, "fourth")
+    assert sum(calls) == 16  # another checkpoint: the reference runs again
 
 
 def test_fast_tier_whole_model_against_plain_torchvision(tmp_path: Path, shapes_dir: Path) -> None:

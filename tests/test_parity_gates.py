@@ -340,3 +340,20 @@ def test_dap_interval_straddling_the_limit_is_inconclusive() -> None:
     assert all(r["status"] == "pass" for name, r in results.items() if "dAP" not in name)
     _, results, verdict, _ = _interval_case(found_on=3, max_abs_dap=max(abs(iv["low"]), iv["high"]) + 0.01)
     assert results["bbox dAP"]["status"] == "pass" and results["segm dAP"]["status"] == "pass" and verdict == PASSED
+
+
+def test_dap_without_ground_truth_has_nothing_to_measure() -> None:
+    """Images whose annotations hold no object: pycocotools has no AP (-1) on either side, no resample holds ground
+    truth, and the dAP gates have nothing to measure (INCONCLUSIVE, never a pass on no evidence)."""
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.png"} for i in (1, 2)],
+                    "annotations": [], "categories": CLASSES}
+    coco.createIndex()
+    found = dets(grid(2))
+    results = coco_results(found, CLASSES, 1) + coco_results(found, CLASSES, 2)
+    comparison = coco_comparison(coco, results, results, [1, 2])
+    assert comparison["interval"]["bbox"]["low"] is None and comparison["interval"]["segm"]["high"] is None
+    _, results_by_name, verdict, reason = run([(found, found)] * 2, Gates(min_detections=1, min_score_pairs=1),
+                                              comparison)
+    assert results_by_name["bbox dAP"] is None and results_by_name["segm dAP"] is None
+    assert verdict == INCONCLUSIVE and "nothing to measure for bbox dAP, segm dAP" in reason
