@@ -341,13 +341,13 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
                  faults: list[str] | None = None, graphs: list[str] | None = None, clean: bool = True,
                  split: str = "val", limit: int | None = None, min_detections: int | None = None,
                  figures: bool = False, progress: bool = False, modes: tuple[str, ...] = DATA_MODES,
-                 cache: Any = None) -> list[dict[str, Any]]:
+                 cache: Any = None, resamples: int | None = None) -> list[dict[str, Any]]:
     """`maskrt parity` of the clean export (with `clean`) and of each fault injected into it, for every graph
     (default: all the export has), on the COCO split (its first `limit` images) and on a folder of the same images,
     with each graph's own gates. One row per (fault, graph, data mode): verdict, reason, failing gates, undecided
     gates, evidence, report folder. Faulty exports and reports (figures only with `figures`) are written under `work`.
     `modes` picks the data modes; the plain reference runs once per image (`cache`, a parity.ReferenceCache, keeps it
-    for later calls)."""
+    for later calls); `resamples` sets the dAP interval's bootstrap resamples (default: the gates' 1000)."""
     from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity_many
 
     cache = cache if cache is not None else ReferenceCache()
@@ -371,6 +371,8 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
             candidates = []
             for graph in graphs:
                 evidence = {"min_detections": min_detections} if min_detections else {}
+                if resamples:
+                    evidence["resamples"] = resamples
                 gates = Gates.for_precision(GRAPH_KINDS[graph][1], **evidence)
                 candidates.append(Candidate(export, work / "reports" / name / mode / graph, graph=graph, gates=gates))
             reports = run_parity_many(checkpoint, candidates, source, split=split, limit=mode_limit,
