@@ -1,6 +1,6 @@
 """Export (both ONNX flavors) and parity against the torch reference, on CPU.
 
-(a) the slim model trained to real accuracy (conftest.accurate_model, segm AP >= 50) and its four-graph export, (b)
+(a) the slim model trained to real accuracy (conftest.accurate_model, segm AP >= 45) and its four-graph export, (b)
 seeded random-init r50-fpn-v2 (dynamic size) and r50-fpn (a static canvas) at batch 2, both graphs (r50-fpn with a
 dynamic size: test_photographs.py; the C4 and mobilenet configs: test_model_configs.py); an image set with zero
 detections (an inconclusive verdict, never a pass). Faults the gate must catch: test_parity_faults.py.
