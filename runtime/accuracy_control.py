@@ -8,10 +8,10 @@ interval exceeds D or a gate fails (a graph within D can still move boxes beyond
 quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error, its piece of the INT8
 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's quantizer leaves out of
 `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each time, until both hold or
-`max_excluded` nodes are kept. Each ranked node brings itself (when
-quantized) and the quantized nodes producing its inputs: in the QDQ form a tensor between two quantized nodes is
-quantized for either, so its rounding leaves only when both stay fp32 (`exclusion_order`). export.json records every
-step: the nodes kept in fp32, the dAP and the milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
+`max_excluded` nodes are kept. Each ranked node brings itself (when quantized) and the quantized nodes producing its
+inputs: in the QDQ form a tensor between two quantized nodes is quantized for either, so its rounding leaves only when
+both stay fp32 (`exclusion_order`). export.json records every step: the nodes kept in fp32, the dAP and the
+milliseconds per image of model.int8.onnx (ONNX Runtime, this machine).
 
 OpenVINO bf16 has the same per-layer report (`maskrt layers --backend openvino --precision bf16`) but no such loop:
 its CPU plugin's documented control is the model-wide INFERENCE_PRECISION_HINT; the per-node runtime attribute

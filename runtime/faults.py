@@ -340,14 +340,14 @@ def image_folder_of(data: str | Path, split: str, out: str | Path, limit: int | 
 def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Path, work: str | Path, *,
                  faults: list[str] | None = None, graphs: list[str] | None = None, clean: bool = True,
                  split: str = "val", limit: int | None = None, min_detections: int | None = None,
-                 figures: bool = False, progress: bool = False, modes: tuple[str, ...] = DATA_MODES,
-                 cache: Any = None, resamples: int | None = None) -> list[dict[str, Any]]:
+                 figures: bool = False, progress: bool = False, cache: Any = None,
+                 resamples: int | None = None) -> list[dict[str, Any]]:
     """`maskrt parity` of the clean export (with `clean`) and of each fault injected into it, for every graph
     (default: all the export has), on the COCO split (its first `limit` images) and on a folder of the same images,
     with each graph's own gates. One row per (fault, graph, data mode): verdict, reason, failing gates, undecided
     gates, evidence, report folder. Faulty exports and reports (figures only with `figures`) are written under `work`.
-    `modes` picks the data modes; the plain reference runs once per image (`cache`, a parity.ReferenceCache, keeps it
-    for later calls); `resamples` sets the dAP interval's bootstrap resamples (default: the gates' 1000)."""
+    The plain reference runs once per image (`cache`, a parity.ReferenceCache, keeps it for later calls); `resamples`
+    sets the dAP interval's bootstrap resamples (default: the gates' 1000)."""
     from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity_many
 
     cache = cache if cache is not None else ReferenceCache()
@@ -359,21 +359,21 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         raise MaskrtError(f"unknown fault(s) {', '.join(unknown)} (known: {', '.join(FAULTS)})")
     work = Path(work)
     folder = work / f"images_{split}_{limit or 'all'}"  # made once per work folder, split and limit
-    if "folder" in modes and not folder.is_dir():
+    if not folder.is_dir():
         image_folder_of(data, split, folder, limit)
     sources = {"coco": (Path(data), limit), "folder": (folder, None)}
     rows = []
     for name in [CLEAN, *names] if clean else names:
         export = Path(export_dir) if name == CLEAN else inject(export_dir, name, work / "exports" / name,
                                                                 graphs=graphs, force=True)
-        for mode in modes:
+        for mode in DATA_MODES:
             source, mode_limit = sources[mode]
             candidates = []
             for graph in graphs:
-                evidence = {"min_detections": min_detections} if min_detections else {}
+                overrides = {"min_detections": min_detections} if min_detections else {}
                 if resamples:
-                    evidence["resamples"] = resamples
-                gates = Gates.for_precision(GRAPH_KINDS[graph][1], **evidence)
+                    overrides["resamples"] = resamples
+                gates = Gates.for_precision(GRAPH_KINDS[graph][1], **overrides)
                 candidates.append(Candidate(export, work / "reports" / name / mode / graph, graph=graph, gates=gates))
             reports = run_parity_many(checkpoint, candidates, source, split=split, limit=mode_limit,
                                       progress=progress, force=True, figures=figures, cache=cache)

@@ -313,9 +313,9 @@ class ReferenceCache:
     key: tuple[str, int] | None = None  # (checkpoint sha256, detection slots)
     batches: dict[tuple[str, ...], tuple[list[RawOutput], list[Detections]]] = field(default_factory=dict)
 
-    def use(self, checkpoint: str | Path, max_detections: int) -> None:
-        """Keep the outputs only if they are `checkpoint`'s with `max_detections` slots."""
-        key = (sha256(checkpoint), max_detections)
+    def use(self, checkpoint_sha256: str, max_detections: int) -> None:
+        """Keep the outputs only if they are the checkpoint's (by its sha256) with `max_detections` slots."""
+        key = (checkpoint_sha256, max_detections)
         if key != self.key:
             self.key, self.batches = key, {}
 
@@ -339,8 +339,9 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     info = _same_export_record(comparisons)
     inputs = _Inputs.load(data, split, info, candidates[0].model)
     ref_fn = _reference(reference, checkpoint, candidates[0].model, info)
+    checkpoint_sha256 = sha256(checkpoint)
     if cache is not None and reference == "plain":  # the canvas reference depends on the export: never cached
-        cache.use(checkpoint, info.max_detections)
+        cache.use(checkpoint_sha256, info.max_detections)
     else:
         cache = None
     indices = list(range(len(inputs.files)))[: limit or None]
@@ -376,7 +377,6 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
         for comparison in comparisons:
             comparison.close()
     reports = []
-    checkpoint_sha256 = sha256(checkpoint)
     ref_eval = None if inputs.coco is None else coco_evaluations(inputs.coco, ref_results, image_ids=ids)
     memo: dict = {}  # the reference's resampled APs, made once for every candidate
     for comparison in comparisons:

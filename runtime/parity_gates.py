@@ -117,7 +117,7 @@ class Gates:
         for name, low in (("min_detections", 1), ("min_score_pairs", 1), ("resamples", 100)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MaskrtError(f"{name} must be an integer >= {low} (no run passes on no evidence), got {value!r}")
+                raise MaskrtError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,11 @@ import torch
 
 from maskrt.core.machine import machine_facts, machine_line
 
-#: tests/conftest.py ACCURATE, the recipe of the real-accuracy fixture (the val split is --val's largest here).
-RECIPE = {"train": 300, "size": 96, "data_seed": 5, "iters": 700, "threads": 2}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import ACCURATE  # noqa: E402  the real-accuracy fixture's recipe, one source (val: --val's largest here)
+
+RECIPE = {"train": ACCURATE["train"], "size": ACCURATE["size"], "data_seed": ACCURATE["seed"],
+          "iters": ACCURATE["iters"], "threads": ACCURATE["threads"]}
 
 
 def _train(data: Path, run: Path, seed: int, iters: int) -> dict:

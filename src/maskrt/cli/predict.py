@@ -182,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--resamples", type=resamples_count, default=DEFAULT_RESAMPLES,
                      help="bootstrap resamples of the dAP's 90%% interval (annotated data): a dAP gate passes only "
                      "when the interval lies within its limit, fails when it lies beyond, else INCONCLUSIVE "
-                     f"(default {DEFAULT_RESAMPLES}: about 1 s per 1000 detections)")
+                     f"(default {DEFAULT_RESAMPLES}: about 2 s per IoU type for 640 images)")
     par.add_argument("--layers", action="store_true",
                      help="also compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor "
                      "(`maskrt layers`) into OUT/layers/: which node adds the error")
