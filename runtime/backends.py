@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 
 from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
+from maskrt.core.devices import resolve_device
 from maskrt.core.errors import MaskrtError
 from maskrt.runtime.postprocess import RawOutput
 from maskrt.runtime.reference import eager_detections
@@ -44,8 +45,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, max_detections: int) -> None:
-        self.model = model.eval()
+    def __init__(self, model: torch.nn.Module, max_detections: int, device: str = "cpu") -> None:
+        self.torch_device = resolve_device(device)  # outputs come back to the CPU: masks are pasted there
+        self.model = model.eval().to(self.torch_device)
         self.max_detections = max_detections
         self._finite = True
         # torchvision drops NaN scores on the way out (an empty result): the backbone's features tell instead
@@ -57,8 +59,9 @@ class TorchBackend:
 
     def run(self, canvas: torch.Tensor, sizes: torch.Tensor) -> list[RawOutput]:
         self._finite = True
-        outs = [RawOutput.from_torchvision(det, self.max_detections)
-                for det in eager_detections(self.model, canvas, sizes)]
+        dets = eager_detections(self.model, canvas.to(self.torch_device), sizes)
+        outs = [RawOutput.from_torchvision({k: v.cpu() for k, v in det.items()}, self.max_detections)
+                for det in dets]
         if not self._finite:
             raise MaskrtError("the network's backbone features hold non-finite values (NaN or infinity): its weights "
                               "are broken")
@@ -70,11 +73,15 @@ class TorchBackend:
 
 
 def _providers(device: str, graph: str) -> list[str]:
-    """ONNX Runtime's execution providers for `device` ("cpu" or "cuda": onnxruntime-gpu, model.onnx only)."""
+    """ONNX Runtime's execution providers for `device` ("cpu", "cuda": onnxruntime-gpu, model.onnx only, or "auto":
+    cuda where that is available for the graph, else cpu)."""
+    if device == "auto":
+        portable = GRAPH_KINDS.get(graph, ("portable",))[0] == "portable"
+        device = "cuda" if portable and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device != "cuda":
-        raise MaskrtError(f"unknown device '{device}' (choose from cpu, cuda)")
+        raise MaskrtError(f"unknown device '{device}' (choose from cpu, cuda, auto)")
     if GRAPH_KINDS.get(graph, ("portable",))[0] != "portable":
         raise MaskrtError(f"the {graph} graph's plugin ops run on the CPU host build in ONNX Runtime; use --graph "
                           "portable with --device cuda, or build a TensorRT engine")

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo, check_same_classes
+from maskrt.core.devices import resolve_device
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
@@ -137,7 +138,7 @@ def parity_images(data: str | Path, split: str, info: ExportInfo, export_dir: st
     return _Inputs.load(data, split, info, export_dir).files
 
 
-def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: ExportInfo
+def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: ExportInfo, device: str = "cpu"
                ) -> Callable[[list[np.ndarray]], tuple[list[RawOutput], list[Detections]]]:
     """The reference as a function: batch of images -> (raw outputs, detections on the original images)."""
     if name not in REFERENCES:
@@ -146,8 +147,8 @@ def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: 
     check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
     model = model_from_checkpoint(ckpt, source=checkpoint)
     if name == "plain":
-        return PlainReference(model, info.max_detections)
-    predictor = Predictor(TorchBackend(model, info.max_detections), preprocessor_for(info), info.classes)
+        return PlainReference(model, info.max_detections, device)
+    predictor = Predictor(TorchBackend(model, info.max_detections, device), preprocessor_for(info), info.classes)
     return lambda images: _run(predictor, images)
 
 
@@ -322,12 +323,13 @@ class ReferenceCache:
 
 def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: str | Path, *,
                     reference: str = "plain", split: str = "val", limit: int | None = None, progress: bool = True,
-                    force: bool = False, figures: bool = True, cache: ReferenceCache | None = None
-                    ) -> list[dict[str, Any]]:
+                    force: bool = False, figures: bool = True, cache: ReferenceCache | None = None,
+                    reference_device: str = "cpu") -> list[dict[str, Any]]:
     """Compare each candidate with one pass of the `reference` over `data` (run once per batch for all of them; the
     candidates must share classes, detection slots and input, e.g. the graphs of one export); write each
     candidate's report folder (without the PNG figures unless `figures`) and return the reports (see
-    `run_parity`). `cache` keeps the plain reference's outputs for later runs on the same checkpoint."""
+    `run_parity`). `cache` keeps the plain reference's outputs for later runs on the same checkpoint. The torch
+    reference runs on `reference_device` (cpu, cuda or auto)."""
     if not candidates:
         raise MaskrtError("no candidate to compare")
     check_apart([c.out for c in candidates], [("checkpoint", checkpoint), ("dataset", data),
@@ -338,9 +340,10 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
         raise MaskrtError("two candidates write the same report folder")
     info = _same_export_record(comparisons)
     inputs = _Inputs.load(data, split, info, candidates[0].model)
-    ref_fn = _reference(reference, checkpoint, candidates[0].model, info)
+    ref_fn = _reference(reference, checkpoint, candidates[0].model, info, reference_device)
     checkpoint_sha256 = sha256(checkpoint)
-    if cache is not None and reference == "plain":  # the canvas reference depends on the export: never cached
+    if cache is not None and reference == "plain" and reference_device == "cpu":  # the canvas reference depends on
+        # the export, a GPU's reference on the GPU: neither is cached
         cache.use(checkpoint_sha256, info.max_detections)
     else:
         cache = None
@@ -387,6 +390,7 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
         report = comparison.report(checkpoint, checkpoint_sha256, reference, coco,
                                    {"path": str(data), "split": split if inputs.coco is not None else None,
                                     "limit": limit})
+        report["reference_device"] = str(resolve_device(reference_device))
         comparison.write(report, files, figures)
         reports.append(report)
     return reports
@@ -406,4 +410,4 @@ def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path,
     candidate = Candidate(export_dir, out, backend=backend, graph=graph, gates=gates, threads=threads, device=device,
                           precision=precision)
     return run_parity_many(checkpoint, [candidate], data, reference=reference, split=split, limit=limit,
-                           progress=progress, force=force)[0]
+                           progress=progress, force=force, reference_device=device)[0]

@@ -68,8 +68,9 @@ class Predictor:
                     checkpoint: str | Path | None = None, score_threshold: float = KEEP_ALL_SCORES,
                     threads: int | None = None, device: str = "cpu", spinning: bool = False,
                     precision: str = "f32") -> Predictor:
-        """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas (`threads`,
-        `device` and `spinning`: OnnxRuntimeBackend's; `threads` and `precision` f32|bf16: OpenVinoBackend's)."""
+        """A predictor on an export folder; backend 'torch' runs `checkpoint` with the export's canvas on `device`
+        (`threads`, `device` and `spinning`: OnnxRuntimeBackend's; `threads` and `precision` f32|bf16:
+        OpenVinoBackend's)."""
         check_score_threshold(score_threshold)
         info = ExportInfo.read(export_dir)
         pre = preprocessor_for(info)
@@ -78,13 +79,13 @@ class Predictor:
                 raise MaskrtError("the torch backend needs a checkpoint")
             ckpt = load_checkpoint(checkpoint)
             check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
-            impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections)
+            impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections, device)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device, spinning)
         elif backend == "openvino":
             from maskrt.runtime.openvino_backend import OpenVinoBackend
 
-            if device != "cpu":
+            if device not in ("cpu", "auto"):
                 raise MaskrtError("--backend openvino runs on the CPU (drop --device)")
             impl = OpenVinoBackend(export_dir, info, graph, threads, precision)
         elif backend == "tensorrt":
@@ -107,9 +108,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, height: int | None = None, width: int | None = None,
-                        score_threshold: float = KEEP_ALL_SCORES) -> Predictor:
-        """The torch reference straight from a checkpoint: each batch padded as torchvision pads it, or to a static
-        canvas when `height` and/or `width` are given (the other side from the model config)."""
+                        score_threshold: float = KEEP_ALL_SCORES, device: str = "cpu") -> Predictor:
+        """The torch reference straight from a checkpoint, on `device`: each batch padded as torchvision pads it, or
+        to a static canvas when `height` and/or `width` are given (the other side from the model config)."""
         check_score_threshold(score_threshold)
         ckpt = load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, source=checkpoint)
@@ -118,7 +119,7 @@ class Predictor:
         pre = Preprocessor(ckpt["model_config"]["min_size"], ckpt["model_config"]["max_size"],
                            tuple(model.transform.image_mean), tuple(model.transform.image_std),  # type: ignore[arg-type]
                            canvas=canvas)
-        backend = TorchBackend(model, int(ckpt["model_config"].get("box_detections_per_img", 100)))
+        backend = TorchBackend(model, int(ckpt["model_config"].get("box_detections_per_img", 100)), device)
         return cls(backend, pre, ckpt["classes"], score_threshold=score_threshold)
 
     @classmethod
@@ -138,7 +139,7 @@ class Predictor:
             return cls.from_export(model, backend=backend, graph=graph, threads=threads, checkpoint=checkpoint,
                                    score_threshold=score_threshold, device=device, precision=precision)
         if backend == "torch":
-            return cls.from_checkpoint(model, score_threshold=score_threshold)
+            return cls.from_checkpoint(model, score_threshold=score_threshold, device=device)
         raise MaskrtError(f"{model}: the {backend} backend needs an export folder (see `maskrt export`)")
 
     def raw(self, images: list[np.ndarray]) -> tuple[list[RawOutput], list[tuple[int, int]], list[tuple[int, int]]]:

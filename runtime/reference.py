@@ -20,6 +20,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.poolers import _setup_scales
 
+from maskrt.core.devices import resolve_device
 from maskrt.runtime.postprocess import Detections, RawOutput
 from maskrt.runtime.preprocess import to_tensor
 
@@ -58,8 +59,9 @@ class PlainReference:
 
     name = "plain"
 
-    def __init__(self, model: MaskRCNN, slots: int) -> None:
-        self.model = model.eval()
+    def __init__(self, model: MaskRCNN, slots: int, device: str = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
         self.slots = slots
 
     @torch.no_grad()
@@ -69,11 +71,12 @@ class PlainReference:
 
         def heads(module: torch.nn.Module, args: tuple, output: tuple) -> None:
             # torchvision's postprocess rewrites these dicts in place: keep copies
-            seen["heads"] = [{k: v.clone() for k, v in det.items()} for det in output[0]]
+            seen["heads"] = [{k: v.cpu().clone() for k, v in det.items()} for det in output[0]]
 
         handle = self.model.roi_heads.register_forward_hook(heads)
         try:
-            results = self.model([to_tensor(image) for image in images])
+            results = self.model([to_tensor(image).to(self.device) for image in images])
+            results = [{k: v.cpu() for k, v in r.items()} for r in results]
         finally:
             handle.remove()
         raws = [RawOutput.from_torchvision(det, self.slots) for det in seen["heads"]]

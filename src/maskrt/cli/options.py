@@ -51,6 +51,18 @@ export_batch = checked(int, lambda v: 1 <= v <= MAX_EXPORT_BATCH, f"in [1, {MAX_
 port = checked(int, lambda v: 1 <= v <= 65535, "a port in 1..65535")
 model_name = checked(str, lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", v)), "letters, digits, '.', '_', '-'")
 opset = checked(int, lambda v: MIN_OPSET <= v <= MAX_OPSET, f"in [{MIN_OPSET}, {MAX_OPSET}]")
+backbone_layers = checked(int, lambda v: 0 <= v <= 6, "in [0, 6] (5 for a ResNet)")
+
+
+def size_list(text: str) -> list[int]:
+    """An argparse type: comma-separated image sides, each at least 32 pixels."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be image sides in pixels, e.g. 96,112,128; got {text}") from None
+    if not sizes or any(s < 32 for s in sizes):
+        raise argparse.ArgumentTypeError(f"must be image sides of at least 32 pixels, got {text}")
+    return sizes
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -91,8 +103,16 @@ def add_precision(p: argparse.ArgumentParser) -> None:
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int,
                    help="ONNX Runtime intra-op threads (default: one per physical core)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="ONNX Runtime device: cuda runs model.onnx with onnxruntime-gpu (extra [gpu])")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="where ONNX Runtime and torch (--backend torch, parity's reference) run: cuda runs model.onnx "
+                   "with onnxruntime-gpu (extra [gpu]) and torch on the GPU; auto: cuda where available (default cpu)")
+
+
+def add_torch_device(p: argparse.ArgumentParser, default: str) -> None:
+    """--device for what runs in torch (training, evaluation, the torch backend and reference)."""
+    p.add_argument("--device", default=default, choices=["cpu", "cuda", "auto"],
+                   help=f"where torch runs: cuda (under torchrun, each process its LOCAL_RANK GPU), cpu, or auto "
+                   f"(cuda where torch sees a GPU); default {default}")
 
 
 def add_serving(p: argparse.ArgumentParser, name_help: str, batch_help: str) -> None:
