@@ -3,7 +3,10 @@
 #   1. the gpu-marked tests (launched kernels vs torchvision CUDA and the host build); a test file whose imports this
 #      python lacks (a bare GPU machine without onnx) is named and not run
 #   2. the plugin benchmark (RoIAlign fp32/fp16, NMS; bandwidth vs the roofline)
-#   3. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs), built into fp32 and
+#   3. GPU training: slim for 200 steps with --device cuda --amp; the checkpoint loads where no GPU is visible
+#      (CUDA_VISIBLE_DEVICES=), and where onnx and onnxruntime are importable it exports and both graphs pass parity on
+#      the CPU; then a 1-process torchrun on the GPU (nccl)
+#   4. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs), built into fp32 and
 #      fp16 engines, gated with `maskrt parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16) and timed with
 #      `maskrt bench`; otherwise the step says why it is skipped.
 # Usage:
@@ -67,9 +70,36 @@ else
 fi
 step "plugin benchmark" "$PY" scripts/bench_plugin.py
 
+TRAIN=$(mktemp -d)
+M="$PY -m maskrt.cli"
+step "shapes data (training)" $M data shapes --out "$TRAIN/data" --train 200 --val 50 --size 128 -q
+step "gpu training (slim, 200 steps, cuda, amp)" $M train --data "$TRAIN/data" --out "$TRAIN/run" --iters 200 \
+  --device cuda --amp --eval-every 200 -q
+step "checkpoint loads without a GPU" env CUDA_VISIBLE_DEVICES= "$PY" - "$TRAIN/run/last.pt" <<'EOF'
+import sys, torch
+from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+raw = torch.load(sys.argv[1], weights_only=True)  # no map_location: any CUDA tensor would fail here
+ckpt = load_checkpoint(sys.argv[1])
+model_from_checkpoint(ckpt)
+floats = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+assert all(v.dtype == torch.float32 for v in floats), "weights are not fp32"
+print("amp:", ckpt["train_state"]["amp"], "| metrics:", ckpt["metrics"])
+EOF
+if "$PY" -c "import onnx, onnxruntime" 2>/dev/null; then
+  step "export the GPU-trained checkpoint" env CUDA_VISIBLE_DEVICES= $M export --checkpoint "$TRAIN/run/last.pt" \
+    --out "$TRAIN/export" -q
+  for graph in portable trt; do
+    step "parity $graph (CPU)" env CUDA_VISIBLE_DEVICES= $M parity --checkpoint "$TRAIN/run/last.pt" \
+      --model "$TRAIN/export" --graph "$graph" --data "$TRAIN/data" --out "$TRAIN/parity_$graph" -q
+  done
+else
+  skip "export + parity of the GPU-trained model" "onnx / onnxruntime not importable by $PY"
+fi
+step "torchrun, 1 process, nccl" "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m maskrt.cli train \
+  --data "$TRAIN/data" --out "$TRAIN/ddp" --iters 20 --device cuda --eval-every 20 -q
+
 if "$PY" -c "import tensorrt" 2>/dev/null; then
   WORK=$(mktemp -d)
-  M="$PY -m maskrt.cli"
   step "shapes data" $M data shapes --out "$WORK/data" --train 8 --val 16 --size 128 -q
   step "seeded slim checkpoint" "$PY" - "$WORK/slim.pt" <<'EOF'
 import sys, torch

@@ -15,7 +15,9 @@ def main() -> None:
     result = trainer.train()
     rank = dist.get_rank()
     torch.save({"state_dict": trainer.model.state_dict(), "seen": result.seen_indices,
-                "world": dist.get_world_size(), "step": result.step}, dump / f"rank{rank}.pt")
+                "world": dist.get_world_size(), "step": result.step,
+                "backend": dist.get_backend(), "device": str(next(trainer.model.parameters()).device)},
+               dump / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 

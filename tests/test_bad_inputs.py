@@ -377,7 +377,47 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("unreadable-image-in-a-worker", lambda w, t: ["train", "--data", str(_unreadable_train_image(w, t)), "--out",
                                                    f"{t}/r", "--iters", "1", "--workers", "1", "-q"],
      "cannot read image", {}),
+    # fine-tuning, device and precision (issue 33): refused before the run folder exists
+    ("init-missing", lambda w, t: _train(w, t, "--init", f"{t}/nope.pth"), "--init weights file not found", {}),
+    ("init-truncated", lambda w, t: _train(w, t, "--init", _truncated(w, t)), "not a readable weights file", {}),
+    ("init-not-tensors", lambda w, t: _train(w, t, "--init", _saved(t, {"weights": [1.0, 2.0]})),
+     "not a state_dict of tensors", {}),
+    ("init-pickled-object", lambda w, t: _train(w, t, "--init", str(_pickle_with_code(t))), "the safe loader refuses",
+     {}),
+    ("init-other-mask-rcnn-config", lambda w, t: _train(w, t, "--init", _saved(t, _state("slim-c4"))),
+     "Mask R-CNN weights of config 'slim-c4', not 'slim' (pass --config slim-c4)", {}),
+    ("init-other-classifier", lambda w, t: _train(w, t, "--init", _saved(t, _classifier("mobilenet_v3_large"))),
+     "a mobilenet_v3_large classifier's weights; config 'slim' has a resnet18 backbone", {}),
+    ("init-checkpoint-of-another-config", lambda w, t: _train(w, t, "--init", f"{w}/ckpt.pt", "--config", "slim-c4"),
+     "checkpoint is of config 'slim', not 'slim-c4'", {}),
+    ("init-nan-weights", lambda w, t: _train(w, t, "--init", _saved(t, _state("slim", nan=True))),
+     "holds 1 non-finite value", {}),
+    ("init-nothing-fits", lambda w, t: _train(w, t, "--init", _saved(t, {k: torch.zeros(1) for k in
+                                                                       _classifier("resnet18")})),
+     "tensors fits the model by name and shape", {}),
+    ("init-with-resume", lambda w, t: _train(w, t, "--init", f"{w}/ckpt.pt", "--resume"), "--init starts a new run",
+     {}),
+    ("trainable-backbone-layers-7", lambda w, t: _train(w, t, "--init", f"{w}/ckpt.pt", "--trainable-backbone-layers",
+                                                        "7"), "must be in [0, 6]", {}),
+    ("trainable-backbone-layers-6-on-a-resnet", lambda w, t: _train(w, t, "--init", f"{w}/ckpt.pt",
+                                                                    "--trainable-backbone-layers", "6"),
+     "config 'slim' has 5 backbone stages", {}),
+    ("trainable-backbone-layers-without-init", lambda w, t: _train(w, t, "--trainable-backbone-layers", "2"),
+     "it needs --init", {}),
+    ("amp-without-native-bf16", lambda w, t: _train(w, t, "--amp", "--device", "cpu"),
+     "--amp on the CPU needs native bf16", {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("device-cuda-without-cuda", lambda w, t: _train(w, t, "--device", "cuda"), "--device cuda:", {}),
+    ("eval-device-cuda-without-cuda", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", f"{w}/data",
+                                                    "--out", f"{t}/r/m.json", "--device", "cuda"],
+     "--device cuda:", {}),
+    ("min-size-above-max-size", lambda w, t: _train(w, t, "--min-size", "96,200"), "each size must be in [32, 128]",
+     {}),
+    ("min-size-not-a-number", lambda w, t: _train(w, t, "--min-size", "96,big"), "must be image sides in pixels", {}),
+    ("shapes-unknown-class", lambda w, t: ["data", "shapes", "--out", f"{t}/r", "--classes", "circle,oval"],
+     "shape classes must be distinct names", {}),
 ]
+#: rows whose output (T/r) must not exist afterwards: refused before anything is written
+NOTHING_WRITTEN = {row[0] for row in ROWS[ROWS.index(next(r for r in ROWS if r[0] == "init-missing")):]}
 
 
 def _permute_names(dataset: dict) -> None:
@@ -466,6 +506,36 @@ def _random_file(t: Path) -> str:
     return str(t / "random.pt")
 
 
+def _train(w: Path, t: Path, *more: str) -> list[str]:
+    """`maskrt train` on the world's data into T/r, one step, with `more` options."""
+    return ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--iters", "1", "-q", *more]
+
+
+def _saved(t: Path, obj: object) -> str:
+    torch.save(obj, t / "weights.pth")
+    return str(t / "weights.pth")
+
+
+def _truncated(w: Path, t: Path) -> str:
+    data = (w / "ckpt.pt").read_bytes()
+    (t / "truncated.pth").write_bytes(data[: len(data) // 2])
+    return str(t / "truncated.pth")
+
+
+def _state(config: str, nan: bool = False) -> dict:
+    """A Mask R-CNN state_dict of `config` (3 classes), one weight NaN if `nan`."""
+    state = build_model(default_model_config(config, 3)).state_dict()
+    if nan:
+        state["backbone.body.layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    return state
+
+
+def _classifier(name: str) -> dict:
+    import torchvision.models
+
+    return getattr(torchvision.models, name)().state_dict()
+
+
 def _resume_run(w: Path, t: Path) -> Path:
     run = t / "run"
     run.mkdir()
@@ -477,7 +547,8 @@ def _resume_run(w: Path, t: Path) -> Path:
 
 @pytest.mark.parametrize(("argv", "fragment", "env"), [pytest.param(r[1], r[2], r[3], id=r[0]) for r in ROWS])
 def test_bad_input_is_one_clean_error(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv, fragment,
-                                      env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+                                      env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                      request: pytest.FixtureRequest) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     args = argv(world, tmp_path)
@@ -494,3 +565,5 @@ def test_bad_input_is_one_clean_error(world: Path, tmp_path: Path, capsys: pytes
     assert len(errors) == 1 and fragment in errors[0], err
     assert _digest(world) == before, "an input file changed"
     assert not _leftovers(world, tmp_path), _leftovers(world, tmp_path)
+    if request.node.callspec.id in NOTHING_WRITTEN:
+        assert not (tmp_path / "r").exists(), "the output was created before the input was refused"

@@ -23,6 +23,7 @@ def test_two_process_torchrun(shapes_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["step"] == r1["step"] == 3
+    assert r0["backend"] == r1["backend"] == "gloo" and r0["device"] == "cpu"  # a CPU model: never nccl
     # the sampler splits the data: disjoint shards, 3 steps x 2 images per rank
     assert len(r0["seen"]) == len(r1["seen"]) == 6
     assert not set(r0["seen"]) & set(r1["seen"])

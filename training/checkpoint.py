@@ -2,10 +2,11 @@
 
 Layout (format_version 1)::
 
-    {format_version, model_config, state_dict, classes, train_state, metrics, versions}
+    {format_version, model_config, state_dict, classes, train_state, metrics, versions[, init]}
 
 `classes[i]` is {"id": dataset category id, "name": ...} of contiguous label i + 1. `train_state` is
-None or {step, optimizer, schedule, rng, ...} for --resume.
+None or {step, optimizer, schedule, rng, ...} for --resume. `init` (optional) names the file a fine-tuning run
+started from: {file, sha256, kind}.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def make_checkpoint(*, model_config: dict, state_dict: dict, classes: list[dict],
-                    train_state: dict | None = None, metrics: dict | None = None) -> dict:
-    """Assemble a checkpoint dict (tensors moved to CPU)."""
+                    train_state: dict | None = None, metrics: dict | None = None, init: dict | None = None) -> dict:
+    """Assemble a checkpoint dict (tensors moved to CPU, so that it loads on a machine without a GPU). `init`: the
+    file a fine-tuning run started from ({file, sha256, kind}), None for a run from scratch."""
     return {
         "format_version": FORMAT_VERSION,
         "model_config": dict(model_config),
@@ -42,6 +44,7 @@ def make_checkpoint(*, model_config: dict, state_dict: dict, classes: list[dict]
         "train_state": train_state,
         "metrics": metrics or {},
         "versions": versions(),
+        "init": init,
     }
 
 
@@ -65,6 +68,12 @@ def load_checkpoint(path: str | Path, *, expect_config: str | None = None) -> di
     except Exception as exc:  # torch raises many types for truncated / foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaskrtError(f"{path}: not a readable maskrt checkpoint ({first})") from None
+    return check_checkpoint(ckpt, path, expect_config=expect_config)
+
+
+def check_checkpoint(ckpt: object, path: Path, *, expect_config: str | None = None) -> dict:
+    """`ckpt` (a loaded file) validated as a maskrt checkpoint, of config `expect_config` when given; MaskrtError
+    naming `path` for anything wrong."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise MaskrtError(f"{path}: not a maskrt checkpoint (no format_version; to use a torchvision "
                           "state_dict, convert it with `maskrt import`)")

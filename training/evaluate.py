@@ -67,16 +67,17 @@ def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int] | None
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: CocoDataset, *, batch_size: int = 4,
-             progress: bool = True) -> dict:
-    """Run `model` (torchvision Mask R-CNN) over `dataset` and return its COCO metrics."""
+def evaluate(model: torch.nn.Module, dataset: CocoDataset, *, batch_size: int = 4, progress: bool = True,
+             device: torch.device | None = None) -> dict:
+    """Run `model` (torchvision Mask R-CNN, on `device`: its own when None) over `dataset` and return its COCO
+    metrics."""
     was_training = model.training
     model.eval()
     results: list[dict] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="eval", unit="batch", disable=not progress,
                       leave=False):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([img for img, _ in items])
+        outputs = model([img if device is None else img.to(device) for img, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
             results.extend(detections_to_coco(target["image_id"], out, dataset.label_to_cat))
     model.train(was_training)

@@ -175,7 +175,7 @@ class C4Backbone(nn.Module):
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
         self.body = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
         last = resnet.layer3[-1]
-        self.out_channels = int((last.bn3 if hasattr(last, "bn3") else last.bn2).num_features)
+        self.out_channels = int((last.bn3 if hasattr(last, "bn3") else last.bn2).weight.shape[0])  # FrozenBN too
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return OrderedDict([("0", self.body(x))])
@@ -259,5 +259,33 @@ def build_model(cfg: dict[str, Any]) -> MaskRCNN:
     return model
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def backbone_stages(cfg: dict[str, Any]) -> int:
+    """How many backbone stages `--trainable-backbone-layers` counts for a config (torchvision's meaning): 5 for a
+    ResNet (conv1, layer1-4), 6 for MobileNetV3 (its stem and the blocks that begin each stride)."""
+    return 6 if cfg["name"] == "mobilenet-fpn" else 5
+
+
+def freeze_backbone(model: MaskRCNN, cfg: dict[str, Any], trainable_layers: int) -> list[str]:
+    """Freeze all but the last `trainable_layers` backbone stages, as torchvision's detection builders do
+    (`trainable_backbone_layers`); returns the names of the frozen parameters. A C4 model's res5 is its RoI head and
+    stays trainable."""
+    stages = backbone_stages(cfg)
+    if not 0 <= trainable_layers <= stages:
+        raise MaskrtError(f"config '{cfg['name']}' has {stages} backbone stages: --trainable-backbone-layers takes "
+                          f"0-{stages}, got {trainable_layers}")
+    body = model.backbone.body
+    if cfg["name"] == "mobilenet-fpn":  # torchvision.models.detection.backbone_utils.mobilenet_backbone's rule
+        blocks = list(body.values())
+        starts = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        first = len(blocks) if trainable_layers == 0 else starts[len(starts) - trainable_layers]
+        frozen_prefixes = tuple(f"{i}." for i in range(first))
+        frozen = [n for n, _ in body.named_parameters() if n.startswith(frozen_prefixes)]
+    else:  # torchvision's _resnet_fpn_extractor rule
+        train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers == 5:
+            train.append("bn1")
+        frozen = [n for n, _ in body.named_parameters() if not n.startswith(tuple(train))]
+    params = dict(body.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return frozen

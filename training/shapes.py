@@ -1,14 +1,14 @@
 """Deterministic generator of a COCO-format instance-segmentation dataset of coloured shapes.
 
-Every image has a textured, noisy background and 1-4 shapes (circle, rectangle, triangle) of varied
-colours, sizes and aspect ratios. Poses vary only a little (rectangles and upward-pointing triangles
-turn by at most MAX_TILT radians), as in the classic shapes dataset: the class is a matter of shape, not
-of pose. With free rotation the from-scratch `slim` model could not tell rotated rectangles from the
-other classes within the 6-minute CPU budget (segm AP 38 vs 58 here). Later shapes occlude earlier
-ones; each annotation holds the *visible* mask as compressed RLE with its area and bbox. Placement
-rejects a shape that would hide most of an earlier one, so every visible object is annotated. Each
-image is drawn from its own RNG seeded by (seed, split, index): the same seed gives byte-identical
-JSON and PNG files.
+Every image has a textured, noisy background and 1-4 shapes of varied colours, sizes and aspect ratios: by default
+circle, rectangle and triangle; `classes` picks others from SHAPES (e.g. star and hexagon, for a fine-tuning dataset
+whose classes the pretrained model never saw). Category ids are 1..K in the order given. Poses vary only a little
+(rectangles, upward-pointing triangles, stars and hexagons turn by at most MAX_TILT radians), as in the classic shapes
+dataset: the class is a matter of shape, not of pose. With free rotation the from-scratch `slim` model could not tell
+rotated rectangles from the other classes within the 6-minute CPU budget (segm AP 38 vs 58 here). Later shapes
+occlude earlier ones; each annotation holds the *visible* mask as compressed RLE with its area and bbox. Placement
+rejects a shape that would hide most of an earlier one, so every visible object is annotated. Each image is drawn from
+its own RNG seeded by (seed, split, index): the same seed gives byte-identical JSON and PNG files.
 """
 
 from __future__ import annotations
@@ -24,11 +24,21 @@ from tqdm import tqdm
 from maskrt.core.errors import MaskrtError
 from maskrt.core.outputs import check_output_dir, staged_dir
 
-CATEGORIES = [
-    {"id": 1, "name": "circle", "supercategory": "shape"},
-    {"id": 2, "name": "rectangle", "supercategory": "shape"},
-    {"id": 3, "name": "triangle", "supercategory": "shape"},
-]
+SHAPES = ("circle", "rectangle", "triangle", "star", "hexagon")
+DEFAULT_CLASSES = ("circle", "rectangle", "triangle")
+
+
+def categories(classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES) -> list[dict]:
+    """The COCO categories of a shapes dataset of `classes` (ids 1..K in order); MaskrtError for an unknown shape or
+    one named twice."""
+    unknown = [c for c in classes if c not in SHAPES]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise MaskrtError(f"shape classes must be distinct names from {', '.join(SHAPES)}, got "
+                          f"{','.join(classes) or 'none'}")
+    return [{"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(classes, 1)]
+
+
+CATEGORIES = categories()
 _SPLIT_IDS = {"train": 0, "val": 1}
 MIN_VISIBLE_FRACTION = 0.7  # a shape stays at least this visible after later shapes are drawn
 MIN_VISIBLE_PIXELS = 24
@@ -56,15 +66,25 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _shape_mask(rng: np.random.Generator, size: int, category: int) -> np.ndarray:
-    """Draw one shape of the given category id as a boolean HxW mask."""
+def _regular(cx: float, cy: float, radii: list[float], turn: float) -> list[tuple[float, float]]:
+    """The polygon of len(radii) vertices at equal angles from `turn`, vertex i at radius radii[i]."""
+    angles = turn + np.arange(len(radii)) * 2 * np.pi / len(radii)
+    return [(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles, strict=True)]
+
+
+def _shape_mask(rng: np.random.Generator, size: int, shape: str) -> np.ndarray:
+    """Draw one shape (a name of SHAPES) as a boolean HxW mask."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     r = rng.uniform(0.13, 0.28) * size
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
-    if category == 1:
+    if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
-    elif category == 2:
+    elif shape == "star":  # five points, apex up
+        draw.polygon(_regular(cx, cy, [1.2 * r, 0.5 * r] * 5, -np.pi / 2 + rng.uniform(-MAX_TILT, MAX_TILT)), fill=1)
+    elif shape == "hexagon":
+        draw.polygon(_regular(cx, cy, [1.05 * r] * 6, rng.uniform(-MAX_TILT, MAX_TILT)), fill=1)
+    elif shape == "rectangle":
         w, h = r * rng.uniform(0.7, 1.3), r * rng.uniform(0.5, 1.1)
         a = rng.uniform(-MAX_TILT, MAX_TILT)
         corners = [(-w, -h), (w, -h), (w, h), (-w, h)]
@@ -87,15 +107,17 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     return 255.0 - avoid
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict]]:
-    """Render image `index` of `split`: returns (HxWx3 uint8 image, instances with category and mask)."""
+def render_image(seed: int, split: str, index: int, size: int, classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES
+                 ) -> tuple[np.ndarray, list[dict]]:
+    """Render image `index` of `split` with shapes of `classes`: returns (HxWx3 uint8 image, instances with category
+    id (1-based index into `classes`) and mask)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     canvas = _background(rng, size)
     placed: list[dict] = []
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(15):
-            category = int(rng.integers(1, len(CATEGORIES) + 1))
-            full = _shape_mask(rng, size, category)
+            category = int(rng.integers(1, len(classes) + 1))
+            full = _shape_mask(rng, size, classes[category - 1])
             if full.sum() < MIN_VISIBLE_PIXELS * 2:
                 continue
             if all(
@@ -131,13 +153,14 @@ def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) 
     }
 
 
-def generate_split(out: Path, split: str, count: int, size: int, seed: int, progress: bool = True) -> Path:
+def generate_split(out: Path, split: str, count: int, size: int, seed: int, progress: bool = True,
+                   classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES) -> Path:
     """Write `count` images of `split` under out/split/ and out/annotations/instances_{split}.json."""
     (out / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress):
-        image, instances = render_image(seed, split, index, size)
+        image, instances = render_image(seed, split, index, size, classes)
         image_id = index + 1
         file_name = f"{index:06d}.png"
         Image.fromarray(image).save(out / split / file_name, optimize=False)
@@ -149,7 +172,7 @@ def generate_split(out: Path, split: str, count: int, size: int, seed: int, prog
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": categories(classes),
     }
     path = out / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps(dataset, separators=(",", ":")))
@@ -157,7 +180,8 @@ def generate_split(out: Path, split: str, count: int, size: int, seed: int, prog
 
 
 def generate(out: str | Path, *, train: int = 400, val: int = 100, size: int = 128, seed: int = 0,
-             progress: bool = True, force: bool = False) -> Path:
+             progress: bool = True, force: bool = False,
+             classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES) -> Path:
     """Generate the shapes dataset (train and val splits) as the folder `out`; returns `out`.
 
     A non-empty `out` is refused unless `force` (then it is replaced, never mixed with old files); the dataset is
@@ -168,8 +192,9 @@ def generate(out: str | Path, *, train: int = 400, val: int = 100, size: int = 1
         raise MaskrtError("the image size must be at least 32 pixels")
     if seed < 0:
         raise MaskrtError(f"the seed must be >= 0, got {seed}")
+    categories(classes)
     out = check_output_dir(out, force=force)
     with staged_dir(out) as staging:
-        generate_split(staging, "train", train, size, seed, progress)
-        generate_split(staging, "val", val, size, seed, progress)
+        generate_split(staging, "train", train, size, seed, progress, classes)
+        generate_split(staging, "val", val, size, seed, progress, classes)
     return out

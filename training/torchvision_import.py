@@ -19,7 +19,8 @@ from maskrt.training.checkpoint import check_finite, make_checkpoint, model_from
 from maskrt.training.models import default_model_config
 
 
-def _coco_names() -> list[str]:
+def coco_class_names() -> list[str]:
+    """torchvision's COCO category names by label (91, "__background__" and "N/A" included)."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
     return list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
@@ -86,7 +87,7 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
     # FrozenBatchNorm2d (torchvision's pretrained layout) keeps no batch count
     frozen = not any(k.startswith("backbone.body.") and k.endswith(".num_batches_tracked") for k in sd)
     if class_names is None:
-        names = _coco_names() if num_labels == 91 else [f"class_{i}" for i in range(num_labels)]
+        names = coco_class_names() if num_labels == 91 else [f"class_{i}" for i in range(num_labels)]
         class_names = names[1:]
     if len(class_names) != num_labels - 1:
         raise MaskrtError(f"{weights}: has {num_labels - 1} classes but {len(class_names)} names were given")

@@ -15,9 +15,20 @@ step. So a run interrupted and resumed with --iters ends with the weights of an 
 the same machine and thread count: tests/test_train.py); with --max-minutes the schedule follows wall time and a
 resumed run only approximates it.
 
+Fine-tuning (`init`): the run starts from pretrained weights (training/init_weights.py), with FrozenBatchNorm2d in the
+backbone and its first stages frozen (`trainable_backbone_layers`, torchvision's meaning; 3 by default), as torchvision,
+detectron2 and mmdetection fine-tune.
+
+Device and precision: the model, the batches and the targets live on `device` (core/devices.py); checkpoints hold CPU
+tensors only. `amp` runs the forward pass under autocast (bf16 on a CPU with native bf16 or a GPU that has it, else
+fp16 with a gradient scaler); the weights and the optimizer stay fp32, so export and parity are unchanged.
+
+Multi-scale training (`min_sizes`): each step draws one shorter-side size for its batch (from the step's seed, so a
+resumed run draws the same); evaluation, export and inference use the config's own min_size.
+
 Multi-process training: launch with `torchrun --nproc_per_node N -m maskrt.cli train ...`; each rank
-sees its own shard of every epoch (DistributedSampler) and DDP averages gradients. Rank 0 evaluates and
-writes checkpoints.
+sees its own shard of every epoch (DistributedSampler) and DDP averages gradients (nccl with one GPU per process,
+LOCAL_RANK's, when the device is cuda; gloo on the CPU). Rank 0 evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -39,13 +50,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from maskrt.core.artifacts import check_same_classes
+from maskrt.core.devices import amp_dtype, resolve_device
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_faults, write_json
 from maskrt.core.outputs import check_apart, check_output_dir, clean_leftovers
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.coco import CocoDataset, collate, load_split
 from maskrt.training.evaluate import evaluate, format_metrics
-from maskrt.training.models import build_model, default_model_config
+from maskrt.training.init_weights import InitWeights, apply_init, plan_init, read_init
+from maskrt.training.models import backbone_stages, build_model, default_model_config, freeze_backbone
 
 log = logging.getLogger("maskrt")
 
@@ -76,6 +89,11 @@ class TrainOptions:
     val_split: str = "val"
     progress: bool = True
     model_overrides: dict = field(default_factory=dict)
+    init: Path | None = None  # pretrained weights to start from (training/init_weights.py)
+    trainable_backbone_layers: int | None = None  # None: 3 with `init`, all otherwise
+    device: str = "cpu"  # cpu, cuda or auto
+    amp: bool = False
+    min_sizes: list[int] | None = None  # multi-scale training: one of these shorter sides per step
 
 
 @dataclass
@@ -93,13 +111,34 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def setup_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); returns (rank, world)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    """Initialise torch.distributed when launched by torchrun (which sets WORLD_SIZE and MASTER_ADDR; one process
+    too): nccl when the model is on a GPU (each process on its LOCAL_RANK one), gloo when it is on the CPU; returns
+    (rank, world)."""
+    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return _dist_info()
+
+
+def _to_cpu(obj: object) -> object:
+    """`obj` (an optimizer or scaler state) with every tensor on the CPU: a checkpoint loads on any machine."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _to_device(images: list, targets: list, device: torch.device) -> tuple[list, list]:
+    if device.type == "cpu":
+        return images, targets
+    return ([i.to(device, non_blocking=True) for i in images],
+            [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+             for t in targets])
 
 
 def lr_factor(step: int, progress: float, opts: TrainOptions) -> float:
@@ -174,24 +213,27 @@ class Trainer:
             raise MaskrtError(f"seed and workers must be >= 0, got {opts.seed} and {opts.workers}")
         if opts.resume and opts.force:
             raise MaskrtError("resume and force exclude each other: resume continues the run, force starts over")
-        check_apart([opts.out], [("dataset", opts.data)])
+        if opts.resume and opts.init:
+            raise MaskrtError("--init starts a new run from pretrained weights; --resume continues OUT/last.pt: "
+                              "pass one of them")
+        if opts.trainable_backbone_layers is not None and not opts.init and not opts.resume:
+            raise MaskrtError("--trainable-backbone-layers freezes pretrained backbone stages: it needs --init (a "
+                              "run from scratch trains every layer)")
+        check_apart([opts.out], [("dataset", opts.data), ("init weights", opts.init)])
         if not opts.resume:
             check_output_dir(opts.out, force=opts.force, option="--resume to continue it, or --force")
         elif Path(opts.out).exists() and not Path(opts.out).is_dir():
             raise MaskrtError(f"{opts.out}: exists and is not a run folder")
         if opts.iters is None and opts.max_minutes is None:
             opts.iters = 2000
-        self.rank, self.world = setup_distributed()
+        self.device = resolve_device(opts.device)
+        self.amp_dtype = amp_dtype(self.device) if opts.amp else None
+        self.rank, self.world = setup_distributed(self.device)
         self.out = Path(opts.out)
         self.train_set = load_split(opts.data, opts.train_split, train=True)
         self.val_set: CocoDataset | None = None
         if self.rank == 0:
             self.val_set = load_split(opts.data, opts.val_split, train=False)
-            if opts.force and not opts.resume and self.out.is_dir():
-                shutil.rmtree(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
-            for checkpoint in ("last.pt", "best.pt"):  # temporary files of a save that was killed mid-write
-                clean_leftovers(self.out / checkpoint)
         if len(self.train_set) < opts.batch_size * self.world:
             raise MaskrtError(f"{self.train_set.ann_file}: {len(self.train_set)} usable images, fewer than "
                               f"batch size {opts.batch_size} x {self.world} process(es)")
@@ -205,9 +247,27 @@ class Trainer:
         random.seed(opts.seed + self.rank)
         np.random.seed(opts.seed + self.rank)
         ckpt = self._resume_checkpoint() if opts.resume else None
-        self.model_config = (ckpt["model_config"] if ckpt else
-                             default_model_config(opts.config, len(self.classes), **opts.model_overrides))
+        init_file = read_init(opts.init, opts.config) if opts.init else None
+        if ckpt:
+            self.model_config = ckpt["model_config"]
+        else:
+            base = dict(init_file.model_config) if init_file and init_file.model_config else {}
+            base = {k: v for k, v in base.items() if k not in ("name", "num_classes", "norm")}
+            pretrained = {"norm": "frozen_bn"} if init_file else {}
+            self.model_config = default_model_config(opts.config, len(self.classes),
+                                                     **{**base, **pretrained, **opts.model_overrides})
+        saved = (ckpt["train_state"] if ckpt else None) or {}
+        self.min_sizes = self._train_sizes(opts.min_sizes or saved.get("min_sizes"))
         self.model = build_model(self.model_config)
+        self.init: InitWeights | None = None
+        self.init_record = ckpt.get("init") if ckpt else None
+        if init_file:
+            self.init = plan_init(init_file, self.model, self.classes)
+            apply_init(self.model, self.init)
+            self.init_record = self.init.record()
+        self.trainable_layers = self._trainable_layers(saved)
+        self.frozen = freeze_backbone(self.model, self.model_config, self.trainable_layers)
+        self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if opts.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
@@ -215,9 +275,56 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
         else:
             raise MaskrtError(f"unknown optimizer '{opts.optimizer}' (adamw or sgd)")
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if ckpt:
             self._restore(ckpt)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None)
+        if self.rank == 0:  # every check passed: only now is the run folder touched
+            if opts.force and not opts.resume and self.out.is_dir():
+                shutil.rmtree(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            for checkpoint in ("last.pt", "best.pt"):  # temporary files of a save that was killed mid-write
+                clean_leftovers(self.out / checkpoint)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+                    if dist.is_available() and dist.is_initialized() else None)
+
+    def describe(self) -> str:
+        """What this run starts from and how it trains: the --init summary line (when fine-tuning), then device,
+        precision, frozen stages and sizes."""
+        stages = backbone_stages(self.model_config)
+        precision = f"{str(self.amp_dtype).removeprefix('torch.')} autocast" if self.amp_dtype else "fp32"
+        if self.scaler is not None:
+            precision += " with a gradient scaler"
+        sizes = ",".join(map(str, self.min_sizes)) if self.min_sizes else str(self.model_config["min_size"])
+        processes = f"{self.world} {dist.get_backend()} process(es)" if self.ddp else "1 process"
+        line = (f"training {self.model_config['name']} on {self.device} in {precision}, {processes}; "
+                f"backbone stages trained {self.trainable_layers} of {stages} ({len(self.frozen)} tensors frozen); "
+                f"shorter side {sizes} px (evaluated at {self.model_config['min_size']})")
+        return f"{self.init.summary()}\n{line}" if self.init else line
+
+    def _train_sizes(self, sizes: list[int] | None) -> list[int] | None:
+        """The multi-scale shorter sides, checked against the config's max_size (a larger one would be capped)."""
+        if not sizes or list(sizes) == [self.model_config["min_size"]]:
+            return None
+        top = self.model_config["max_size"]
+        bad = [s for s in sizes if not 32 <= s <= top]
+        if bad:
+            raise MaskrtError(f"--min-size {','.join(map(str, sizes))}: each size must be in [32, {top}] (config "
+                              f"'{self.model_config['name']}' caps the longer side at max_size {top}); got "
+                              f"{', '.join(map(str, bad))}")
+        return sorted(set(int(s) for s in sizes))
+
+    def _trainable_layers(self, saved: dict) -> int:
+        """--trainable-backbone-layers: the saved run's on resume, 3 when starting from pretrained weights, else all."""
+        given = self.opts.trainable_backbone_layers
+        if "trainable_backbone_layers" in saved:
+            if given is not None and given != saved["trainable_backbone_layers"]:
+                raise MaskrtError(f"{self.out / 'last.pt'}: the run trains {saved['trainable_backbone_layers']} "
+                                  f"backbone stages; --resume cannot change it to {given}")
+            return int(saved["trainable_backbone_layers"])
+        if given is not None:
+            return given
+        return 3 if self.init else backbone_stages(self.model_config)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _resume_checkpoint(self) -> dict | None:
@@ -239,6 +346,8 @@ class Trainer:
         state = ckpt["train_state"]
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed_s"])
         self.best_ap = float(state.get("best_ap", -1.0))
@@ -253,14 +362,18 @@ class Trainer:
     def _checkpoint(self) -> dict:
         train_state = {
             "step": self.step, "elapsed_s": self.elapsed, "best_ap": self.best_ap,
-            "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
+            "optimizer": _to_cpu(self.optimizer.state_dict()), "rng": _rng_state(),
             "schedule": {"lr": self.opts.lr, "warmup_iters": self.opts.warmup_iters,
                          "min_lr_ratio": self.opts.min_lr_ratio, "iters": self.opts.iters,
                          "max_minutes": self.opts.max_minutes},
             "batch_size": self.opts.batch_size, "world_size": self.world, "seed": self.opts.seed,
+            "trainable_backbone_layers": self.trainable_layers, "min_sizes": self.min_sizes,
+            "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
+            "scaler": _to_cpu(self.scaler.state_dict()) if self.scaler else None,
         }
         return make_checkpoint(model_config=self.model_config, state_dict=self.model.state_dict(),
-                               classes=self.classes, train_state=train_state, metrics=self.metrics)
+                               classes=self.classes, train_state=train_state, metrics=self.metrics,
+                               init=self.init_record)
 
     def save(self) -> None:
         if self.rank == 0:
@@ -270,7 +383,8 @@ class Trainer:
         """Evaluate on val (rank 0), record history and best.pt; other ranks wait."""
         if self.rank == 0:
             assert self.val_set is not None
-            self.metrics = evaluate(self.model, self.val_set, progress=self.opts.progress)
+            self.model.transform.min_size = (self.model_config["min_size"],)  # the model's own size
+            self.metrics = evaluate(self.model, self.val_set, progress=self.opts.progress, device=self.device)
             ap = self.metrics["segm"]["AP"]
             with write_faults(self.out / "history.jsonl"), open(self.out / "history.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed, 1), **self.metrics}) + "\n")
@@ -290,7 +404,7 @@ class Trainer:
         stop = (self.opts.iters is not None and self.step >= self.opts.iters) or (
             self.opts.max_minutes is not None and self.elapsed >= self.opts.max_minutes * 60)
         if self.world > 1:  # all ranks must agree, even when their clocks differ
-            flag = torch.tensor([1.0 if stop else 0.0])
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
@@ -320,21 +434,17 @@ class Trainer:
                 seen.extend(batches[batch_index])
                 step_seed = opts.seed * 1_000_003 + self.step * 7919 + self.rank
                 images, targets = _flip(images, targets, torch.Generator().manual_seed(step_seed))
+                if self.min_sizes:  # one size per step, drawn from the step's seed (the global RNG is untouched)
+                    draw = torch.Generator().manual_seed(step_seed + 2)
+                    self.model.transform.min_size = (self.min_sizes[int(torch.randint(len(self.min_sizes), (),
+                                                                                      generator=draw))],)
                 # Mask R-CNN's proposal and RoI samplers draw from the global RNG: seeded per step, so a resumed run
                 # draws what an uninterrupted one draws whatever ran in between (data loaders, evaluation)
                 torch.manual_seed(step_seed + 1)
                 factor = lr_factor(self.step, _progress(self.step, self.elapsed, opts), opts)
                 for group in self.optimizer.param_groups:
                     group["lr"] = opts.lr * factor
-                losses = net(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise MaskrtError(f"training diverged at step {self.step} (loss {loss.item()}); "
-                                      "lower --lr")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-                self.optimizer.step()
+                loss = self.train_step(images, targets)
                 self.step += 1
                 now = time.monotonic()
                 self.elapsed += now - tick  # wall time, data loading and evaluation included
@@ -363,6 +473,28 @@ class Trainer:
             write_json(self.out / "metrics.json", self.metrics)
         return TrainResult(step=self.step, metrics=self.metrics, model=self.model, seen_indices=seen,
                            resumed_from=self.resumed_from)
+
+    def train_step(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """One optimizer step on a batch (moved to the device; forward under autocast with --amp); returns the loss.
+        MaskrtError when the loss is not finite (with fp16's gradient scaler such a step is skipped instead)."""
+        images, targets = _to_device(images, targets, self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = (self.ddp or self.model)(images, targets)
+        loss = sum(loss.float() for loss in losses.values())
+        if not torch.isfinite(loss) and self.scaler is None:
+            raise MaskrtError(f"training diverged at step {self.step} (loss {loss.item()}); lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:  # fp16: scaled gradients; a step with inf/NaN ones is skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.optimizer.step()
+        return loss.detach()
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics (parameters are already identical under DDP)."""

@@ -7,25 +7,32 @@ from pathlib import Path
 
 from maskrt.cli.options import (
     add_command,
+    add_torch_device,
+    backbone_layers,
     image_side,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    size_list,
 )
 from maskrt.core.artifacts import check_same_classes
 from maskrt.core.defaults import DEFAULT_MODEL_CONFIG, MODEL_CONFIGS
+from maskrt.core.devices import resolve_device
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_json
 from maskrt.core.outputs import check_output_file
+from maskrt.training.shapes import DEFAULT_CLASSES, SHAPES
 
 
 def cmd_data_shapes(args: argparse.Namespace) -> int:
     from maskrt.training.shapes import generate
 
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     out = generate(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
-                   progress=not args.quiet, force=args.force)
-    print(f"wrote shapes dataset to {out} ({args.train} train, {args.val} val, {args.size}px, seed {args.seed})")
+                   progress=not args.quiet, force=args.force, classes=classes)
+    print(f"wrote shapes dataset to {out} ({args.train} train, {args.val} val, {args.size}px, seed {args.seed}, "
+          f"classes {','.join(classes)})")
     return 0
 
 
@@ -37,8 +44,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                         max_minutes=args.max_minutes, iters=args.iters, batch_size=args.batch_size,
                         lr=args.lr, eval_minutes=args.eval_minutes, eval_every=args.eval_every,
                         resume=args.resume, force=args.force, seed=args.seed, workers=args.workers,
-                        progress=not args.quiet, save_every_s=args.save_every)
+                        progress=not args.quiet, save_every_s=args.save_every,
+                        init=Path(args.init) if args.init else None,
+                        trainable_backbone_layers=args.trainable_backbone_layers, device=args.device, amp=args.amp,
+                        min_sizes=[s for group in args.min_size for s in group] if args.min_size else None)
     trainer = Trainer(opts)
+    if trainer.rank == 0:
+        print(trainer.describe())
     result = trainer.train()
     if trainer.rank == 0:
         print(f"trained {result.step} steps; checkpoints in {opts.out} (last.pt, best.pt)")
@@ -60,8 +72,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_split(args.data, args.split, train=False)
     check_same_classes(ckpt["classes"], args.checkpoint, dataset.classes, dataset.ann_file)
-    model = model_from_checkpoint(ckpt, source=args.checkpoint)
-    metrics = evaluate(model, dataset, progress=not args.quiet)
+    device = resolve_device(args.device)
+    model = model_from_checkpoint(ckpt, source=args.checkpoint).to(device)
+    metrics = evaluate(model, dataset, progress=not args.quiet, device=device)
     write_json(out, metrics)
     print(format_metrics(metrics))
     print(f"wrote {out}")
@@ -102,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--size", type=image_side, default=128, help="image side in pixels (default 128, min 32)")
     shapes.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed; same seed => identical files (default 0)")
+    shapes.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
+                        help=f"comma-separated shapes, ids 1..K in this order, from {', '.join(SHAPES)} (default "
+                        "%(default)s)")
     shapes.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     shapes.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     shapes.set_defaults(func=cmd_data_shapes, io=lambda a: ([a.out], []))
@@ -126,7 +142,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="delete a non-empty --out run folder and start over (without it, such a folder is refused)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--workers", type=non_negative_int, default=0, help="data-loader worker processes")
-    train.set_defaults(func=cmd_train, io=lambda a: ([a.out], [("dataset", a.data)]))
+    train.add_argument("--init", metavar="FILE",
+                       help="start from pretrained weights: a maskrt checkpoint, a Mask R-CNN state_dict (e.g. "
+                       "torchvision's COCO weights) or the config's ImageNet backbone (resnet18 for slim, resnet50 "
+                       "for r50-*, mobilenet_v3_large); layers of other classes are re-initialised")
+    train.add_argument("--trainable-backbone-layers", type=backbone_layers, metavar="N",
+                       help="with --init: train the last N backbone stages, freeze the others (torchvision's meaning: "
+                       "0-5 for a ResNet, 0-6 for MobileNetV3; default 3)")
+    add_torch_device(train, default="auto")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: bf16 autocast on a CPU with native bf16 (AVX-512 BF16, AMX) or a GPU "
+                       "that has it, fp16 with a gradient scaler on older GPUs; weights stay fp32")
+    train.add_argument("--min-size", type=size_list, nargs="+", metavar="SIZE",
+                       help="multi-scale training: shorter sides to draw from, one per step (e.g. 96,112,128); "
+                       "evaluation and export keep the config's own size")
+    train.set_defaults(func=cmd_train, io=lambda a: ([a.out], [("dataset", a.data), ("init weights", a.init)]))
 
     ev = add_command(sub, "eval", "COCO box and mask AP of a checkpoint (pycocotools)")
     ev.add_argument("--checkpoint", required=True)
@@ -134,6 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", default="val")
     ev.add_argument("--out", help="metrics JSON (default: eval_SPLIT.json beside the checkpoint)")
     ev.add_argument("--force", action="store_true", help="replace an existing metrics file")
+    add_torch_device(ev, default="auto")
     ev.set_defaults(func=cmd_eval, io=lambda a: ([_eval_out(a)], [("checkpoint", a.checkpoint), ("dataset", a.data)]))
 
     imp = add_command(sub, "import", "convert a Mask R-CNN state_dict file (torchvision's layout, or a maskrt "
