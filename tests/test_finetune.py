@@ -93,6 +93,7 @@ def test_torchvision_r50_fpn_coco_weights_fine_tune_on_three_classes(shapes_dir:
                            source["backbone.body.layer4.0.conv1.weight"])  # trained
 
 
+@pytest.mark.slow
 def test_resnet18_classifier_initialises_slim_and_the_frozen_stem_stays(shapes_dir: Path, tmp_path: Path) -> None:
     """ImageNet-layout resnet18 weights (with fc) start slim's backbone; with --trainable-backbone-layers 3 the stem
     and layer1 are bit-identical to the file after training, layer2-4 trained."""
