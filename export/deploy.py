@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 
 from maskrt.core.artifacts import MAX_CANVAS_SIDE
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.export.ops import multi_level_roi_align, nms, pool_boxes, with_batch_index
 from maskrt.plugins.roi_align.spec import RoIAlignSpec
 
@@ -84,10 +84,8 @@ class DeployMaskRCNN(nn.Module):
     def __init__(self, model: MaskRCNN, *, height: int, width: int, max_detections: int = 100,
                  flavor: str = "portable", precision: str = "fp32") -> None:
         super().__init__()
-        if flavor not in FLAVORS:
-            raise MaskrtError(f"unknown graph flavor '{flavor}' (choose from {', '.join(FLAVORS)})")
-        if precision not in PRECISIONS:
-            raise MaskrtError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+        check_choice("graph flavor", flavor, FLAVORS)
+        check_choice("precision", precision, PRECISIONS)
         if precision == "fp16" and flavor != "trt":
             raise MaskrtError("an fp16 graph exists only for TensorRT (flavor 'trt')")
         self.precision, self.dtype = precision, torch.float16 if precision == "fp16" else torch.float32
@@ -113,8 +111,10 @@ class DeployMaskRCNN(nn.Module):
         self.backbone, self.rpn_head = model.backbone, model.rpn.head
         rpn, heads = model.rpn, model.roi_heads
         self.rpn_coder, self.box_coder = rpn.box_coder, heads.box_coder
-        self.pre_nms_top_n = int(rpn._pre_nms_top_n["testing"])
-        self.post_nms_top_n = int(rpn._post_nms_top_n["testing"])
+        was_training = rpn.training
+        rpn.eval()  # the public pre_nms_top_n() / post_nms_top_n() give the mode's limits: inference's
+        self.pre_nms_top_n, self.post_nms_top_n = int(rpn.pre_nms_top_n()), int(rpn.post_nms_top_n())
+        rpn.train(was_training)
         self.rpn_nms_thresh, self.rpn_score_thresh = float(rpn.nms_thresh), float(rpn.score_thresh)
         self.rpn_min_size = float(rpn.min_size)
         if max_detections > self.post_nms_top_n:

@@ -25,7 +25,7 @@ from types import ModuleType
 from maskrt.core.artifacts import MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
 from maskrt.core.builders import import_builder, installed_builder
 from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.files import sha256, write_atomic
 from maskrt.core.outputs import check_output_file
 from maskrt.core.versions import versions
@@ -148,8 +148,7 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     Both files are written atomically; an existing engine is refused unless `force`."""
     from maskrt.plugins._library import load_into, loaded_logger
 
-    if precision not in EngineInfo.PRECISIONS:
-        raise MaskrtError(f"unknown precision '{precision}' (choose from {', '.join(EngineInfo.PRECISIONS)})")
+    check_choice("precision", precision, EngineInfo.PRECISIONS)
     graph = "trt" if precision == "fp32" else "trt_fp16"
     info = ExportInfo.read(export_dir)
     if graph not in info.graphs:

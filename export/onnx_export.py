@@ -17,8 +17,7 @@ import onnx
 import torch
 
 from maskrt.core.artifacts import (
-    GRAPH_FILES,
-    GRAPH_KINDS,
+    GRAPHS,
     INPUT_NAMES,
     MAX_EXPORT_BATCH,
     MAX_OPSET,
@@ -150,22 +149,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, height: int | 
         inp = InputSpec(height, width, batch, dynamic_batch, True, (lo, hi), (lo, hi))
     else:
         inp = InputSpec(height, width, batch, dynamic_batch)
-    names = [g for g in GRAPH_FILES if GRAPH_KINDS[g][1] == "fp32" or (fp16 and GRAPH_KINDS[g][1] == "fp16")]
-    small = {g: GRAPH_KINDS[g][1] == "fp16" for g in names}  # traced small with a dynamic size (FP16_TRACE_SIDE)
+    names = [g for g in GRAPHS if GRAPHS[g].precision == "fp32" or (fp16 and GRAPHS[g].precision == "fp16")]
+    small = {g: GRAPHS[g].precision == "fp16" for g in names}  # traced small with a dynamic size (FP16_TRACE_SIDE)
     deploys = {g: DeployMaskRCNN(model, height=min(height, FP16_TRACE_SIDE) if small[g] else height,
                                  width=min(width, FP16_TRACE_SIDE) if small[g] else width,
-                                 max_detections=max_detections, flavor=GRAPH_KINDS[g][0],
-                                 precision=GRAPH_KINDS[g][1]) for g in names}
+                                 max_detections=max_detections, flavor=GRAPHS[g].flavor,
+                                 precision=GRAPHS[g].precision) for g in names}
     graphs: dict[str, GraphFile] = {}
     with staged_dir(out) as staging:
         for graph in names:
-            path = staging / GRAPH_FILES[graph]
+            path = staging / GRAPHS[graph].file
             _export_one(deploys[graph], path, batch=batch, dynamic_batch=dynamic_batch,
                         dynamic_size=dynamic_size or small[graph], opset=opset)
             saved = _pin_io_shapes(path, deploys[graph], batch, dynamic_batch,
                                    None if dynamic_size else (height, width))
-            graphs[graph] = GraphFile(file=GRAPH_FILES[graph], sha256=sha256(path),
-                                      ops=check_graph(path, GRAPH_KINDS[graph][0], saved))
+            graphs[graph] = GraphFile(file=GRAPHS[graph].file, sha256=sha256(path),
+                                      ops=check_graph(path, GRAPHS[graph].flavor, saved))
         info = _export_info(ckpt, model, deploys["trt"], checkpoint, graphs, inp, max_detections=max_detections,
                             opset=opset)
         info.write(staging)

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskrt.core.artifacts import ExportInfo, check_same_classes
+from maskrt.core.artifacts import BACKENDS, ExportInfo, check_compatible
 from maskrt.core.defaults import KEEP_ALL_SCORES, check_score_threshold
-from maskrt.core.errors import MaskrtError
-from maskrt.runtime.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from maskrt.core.errors import MaskrtError, check_choice
+from maskrt.runtime.backends.base import Backend
+from maskrt.runtime.backends.eager_torch import TorchBackend
+from maskrt.runtime.backends.ort_session import OnnxRuntimeBackend
 from maskrt.runtime.postprocess import Detections, RawOutput, to_detections
 from maskrt.runtime.preprocess import Preprocessor, preprocessor_for
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
 from maskrt.training.models import default_canvas
-
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def check_finite_outputs(outs: list[RawOutput]) -> None:
@@ -72,34 +72,34 @@ class Predictor:
         (`threads`, `device` and `spinning`: OnnxRuntimeBackend's; `threads` and `precision` f32|bf16:
         OpenVinoBackend's)."""
         check_score_threshold(score_threshold)
+        check_choice("backend", backend, BACKENDS)
         info = ExportInfo.read(export_dir)
         pre = preprocessor_for(info)
         if backend == "torch":
             if checkpoint is None:
                 raise MaskrtError("the torch backend needs a checkpoint")
             ckpt = load_checkpoint(checkpoint)
-            check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
+            check_compatible(ckpt["model_config"], ckpt["classes"], checkpoint, info.model_config, info.classes,
+                             Path(export_dir) / "export.json")
             impl: Backend = TorchBackend(model_from_checkpoint(ckpt, source=checkpoint), info.max_detections, device)
         elif backend == "onnxruntime":
             impl = OnnxRuntimeBackend(export_dir, info, graph, threads, device, spinning)
         elif backend == "openvino":
-            from maskrt.runtime.openvino_backend import OpenVinoBackend
+            from maskrt.runtime.backends.openvino_runtime import OpenVinoBackend
 
             if device not in ("cpu", "auto"):
                 raise MaskrtError("--backend openvino runs on the CPU (drop --device)")
             impl = OpenVinoBackend(export_dir, info, graph, threads, precision)
-        elif backend == "tensorrt":
+        else:  # tensorrt
             raise MaskrtError(f"{export_dir}: the tensorrt backend runs an engine file: build one with `maskrt build "
                               f"--model {export_dir}` and pass it as the model")
-        else:
-            raise MaskrtError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
         return cls(impl, pre, info.classes, score_threshold=score_threshold)
 
     @classmethod
     def from_engine(cls, engine: str | Path, *, score_threshold: float = KEEP_ALL_SCORES) -> Predictor:
         """A predictor on a TensorRT engine built by `maskrt build` (its ENGINE.json carries the export's record)."""
         from maskrt.core.artifacts import EngineInfo
-        from maskrt.runtime.trt_backend import TensorRTBackend
+        from maskrt.runtime.backends.tensorrt_engine import TensorRTBackend
 
         check_score_threshold(score_threshold)
         info = EngineInfo.read(engine)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.parity import Candidate, run_parity_many
-    from maskrt.runtime.quantize import quantize_export
+    from maskrt.runtime.parity.compare import Candidate, run_parity_many
+    from maskrt.runtime.quantize.calibration import quantize_export
     from maskrt.training.shapes import generate
 
     torch.set_num_threads(RECIPE["threads"])
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = {"fp32": (root / "fp", "portable", "onnxruntime", "f32"),
                       "fp16": (root / "fp", "trt_fp16", "onnxruntime", "f32"), **candidates}
         if not args.no_openvino:
-            from maskrt.runtime.openvino_backend import cpu_supports_bf16
+            from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16
 
             if cpu_supports_bf16():
                 candidates["openvino bf16"] = (root / "fp", "portable", "openvino", "bf16")

@@ -1,5 +1,5 @@
-"""Prove the parity gate on your own model: inject every fault of maskrt.runtime.faults into copies of an export and
-run `maskrt parity` on each graph, on a COCO split and on a folder of the same images; print the table of what the
+"""Prove the parity gate on your own model: inject every fault of maskrt.runtime.parity.faults into copies of an export
+and run `maskrt parity` on each graph, on a COCO split and on a folder of the same images; print the table of what the
 gates catch (fault x graph x data mode).
 
     python scripts/parity_faults.py --checkpoint demo/run/last.pt --model demo/export --data demo/data \\
@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from maskrt.core.artifacts import GRAPH_KINDS, ExportInfo
+from maskrt.core.artifacts import GRAPHS, ExportInfo
 from maskrt.core.errors import MaskrtError
-from maskrt.runtime.faults import CLEAN, FAULTS, fault_matrix, format_matrix
+from maskrt.runtime.parity.faults import CLEAN, FAULTS, fault_matrix, format_matrix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="a COCO-format dataset (its images also make the folder mode)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, help="first N images of the split")
-    parser.add_argument("--graphs", nargs="+", choices=list(GRAPH_KINDS), help="default: every graph of the export")
+    parser.add_argument("--graphs", nargs="+", choices=list(GRAPHS), help="default: every graph of the export")
     parser.add_argument("--faults", nargs="+", choices=list(FAULTS), help="default: all of them")
     parser.add_argument("--work", required=True, help="folder for the faulty exports and the parity reports")
     parser.add_argument("--figures", action="store_true", help="draw each report's figures too (slower)")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).write_text(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    fp32 = [r for r in rows if GRAPH_KINDS[r["graph"]][1] == "fp32"]
+    fp32 = [r for r in rows if GRAPHS[r["graph"]][1] == "fp32"]
     clean = [r for r in rows if r["fault"] == CLEAN]
     if any(r["verdict"] == "failed" for r in clean) or any(r["verdict"] != "failed" for r in fp32
                                                              if r["fault"] != CLEAN):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskrt.core.artifacts import ExportInfo
-from maskrt.runtime.openvino_backend import PRECISIONS, openvino_core
+from maskrt.runtime.backends.openvino_runtime import PRECISIONS, openvino_core
 
 #: node-name fragments of the exporter's module paths -> stage (first match wins)
 STAGES = (("mask_head", "mask head"), ("mask_predictor", "mask head"), ("box_head", "box head"),

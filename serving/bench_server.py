@@ -20,7 +20,7 @@ from PIL import Image
 
 from maskrt.core.defaults import DEFAULT_MODEL_NAME
 from maskrt.core.errors import MaskrtError
-from maskrt.runtime.bench import percentiles
+from maskrt.runtime.bench.run import percentiles
 from maskrt.serving.client import Client
 
 METRICS = ("nv_inference_request_success", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",

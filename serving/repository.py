@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from maskrt.core.artifacts import GRAPH_FILES, GRAPH_KINDS, OUTPUT_NAMES, EngineInfo, ExportInfo, TensorSpec
+from maskrt.core.artifacts import GRAPHS, OUTPUT_NAMES, EngineInfo, ExportInfo, TensorSpec, graph_kind
 from maskrt.core.defaults import (
     DEFAULT_MODEL_NAME,
     DEFAULT_QUEUE_DELAY_US,
@@ -36,7 +36,7 @@ from maskrt.core.defaults import (
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_SERVER_MAX_BATCH,
 )
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.files import sha256
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.serving.protocol import INPUT, OUTPUT
@@ -299,12 +299,11 @@ def _export_plan(model: Path, o: RepositoryOptions) -> _Plan:
     if network == "tensorrt":
         raise MaskrtError(f"{model}: the tensorrt network needs an engine: `maskrt build --model {model}`, then "
                           "pass the engine file")
-    if network not in NETWORK_BACKENDS:
-        raise MaskrtError(f"unknown network backend '{network}' (choose from {', '.join(NETWORK_BACKENDS)})")
+    check_choice("network backend", network, NETWORK_BACKENDS)
+    kind = graph_kind(o.graph)
     if o.graph not in info.graphs:
-        raise MaskrtError(f"{model}: has no {o.graph} graph ({GRAPH_FILES.get(o.graph, o.graph)}); it holds "
-                          f"{', '.join(info.graphs)}")
-    if network == "onnxruntime" and GRAPH_KINDS[o.graph][0] != "portable":
+        raise MaskrtError(f"{model}: has no {o.graph} graph ({kind.file}); it holds {', '.join(info.graphs)}")
+    if network == "onnxruntime" and not kind.portable:
         raise MaskrtError(f"the {o.graph} graph holds maskrt's TensorRT plugin ops, which Triton's onnxruntime "
                           "backend cannot run: use --graph portable (or portable_int8), or --network python")
     graph = info.verified_graph(model, o.graph)
@@ -444,7 +443,7 @@ def _readme(model: Path, out: Path, o: RepositoryOptions, network: str, names: d
             if inp.dynamic_size else f"static canvas {inp.height}x{inp.width}")
     net = {"tensorrt": "Triton's tensorrt backend on `1/model.plan` (the engine; `1/ENGINE.json` records its build)",
            "onnxruntime": "Triton's onnxruntime backend on `1/model.onnx`",
-           "python": f"ONNX Runtime inside Triton's python backend on `1/{GRAPH_FILES[o.graph]}` (for a Triton "
+           "python": f"ONNX Runtime inside Triton's python backend on `1/{GRAPHS[o.graph].file}` (for a Triton "
                      "without the onnxruntime backend, e.g. the one PyTriton ships: `maskrt serve --repository`)"}
     batching = (f"Every model batches: max_batch_size {max_batch}, dynamic batching (queue delay {o.queue_delay_us} "
                 "us). The network batches only requests whose padded images have one shape, so a response never "

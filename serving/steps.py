@@ -76,7 +76,7 @@ class NetworkStep:
     backend, e.g. the one PyTriton ships); `folder` holds export.json and the graph file."""
 
     def __init__(self, folder: str | Path, graph: str = "portable", threads: int | None = None) -> None:
-        from maskrt.runtime.backends import OnnxRuntimeBackend
+        from maskrt.runtime.backends.ort_session import OnnxRuntimeBackend
 
         info = ExportInfo.read(folder)
         self.backend = OnnxRuntimeBackend(folder, info, graph, threads)

@@ -83,14 +83,35 @@ class AccurateModel:
 
 
 def _accurate_key() -> str:
-    """What the trained model depends on: the recipe, the training code and the torch versions."""
-    import torchvision
+    """What the trained model depends on: the recipe, every module training runs (training/ and core/) and the
+    versions of torch, torchvision, numpy and pycocotools."""
+    from importlib.metadata import version
 
     digest = hashlib.sha256(json.dumps(ACCURATE, sort_keys=True).encode())
-    digest.update(f"{torch.__version__} {torchvision.__version__}".encode())
-    for path in sorted((Path(__file__).parent.parent / "training").glob("*.py")):
+    digest.update(" ".join(version(d) for d in ("torch", "torchvision", "numpy", "pycocotools")).encode())
+    root = Path(__file__).parent.parent
+    for path in sorted([*(root / "training").glob("*.py"), *(root / "src" / "maskrt" / "core").glob("*.py")]):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+_METRICS_ENV = "MASKRT_ACCURATE_METRICS"  # the controller's evaluation, handed to the pytest-xdist workers
+
+
+def _evaluate_accurate(root: Path) -> dict:
+    """The cached model's COCO metrics, evaluated now on its val split (never read back from the cache: a cached
+    checkpoint that changed must not pass for the one that was trained)."""
+    from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from maskrt.training.coco import load_split
+    from maskrt.training.evaluate import evaluate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ACCURATE["threads"])
+    try:
+        model = model_from_checkpoint(load_checkpoint(root / "run" / "last.pt"))
+        return evaluate(model, load_split(root / "data", "val", train=False), progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _accurate_root(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory | None = None) -> Path:
@@ -131,17 +152,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if "not slow" in (config.option.markexpr or "") or getattr(config, "cache", None) is None:
         return  # the fast tier does not use it; without a cache each worker trains its own
-    _train_accurate(_accurate_root(config))
+    root = _accurate_root(config)
+    _train_accurate(root)
+    os.environ[_METRICS_ENV] = json.dumps(_evaluate_accurate(root))  # inherited by the workers started next
 
 
 @pytest.fixture(scope="session")
 def accurate_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AccurateModel:
     """A slim model trained to real accuracy (segm AP >= 45 on its val split), trained once per test session and
-    cached in pytest's cache folder (.pytest_cache), keyed by the recipe, the training code and the torch versions:
-    a later session on the same code reuses it."""
+    cached in pytest's cache folder (.pytest_cache), keyed by the recipe, the code training runs and the library
+    versions: a later session on the same code reuses it, and evaluates it again."""
     root = _accurate_root(request.config, tmp_path_factory)
     data, run = root / "data", _train_accurate(root)
-    metrics = json.loads((run / "metrics.json").read_text())
+    handed = os.environ.get(_METRICS_ENV)
+    metrics = json.loads(handed) if handed else _evaluate_accurate(root)
     if metrics["segm"]["AP"] < ACCURATE["min_ap"]:
         pytest.fail(f"the real-accuracy fixture reached segm AP {metrics['segm']['AP']}, below {ACCURATE['min_ap']}: "
                     "its parity tests would prove nothing", pytrace=False)
@@ -153,7 +177,7 @@ def accurate_export(accurate_model: AccurateModel, tmp_path_factory: pytest.Temp
     """The real-accuracy model's export with all four graphs: model.onnx, model.trt.onnx, model.trt.fp16.onnx and
     model.int8.onnx (`maskrt quantize`, minmax, calibrated on 32 training images)."""
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.quantize import quantize_export
+    from maskrt.runtime.quantize.calibration import quantize_export
 
     root = tmp_path_factory.mktemp("accurate_export")
     export_checkpoint(accurate_model.checkpoint, root / "fp", fp16=True)
@@ -174,13 +198,13 @@ def low_precision_reports(accurate_model: AccurateModel, accurate_export: Path,
     import subprocess
     import sys
 
-    from maskrt.runtime.parity import Candidate
+    from maskrt.runtime.parity.compare import Candidate
 
     root = tmp_path_factory.mktemp("low_precision")
     specs = {"trt_fp16": Candidate(accurate_export, root / "trt_fp16", graph="trt_fp16"),
              "portable_int8": Candidate(accurate_export, root / "portable_int8", graph="portable_int8")}
     if importlib.util.find_spec("openvino") is not None:
-        from maskrt.runtime.openvino_backend import cpu_supports_bf16
+        from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16
 
         specs["openvino_f32"] = Candidate(accurate_export, root / "openvino_f32", backend="openvino", precision="f32")
         specs["openvino_int8"] = Candidate(accurate_export, root / "openvino_int8", backend="openvino",
@@ -188,7 +212,7 @@ def low_precision_reports(accurate_model: AccurateModel, accurate_export: Path,
         if cpu_supports_bf16():
             specs["openvino_bf16"] = Candidate(accurate_export, root / "openvino_bf16", backend="openvino",
                                                precision="bf16")
-    script = ("import pickle, sys; from maskrt.runtime.parity import run_parity_many; "
+    script = ("import pickle, sys; from maskrt.runtime.parity.compare import run_parity_many; "
               "ckpt, specs, data = pickle.load(sys.stdin.buffer); "
               "run_parity_many(ckpt, specs, data, progress=False, figures=False)")
     proc = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(

@@ -12,8 +12,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from maskrt.runtime.accuracy_control import holds
-from maskrt.runtime.quantize import network_nodes, quantize_export
+from maskrt.runtime.quantize.accuracy_control import holds
+from maskrt.runtime.quantize.calibration import network_nodes, quantize_export
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 #: Validation images each step of the loop measures: enough for a 90% dAP interval of about +-1 (the first step's

@@ -40,7 +40,7 @@ def test_export_info_round_trips(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (lambda d: d.pop("classes"), "export.json: classes is missing"),
-        (lambda d: d.update(classes=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]), "category id twice"),
+        (lambda d: d.update(classes=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]), "category id 1 twice"),
         (lambda d: d["input"].update(width=100), "multiples of 32"),
         (lambda d: d["input"].update(batch=0), r"input.batch must be an integer in \[1, 64\]"),
         (lambda d: d["input"].update(dynamic_batch="yes"), "input.dynamic_batch must be true or false"),

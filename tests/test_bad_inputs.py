@@ -30,7 +30,8 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _leftovers(*folders: Path) -> list[Path]:
-    return [p for f in folders for p in f.rglob("*") if ".maskrt-staging" in p.name or p.name.endswith(".tmp")]
+    return [p for f in folders for p in f.rglob("*")
+            if ".maskrt-staging" in p.name or ".maskrt-lock-" in p.name or p.name.endswith(".tmp")]
 
 
 def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
@@ -328,27 +329,27 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                    f"{t}/l"], "differ from the candidate export's", {}),
     ("bench-images-empty-folder", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--images",
                                                 str(_empty_dir(t)), "--iters", "1"], "holds no images", {}),
-    ("bench-tensorrt-on-a-folder", lambda w, t: ["bench", "--model", f"{w}/export", "--backend", "tensorrt",
+    ("bench-tensorrt-on-a-folder", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--backend", "tensorrt",
                                                  "--iters", "1"], "--backend tensorrt takes an engine file", {}),
-    ("bench-json-is-a-folder", lambda w, t: ["bench", "--model", f"{w}/export", "--json", f"{w}/data",
+    ("bench-json-is-a-folder", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--json", f"{w}/data",
                                              "--iters", "1"], "is a folder, expected a file name", {}),
     ("bench-compare-without-a-model", lambda w, t: ["bench", "compare", "--iters", "1"],
      "one of the arguments --checkpoint --random is required", {}),
-    ("bench-compare-legacy-spelling", lambda w, t: ["bench", "--compare", "--iters", "1"],
-     "one of the arguments --checkpoint --random is required", {}),
-    ("bench-compare-work-holds-an-input", lambda w, t: ["bench", "--compare", "--checkpoint", f"{w}/ckpt.pt",
+    ("bench-compare-work-holds-an-input", lambda w, t: ["bench", "compare", "--checkpoint", f"{w}/ckpt.pt",
                                                         "--work", str(w), "--iters", "1"],
      "holds the checkpoint", {}),
-    ("bench-compare-no-calibration-images", lambda w, t: ["bench", "--compare", "--checkpoint", f"{w}/ckpt.pt",
+    ("bench-compare-no-calibration-images", lambda w, t: ["bench", "compare", "--checkpoint", f"{w}/ckpt.pt",
                                                           "--int8", "--calibration", str(_empty_dir(t)),
                                                           "--iters", "1"], "holds no images", {}),
     ("serve-without-pytriton", lambda w, t: ["serve", "--model", f"{w}/export"], "needs PyTriton", {}),
-    ("bench-server-nobody-listening", lambda w, t: ["bench", "--server", "http://127.0.0.1:9", "--iters", "1"],
+    ("bench-server-nobody-listening", lambda w, t: ["bench", "server", "--server", "http://127.0.0.1:9", "--iters",
+                                                    "1"],
      "no server ready", {}),
-    ("bench-server-bad-url", lambda w, t: ["bench", "--server", "ftp://127.0.0.1:8000", "--iters", "1"],
+    ("bench-server-bad-url", lambda w, t: ["bench", "server", "--server", "ftp://127.0.0.1:8000", "--iters",
+                                           "1"],
      "must be http://HOST:PORT or grpc://HOST:PORT", {}),
-    ("bench-server-and-compare", lambda w, t: ["bench", "--server", "http://127.0.0.1:9", "--compare", "--random",
-                                               "slim"], "unrecognized arguments: --server", {}),
+    ("bench-server-and-compare", lambda w, t: ["bench", "server", "--server", "http://127.0.0.1:9", "--random",
+                                               "slim"], "unrecognized arguments: --random slim", {}),
     ("serve-port-out-of-range", lambda w, t: ["serve", "--model", f"{w}/export", "--port", "70000"],
      "a port in 1..65535", {}),
     ("bench-concurrency-without-server", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--concurrency",
@@ -415,6 +416,32 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("min-size-not-a-number", lambda w, t: _train(w, t, "--min-size", "96,big"), "must be image sides in pixels", {}),
     ("shapes-unknown-class", lambda w, t: ["data", "shapes", "--out", f"{t}/r", "--classes", "circle,oval"],
      "shape classes must be distinct names", {}),
+    # artifacts used together: one compatibility check before any work (issue 34)
+    ("layers-reference-other-classes", lambda w, t: _layers(w, t, "--reference", str(_copy_export(
+        w, t, lambda d: d["classes"][0].update(name="blob")))), "disagree on the classes", {}),
+    ("layers-reference-other-model", lambda w, t: _layers(w, t, "--reference", str(_copy_export(
+        w, t, lambda d: d["model_config"].update(fpn_channels=32)))), "not the same model: model_config.fpn_channels",
+     {}),
+    ("layers-checkpoint-other-classes", lambda w, t: _layers(w, t, "--checkpoint", str(_checkpoint(w, t, _names_ckpt))),
+     "disagree on the classes", {}),
+    ("checkpoint-config-field-of-another-type", lambda w, t: ["export", "--checkpoint", str(_checkpoint(
+        w, t, lambda c: c["model_config"].update(fpn_channels="64"))), "--out", f"{t}/r"],
+     "model_config.fpn_channels must be int", {}),
+    ("checkpoint-config-field-of-another-config", lambda w, t: ["export", "--checkpoint", str(_checkpoint(
+        w, t, lambda c: c["model_config"].update(res5_channels=128))), "--out", f"{t}/r"],
+     "model_config.res5_channels is not a field of config 'slim'", {}),
+    ("import-weights-that-do-not-fit", lambda w, t: ["import", "--weights", _saved(t, _misfit_state()), "--out",
+                                                     f"{t}/r.pt"], "1 missing (first: backbone.fpn", {}),
+    ("quantize-data-without-max-dap-drop", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                         f"{w}/data/train", "--data", f"{w}/data", "--out", f"{t}/r"],
+     "--data only serve accuracy control", {}),
+    ("quantize-classes-differ-before-calibration", lambda w, t: [
+        "quantize", "--model", f"{w}/export", "--calibration", f"{w}/data/train", "--max-dap-drop", "0.5",
+        "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(w, t, _permute_names)), "--out", f"{t}/r"],
+     "bad_data/annotations/instances_val.json and", {}),
+    ("dataset-class-name-twice", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(
+        w, t, lambda d: d["categories"][1].update(name=d["categories"][0]["name"]))), "--out", f"{t}/r/m.json"],
+     "classes hold the category name 'circle' twice", {}),
 ]
 #: rows whose output (T/r) must not exist afterwards: refused before anything is written
 NOTHING_WRITTEN = {row[0] for row in ROWS[ROWS.index(next(r for r in ROWS if r[0] == "init-missing")):]}
@@ -509,6 +536,19 @@ def _random_file(t: Path) -> str:
 def _train(w: Path, t: Path, *more: str) -> list[str]:
     """`maskrt train` on the world's data into T/r, one step, with `more` options."""
     return ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--iters", "1", "-q", *more]
+
+
+def _layers(w: Path, t: Path, *more: str) -> list[str]:
+    """`maskrt layers` on the world's export and data into T/r, with `more` options."""
+    return ["layers", "--model", f"{w}/export", "--graph", "portable", "--data", f"{w}/data", "--out", f"{t}/r",
+            "-q", *more]
+
+
+def _misfit_state() -> dict:
+    """A slim state_dict with one FPN tensor missing and one key the model does not have."""
+    state = _state("slim")
+    state["extra.weight"] = state.pop("backbone.fpn.inner_blocks.0.0.weight")
+    return state
 
 
 def _saved(t: Path, obj: object) -> str:

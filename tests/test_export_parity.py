@@ -19,7 +19,7 @@ import torch
 from conftest import ACCURATE, VAL_FP32
 
 from maskrt.export.onnx_export import FORBIDDEN_IN_TRT, export_checkpoint
-from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity, run_parity_many
+from maskrt.runtime.parity.compare import Candidate, Gates, ReferenceCache, run_parity, run_parity_many
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from maskrt.training.models import build_model, default_model_config
 
@@ -95,7 +95,7 @@ def test_the_reference_cache_runs_plain_model_once_per_image(world: Path, tmp_pa
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """parity.ReferenceCache (accuracy control's steps, the fault catalogue): a second run on the same checkpoint
     reuses plain model(images)'s outputs, with the same result; another checkpoint runs it again."""
-    from maskrt.runtime import reference
+    from maskrt.runtime.parity import reference
 
     calls: list[int] = []
     original = reference.PlainReference.__call__
@@ -134,7 +134,7 @@ def test_fast_tier_whole_model_against_plain_torchvision(tmp_path: Path, shapes_
     """The fast tier's whole-model check: a seeded random slim model whose scores spread over its 100 detection slots,
     exported, both graphs on ONNX Runtime against plain torchvision `model(images)` through the parity gate (fp32
     gates), with the evidence counted: every slot of both images compared."""
-    from maskrt.runtime.bench_compare import random_checkpoint
+    from maskrt.runtime.bench.compare import random_checkpoint
 
     ckpt = random_checkpoint(tmp_path / "slim.pt", "slim")
     export_checkpoint(ckpt, tmp_path / "export")

@@ -217,8 +217,8 @@ def test_the_torch_reference_runs_where_device_says(tmp_path: Path, shapes_dir: 
     device the reference ran on), cuda without one is refused."""
     from maskrt.core.errors import MaskrtError
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.bench_compare import random_checkpoint
-    from maskrt.runtime.parity import Gates, run_parity
+    from maskrt.runtime.bench.compare import random_checkpoint
+    from maskrt.runtime.parity.compare import Gates, run_parity
     from maskrt.runtime.predictor import Predictor
 
     if torch.cuda.is_available():

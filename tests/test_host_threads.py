@@ -48,7 +48,7 @@ def test_trt_graph_sessions_carry_their_own_thread_count() -> None:
     from onnx import helper
 
     from maskrt.plugins.spec import ONNX_DOMAIN
-    from maskrt.runtime.trt_graph_ort import rewrite_for_ort
+    from maskrt.runtime.backends.trt_graph_ort import rewrite_for_ort
 
     node = helper.make_node("BatchedNMS", ["boxes", "scores", "groups"], ["keep", "count"], domain=ONNX_DOMAIN,
                             iou_threshold=0.5, score_threshold=0.1, max_output_boxes=10)

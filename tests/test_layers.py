@@ -17,8 +17,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from maskrt.runtime.faults import Fault, inject, scaled_node, scaled_weights
-from maskrt.runtime.layers import compare_layers, matched_tensors, tensor_metrics, weight_sharing
+from maskrt.runtime.parity.faults import Fault, inject, scaled_node, scaled_weights
+from maskrt.runtime.parity.layers import compare_layers
+from maskrt.runtime.parity.layers_match import matched_tensors, tensor_metrics
+from maskrt.runtime.parity.layers_run import weight_sharing
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 #: Where a fault goes: the middle of the backbone, the box head's first fully connected layer, the mask head, and the
@@ -140,7 +142,7 @@ def test_cli_and_parity_point_at_the_layer(world: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_openvino_gets_the_same_report(world: Path, tmp_path: Path) -> None:
     """OpenVINO f32 (bf16 where the CPU has it) as the candidate: the scaled node still comes out first."""
-    from maskrt.runtime.openvino_backend import cpu_supports_bf16
+    from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16
 
     faulted, node = _fault(world, "backbone", "portable", tmp_path / "faulted")
     precision = "bf16" if cpu_supports_bf16() else "f32"
@@ -149,3 +151,16 @@ def test_openvino_gets_the_same_report(world: Path, tmp_path: Path) -> None:
     assert doc["candidate"] == {"graph": "portable", "backend": "openvino", "precision": precision,
                                 "file": str(faulted / "model.onnx")}
     assert doc["compared_tensors"] >= 300 and doc["ranking"][0]["node"] == node
+
+
+@pytest.mark.slow
+def test_parity_layers_on_a_passing_graph_names_no_offender(world: Path, tmp_path: Path) -> None:
+    """`parity --layers` on a graph that passes every gate compares nothing and says so (no layer report, nothing
+    called an offender)."""
+    proc = subprocess.run([*CLI, "parity", "--checkpoint", str(world / "ckpt.pt"), "--model", str(world / "export"),
+                           "--data", str(world / "data"), "--score-floor", "0.05", "--min-detections", "1",
+                           "--min-score-pairs", "1", "--layers", "--out", str(tmp_path / "report"), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "layers: not compared (every gate passed" in proc.stdout and "offender" not in proc.stdout
+    assert not (tmp_path / "report" / "layers").exists()

@@ -60,7 +60,7 @@ def test_an_image_without_detections_keeps_the_c4_mask_side() -> None:
     that they compare with the graph's outputs (a 28x28 default broke parity on the first empty image)."""
     import numpy as np
 
-    from maskrt.runtime.reference import PlainReference
+    from maskrt.runtime.parity.reference import PlainReference
 
     model = _model("slim-c4")
     with torch.no_grad():  # background always wins: no detection
@@ -142,7 +142,7 @@ def test_a_few_steps_then_both_graphs_pass_parity(name: str, shapes_dir: Path, t
     two-sided gates. The briefly trained model's scores spread above the 0.05 floor (its classifier has not learnt
     the background yet), so every slot is evidence; the C4 graphs pool one level and return 14x14 masks."""
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.parity import Candidate, Gates, run_parity_many
+    from maskrt.runtime.parity.compare import Candidate, Gates, run_parity_many
 
     ckpt = _train_a_few_steps(name, shapes_dir, tmp_path / "run")
     export = tmp_path / "export"

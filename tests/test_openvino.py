@@ -16,10 +16,10 @@ pytest.importorskip("openvino", reason="the openvino extra is not installed (mak
 
 from conftest import VAL_FP32  # noqa: E402
 
-from maskrt.runtime.faults import inject  # noqa: E402
-from maskrt.runtime.openvino_backend import cpu_supports_bf16  # noqa: E402
-from maskrt.runtime.parity import Candidate  # noqa: E402
-from maskrt.runtime.parity_gates import Gates  # noqa: E402
+from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16  # noqa: E402
+from maskrt.runtime.parity.compare import Candidate  # noqa: E402
+from maskrt.runtime.parity.faults import inject  # noqa: E402
+from maskrt.runtime.parity.gates import Gates  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "maskrt.cli"]
@@ -37,7 +37,7 @@ def faulty_reports(accurate_model, accurate_export: Path, tmp_path_factory: pyte
         specs["bf16"] = Candidate(faulty, root / "faulty_bf16", backend="openvino", precision="bf16")
     # OpenVINO runs in a process of its own, as `maskrt parity` runs it (when every backend made its own openvino.Core,
     # an in-process run was followed by a SIGSEGV some tests later; one Core per process now: README, OpenVINO)
-    script = ("import pickle, sys; from maskrt.runtime.parity import run_parity_many; "
+    script = ("import pickle, sys; from maskrt.runtime.parity.compare import run_parity_many; "
               "ckpt, specs, data, limit = pickle.load(sys.stdin.buffer); "
               "run_parity_many(ckpt, specs, data, limit=limit, progress=False, figures=False)")
     proc = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(

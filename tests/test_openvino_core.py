@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random slim export with its INT8 graph (model.onnx and model.int8.onnx in one folder)."""
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.quantize import quantize_export
+    from maskrt.runtime.quantize.calibration import quantize_export
 
     root = tmp_path_factory.mktemp("openvino_core")
     random_checkpoint(root / "slim.pt")
@@ -42,8 +42,8 @@ def test_every_backend_shares_one_openvino_core(export: Path) -> None:
 import sys
 import numpy as np
 import openvino
-from maskrt.runtime.layers import OpenVinoSide
-from maskrt.runtime.openvino_backend import cpu_supports_bf16
+from maskrt.runtime.parity.layers_run import OpenVinoSide
+from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16
 from maskrt.runtime.predictor import Predictor
 made = []
 class Counted(openvino.Core):

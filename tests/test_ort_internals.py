@@ -1,5 +1,5 @@
-"""The contract of runtime/ort_internals.py, the one module touching other libraries' internals: it fails loudly on
-another version of onnxruntime / onnxruntime-extensions, or on internals that moved."""
+"""The contract of runtime/backends/ort_internals.py, the one module touching other libraries' internals: it fails
+loudly on another version of onnxruntime / onnxruntime-extensions, or on internals that moved."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from maskrt.core.errors import MaskrtError
-from maskrt.runtime import ort_internals
+from maskrt.runtime.backends import ort_internals
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The dAP's paired bootstrap (runtime/parity_bootstrap.py): each resample's AP is pycocotools' AP on a dataset of the
+"""The dAP's paired bootstrap (runtime/parity/bootstrap.py): each resample's AP is pycocotools' AP on a dataset of the
 resampled images, checked against pycocotools itself on a dataset with the copies made; the interval is seeded and
 paired."""
 
@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrt.runtime.parity_bootstrap import (
+from maskrt.runtime.parity.bootstrap import (
     images_to_decide,
     paired_dap_bootstrap,
     per_image_matches,

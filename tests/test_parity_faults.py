@@ -5,8 +5,8 @@ with all four graphs; its clean export must pass `maskrt parity` on every graph:
 validation split (their dAP intervals need its 640 images to decide, conftest.low_precision_reports), every graph on a
 folder of the first IMAGES images, and the fp32 graphs on the COCO split of those (on so few, the fp16 and INT8 dAP
 intervals straddle their limits: INCONCLUSIVE by those gates alone, never FAILED). Then each fault of
-runtime/faults.py - faults a broken exporter, quantizer or runtime could introduce (weights, thresholds inside the
-graph, label map, box decoding, mask logits, RoIAlign, pre-processing, image-size mapping) - is injected into a copy
+runtime/parity/faults.py - faults a broken exporter, quantizer or runtime could introduce (weights, thresholds inside
+the graph, label map, box decoding, mask logits, RoIAlign, pre-processing, image-size mapping) - is injected into a copy
 of the export (export.json rewritten with the new sha256, as a buggy exporter would) and must FAIL: every fault on the
 fp32 graphs (portable, trt) with the fp32 gates, in both data modes; the gross faults also on trt_fp16 and
 portable_int8 with their own, looser gates (docs/architecture.md section 7 says which faults each precision catches
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import ACCURATE, VAL_FP32
 
-from maskrt.runtime.faults import CLEAN, DATA_MODES, FAULTS, fault_matrix, format_matrix, inject
-from maskrt.runtime.parity import ReferenceCache
+from maskrt.runtime.parity.compare import ReferenceCache
+from maskrt.runtime.parity.faults import CLEAN, DATA_MODES, FAULTS, fault_matrix, format_matrix, inject
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 FP32_GRAPHS = ("portable", "trt")
@@ -119,7 +119,7 @@ def test_duplicates_fail_on_a_folder_of_images_through_the_cli(accurate_model, a
     updated), `maskrt parity` on a folder of images (no annotations) exits 1 on the precision gate, and report.md
     lists the extra detections; the clean export exits 0 on the same folder, and exits 3 when the run may not
     compare enough detections to decide."""
-    from maskrt.runtime.faults import image_folder_of
+    from maskrt.runtime.parity.faults import image_folder_of
 
     folder = image_folder_of(accurate_model.data, "val", tmp_path / "images", VAL_FP32)
     faulty = inject(accurate_export, "nms_iou", tmp_path / "faulty", graphs=["portable"])

@@ -1,6 +1,6 @@
 """The parity gates on hand-made detections (no model): each gate failing alone, the empty cases, the evidence rule,
 the dAP decided by its bootstrap interval (within, wholly beyond, straddling the limit), the |score diff| tail's
-evidence, label mismatch and one-to-one matching (runtime/parity_gates.py, parity.coco_comparison)."""
+evidence, label mismatch and one-to-one matching (runtime/parity/gates.py, parity.coco_comparison)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from maskrt.core.errors import MaskrtError
-from maskrt.runtime.parity import coco_comparison
-from maskrt.runtime.parity_gates import EXIT_CODES, FAILED, INCONCLUSIVE, PASSED, Evidence, Gates, box_iou, judge, match
+from maskrt.runtime.parity.compare import coco_comparison
+from maskrt.runtime.parity.gates import EXIT_CODES, FAILED, INCONCLUSIVE, PASSED, Evidence, Gates, box_iou, judge, match
 from maskrt.runtime.postprocess import Detections, coco_results
 
 SIZE = 200  # image side of the hand-made detections
@@ -357,3 +357,28 @@ def test_dap_without_ground_truth_has_nothing_to_measure() -> None:
                                               comparison)
     assert results_by_name["bbox dAP"] is None and results_by_name["segm dAP"] is None
     assert verdict == INCONCLUSIVE and "nothing to measure for bbox dAP, segm dAP" in reason
+
+
+def test_every_precisions_gates_are_the_documented_table() -> None:
+    """Gates.for_precision of fp32, fp16, bf16 and int8 is the gate table of docs/architecture.md section 7, cell by
+    cell: neither can change without the other (the bf16 column pinned like the rest)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    lines = doc[doc.index("| gate | fp32 | fp16 | bf16 | int8 |"):].splitlines()
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:8]]
+    fields = {"|dAP|": "max_abs_dap", "recall": "min_recall", "precision": "min_precision",
+              "median matched box IoU": "min_median_box_iou", "|score diff|": "max_score_diff",
+              "median mask IoU": "min_median_mask_iou"}
+    checked = 0
+    for row in rows:
+        label = row[0].replace("\\|", "|")
+        field = next(f for prefix, f in fields.items() if label.startswith(prefix))
+        for precision, cell in zip(("fp32", "fp16", "bf16", "int8"), row[1:], strict=True):
+            gates = Gates.for_precision(precision)
+            value = float(cell.split()[-1].removeprefix("+-"))
+            assert getattr(gates, field) == pytest.approx(value), (precision, field, cell)
+            if field == "max_score_diff":  # "max <= x" is the whole tail, "99th percentile <= x" its quantile
+                assert gates.score_diff_quantile == (1.0 if cell.startswith("max") else 0.99), (precision, cell)
+            checked += 1
+    assert checked == 24

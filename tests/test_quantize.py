@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from maskrt.export.onnx_export import export_checkpoint
-from maskrt.runtime.quantize import NETWORKS, inline_shared_constants, quantize_export
+from maskrt.runtime.quantize.calibration import NETWORKS, inline_shared_constants, quantize_export
 
 
 def _optimized_ops(path: Path, tmp_path: Path) -> list[tuple[str, str]]:

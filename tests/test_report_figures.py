@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maskrt.runtime.parity.figures import match_plot, pick_worst, side_by_side
 from maskrt.runtime.postprocess import Detections
-from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 
 GREY = 128
 

@@ -40,7 +40,7 @@ THRESHOLD = "0.1"
 def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """A random-init slim model (100 detections per image) exported with a dynamic batch, three images of different
     sizes and formats, and `maskrt serve` on it."""
-    from maskrt.runtime.bench_compare import random_checkpoint
+    from maskrt.runtime.bench.compare import random_checkpoint
 
     serve_python()
     root = tmp_path_factory.mktemp("serve")

@@ -1,6 +1,6 @@
-"""model.trt.onnx's plugin nodes on ONNX Runtime (runtime/trt_graph_ort.py): each node's outputs come back through
-the array hook unchanged, bit for bit equal to calling the host build directly (float and int32 outputs, large and
-empty ones)."""
+"""model.trt.onnx's plugin nodes on ONNX Runtime (runtime/backends/trt_graph_ort.py): each node's outputs come back
+through the array hook unchanged, bit for bit equal to calling the host build directly (float and int32 outputs, large
+and empty ones)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from onnx import TensorProto, helper
 
 from maskrt.plugins import NMSSpec, RoIAlignSpec, nms, roi_align
 from maskrt.plugins.spec import ONNX_DOMAIN
-from maskrt.runtime.ort_internals import array_hook
-from maskrt.runtime.trt_graph_ort import register_ops, trt_graph_session
+from maskrt.runtime.backends.ort_internals import array_hook
+from maskrt.runtime.backends.trt_graph_ort import register_ops, trt_graph_session
 
 SCALES = (0.25, 0.125, 0.0625, 0.03125)
 

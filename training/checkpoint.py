@@ -11,17 +11,18 @@ started from: {file, sha256, kind}.
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from maskrt.core.artifacts import MAX_CANVAS_SIDE
+from maskrt.core.artifacts import MAX_CANVAS_SIDE, check_class_list
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import durable_write
 from maskrt.core.versions import versions
-from maskrt.training.models import CONFIGS, build_model
+from maskrt.training.models import CONFIGS, NORMS, build_model, default_model_config
 
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "model_config", "state_dict", "classes", "train_state", "metrics", "versions")
@@ -104,13 +105,13 @@ def _validate(ckpt: dict, path: Path) -> None:
     if not cfg["min_size"] <= cfg["max_size"] <= MAX_CANVAS_SIDE:
         raise MaskrtError(f"{path}: model_config needs min_size <= max_size <= {MAX_CANVAS_SIDE}, got "
                           f"{cfg['min_size']} and {cfg['max_size']}")
+    _check_config_fields(cfg, path)
     classes = ckpt["classes"]
     ok = isinstance(classes, list) and classes and all(
         isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in classes)
     if not ok:
         raise MaskrtError(f"{path}: classes must be a non-empty list of {{id: int, name: str}}")
-    if len({c["id"] for c in classes}) != len(classes):
-        raise MaskrtError(f"{path}: classes holds a category id twice")
+    check_class_list(classes, path)
     if len(classes) != cfg["num_classes"]:
         raise MaskrtError(f"{path}: {len(classes)} classes but model_config.num_classes is {cfg['num_classes']}")
     state = ckpt["state_dict"]
@@ -121,6 +122,30 @@ def _validate(ckpt: dict, path: Path) -> None:
         raise MaskrtError(f"{path}: train_state must be a dict or None")
     if not isinstance(ckpt["metrics"], dict):
         raise MaskrtError(f"{path}: metrics must be a dict")
+
+
+def _check_config_fields(cfg: dict, path: Path) -> None:
+    """Every model_config field is one its config has, of the type of that config's default (a bad one would crash
+    the model builder or the exporter deep inside torchvision)."""
+    defaults = default_model_config(cfg["name"], cfg["num_classes"])
+    for key, value in cfg.items():
+        if key not in defaults:
+            raise MaskrtError(f"{path}: model_config.{key} is not a field of config '{cfg['name']}' (its fields: "
+                              f"{', '.join(defaults)})")
+        want = defaults[key]
+        if isinstance(want, str):
+            ok = value in NORMS if key == "norm" else isinstance(value, str)
+        elif isinstance(want, list):
+            ok = isinstance(value, list) and bool(value) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        elif isinstance(want, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not ok:
+            kind = "one of " + ", ".join(NORMS) if key == "norm" else type(want).__name__
+            raise MaskrtError(f"{path}: model_config.{key} must be {kind} like the config's default {want!r}, got "
+                              f"{value!r}")
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -136,10 +161,20 @@ def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
 def model_from_checkpoint(ckpt: dict, *, source: str | Path = "checkpoint") -> torch.nn.Module:
     """Build the model of a checkpoint and load its weights (eval mode)."""
     model = build_model(ckpt["model_config"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[0]
-        raise MaskrtError(f"{source}: weights do not fit config '{ckpt['model_config'].get('name')}' "
-                          f"({detail})") from None
+    check_weights_fit(ckpt["state_dict"], model.state_dict(), f"{source}: weights do not fit config "
+                      f"'{ckpt['model_config'].get('name')}'")
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def check_weights_fit(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    """MaskrtError `what: ...` naming how many keys are missing, unexpected and mis-shaped, and the first of each,
+    unless `weights` has exactly `expected`'s keys and shapes."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} where the model has {tuple(expected[k].shape)}" for k in expected
+              if k in weights and weights[k].shape != expected[k].shape]
+    problems = [f"{len(keys)} {kind} (first: {keys[0]})" for kind, keys in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+    if problems:
+        raise MaskrtError(f"{what}: {'; '.join(problems)}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from maskrt.core.artifacts import check_class_list
 from maskrt.core.errors import MaskrtError
 from maskrt.core.images import load_rgb
 
@@ -82,6 +83,7 @@ def read_coco_json(path: str | Path) -> COCO:
             log.warning("%s: image ids %s name the same file %s (it counts once per id in training and evaluation)",
                         path, ", ".join(map(str, same)), file_name)
     cat_ids = _check_unique(path, data["categories"], "category")
+    check_class_list(data["categories"], path)
     _check_unique(path, data["annotations"], "annotation")
     for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
@@ -266,6 +268,12 @@ class CocoDataset(torch.utils.data.Dataset):
             "image_id": img_id,
         }
         return image, target
+
+
+def is_coco_dataset(folder: str | Path) -> bool:
+    """Whether a --data folder is a COCO-format dataset (it has annotations/) rather than a folder of plain images:
+    the one place `parity`, `layers` and `quantize` decide it."""
+    return (Path(folder) / "annotations").is_dir()
 
 
 def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:

@@ -32,6 +32,7 @@ torchvision uses with pretrained weights).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,9 +48,11 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from maskrt.core.defaults import MODEL_CONFIGS
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 
 CONFIGS = MODEL_CONFIGS
+#: Backbone normalisations: BatchNorm2d (trained from scratch) or FrozenBatchNorm2d (pretrained, as torchvision's)
+NORMS = ("bn", "frozen_bn")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "slim": {
@@ -89,8 +92,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 def default_model_config(name: str, num_classes: int, **overrides: Any) -> dict[str, Any]:
     """The model config of `name` for `num_classes` object classes (background excluded)."""
-    if name not in CONFIGS:
-        raise MaskrtError(f"unknown model config '{name}' (choose from {', '.join(CONFIGS)})")
+    check_choice("model config", name, CONFIGS)
     if num_classes < 1:
         raise MaskrtError(f"num_classes must be at least 1, got {num_classes}")
     unknown = set(overrides) - set(_DEFAULTS[name])
@@ -238,25 +240,29 @@ def _build_mobilenet_fpn(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
     )
 
 
-def build_model(cfg: dict[str, Any]) -> MaskRCNN:
-    """Build the (randomly initialised) Mask R-CNN described by a model config."""
-    name = cfg.get("name")
-    if name not in CONFIGS:
-        raise MaskrtError(f"unknown model config '{name}' (choose from {', '.join(CONFIGS)})")
-    num_labels = int(cfg["num_classes"]) + 1  # + background
-    if name == "slim":
-        return _build_slim(cfg, num_labels)
-    if name in ("slim-c4", "r50-c4"):
-        return _build_c4(cfg, num_labels)
-    if name == "mobilenet-fpn":
-        return _build_mobilenet_fpn(cfg, num_labels)
-    builder = maskrcnn_resnet50_fpn if name == "r50-fpn" else maskrcnn_resnet50_fpn_v2
+def _build_torchvision(cfg: dict[str, Any], num_labels: int) -> MaskRCNN:
+    """torchvision's own ResNet-50 FPN Mask R-CNN (v1 or v2), FrozenBatchNorm2d in the body for norm frozen_bn."""
+    builder = maskrcnn_resnet50_fpn if cfg["name"] == "r50-fpn" else maskrcnn_resnet50_fpn_v2
     model = builder(weights=None, weights_backbone=None, num_classes=num_labels,
                     min_size=cfg["min_size"], max_size=cfg["max_size"],
                     box_detections_per_img=cfg["box_detections_per_img"])
     if cfg["norm"] == "frozen_bn":
         _freeze_backbone_bn(model.backbone.body)
     return model
+
+
+#: Each model config's builder: (config, number of labels with the background) -> a randomly initialised model
+BUILDERS: dict[str, Callable[[dict[str, Any], int], MaskRCNN]] = {
+    "slim": _build_slim, "slim-c4": _build_c4, "r50-c4": _build_c4, "mobilenet-fpn": _build_mobilenet_fpn,
+    "r50-fpn": _build_torchvision, "r50-fpn-v2": _build_torchvision,
+}
+assert set(BUILDERS) == set(CONFIGS) == set(_DEFAULTS), "every model config needs its defaults and its builder"
+
+
+def build_model(cfg: dict[str, Any]) -> MaskRCNN:
+    """Build the (randomly initialised) Mask R-CNN described by a model config."""
+    check_choice("model config", cfg.get("name"), CONFIGS)
+    return BUILDERS[cfg["name"]](cfg, int(cfg["num_classes"]) + 1)  # + background
 
 
 def backbone_stages(cfg: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from maskrt.core.artifacts import MAX_CANVAS_SIDE
+from maskrt.core.artifacts import MAX_CANVAS_SIDE, check_class_list
 from maskrt.core.errors import MaskrtError
 from maskrt.core.outputs import check_not_input, check_output_file
 from maskrt.training.checkpoint import check_finite, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -20,10 +20,12 @@ from maskrt.training.models import default_model_config
 
 
 def coco_class_names() -> list[str]:
-    """torchvision's COCO category names by label (91, "__background__" and "N/A" included)."""
+    """torchvision's COCO category names by label (91, "__background__" included); its "N/A" placeholders (the
+    unused COCO ids) are named "N/A (id N)", since class names must be unique."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
-    return list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    names = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return [f"{n} (id {i})" if n == "N/A" else n for i, n in enumerate(names)]
 
 
 def detect_config(state_dict: dict) -> tuple[str, int]:
@@ -97,6 +99,7 @@ def import_torchvision(weights: str | Path, out: str | Path, *, class_names: lis
     _check_sizes(min_size, max_size)  # again with the config's defaults filled in
     cfg.update(min_size=min_size, max_size=max_size)
     classes = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+    check_class_list(classes, "--classes")
     ckpt = make_checkpoint(model_config=cfg, state_dict=sd, classes=classes,
                            metrics={})
     model_from_checkpoint(ckpt, source=weights)  # proves the weights fit before anything is written

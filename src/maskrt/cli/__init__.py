@@ -16,7 +16,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from maskrt.cli import bench, demo, export, layers, predict, serve, training
+from maskrt.cli import bench, demo, export, layers, parity, predict, quantize, serve, training
 from maskrt.cli.options import Parser, interrupt
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import WRITE_ERRNOS
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training, export, predict, layers, bench, serve, demo):
+    for module in (training, export, quantize, predict, parity, layers, bench, serve, demo):
         module.register(sub)
     return parser
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: staged outputs and temporary files are cleaned up
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(bench.legacy_argv(list(argv)))
+    args = build_parser().parse_args(list(argv))
     args.command_line = shlex.join(["maskrt", *argv])  # what the user ran, for the records that keep it
     try:
         return guarded(args)

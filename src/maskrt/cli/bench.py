@@ -3,8 +3,6 @@
 - run: one backend on a model, end to end and per stage;
 - compare: torchvision eager, torchvision's ONNX export and maskrt's graphs (ONNX Runtime, OpenVINO) side by side;
 - server: through a served model, and in process beside it with --model.
-
-`maskrt bench --compare ...` and `maskrt bench --server URL ...` (the spelling before the split) still work.
 """
 
 from __future__ import annotations
@@ -26,20 +24,6 @@ from maskrt.core.errors import MaskrtError
 from maskrt.core.files import write_atomic, write_json
 from maskrt.core.outputs import check_output_file
 
-SUBCOMMANDS = ("run", "compare", "server")
-
-
-def legacy_argv(argv: list[str]) -> list[str]:
-    """`bench --compare ...` -> `bench compare ...`, `bench --server URL ...` -> `bench server --server URL ...`,
-    `bench --model ...` -> `bench run --model ...`; other argv unchanged."""
-    if len(argv) < 2 or argv[0] != "bench" or argv[1] in (*SUBCOMMANDS, "-h", "--help"):
-        return argv
-    rest = argv[1:]
-    if "--compare" in rest:
-        rest.remove("--compare")
-        return ["bench", "compare", *rest]
-    return ["bench", "server" if "--server" in rest else "run", *rest]
-
 
 def _check_outputs(args: argparse.Namespace) -> None:
     for out in (args.json, getattr(args, "markdown", None)):
@@ -60,7 +44,7 @@ def _write_result(args: argparse.Namespace, result: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`maskrt bench run`: one backend on one model."""
-    from maskrt.runtime.bench import format_bench, load_images, run_bench, synthetic_images
+    from maskrt.runtime.bench.run import format_bench, load_images, run_bench, synthetic_images
     from maskrt.runtime.predictor import Predictor
 
     _check_outputs(args)
@@ -87,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     """`maskrt bench server`: through a served model, and in process beside it when --model is given."""
     from maskrt.core.images import decode_rgb, image_folder
-    from maskrt.runtime.bench import run_bench, synthetic_images
+    from maskrt.runtime.bench.run import run_bench, synthetic_images
     from maskrt.runtime.predictor import Predictor
     from maskrt.serving.bench_server import encode_png, format_server_bench, run_server_bench
 
@@ -118,9 +102,9 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """`maskrt bench compare`: eager, torchvision-ONNX and our graphs side by side (runtime/bench_compare.py)."""
-    from maskrt.runtime.bench import load_images
-    from maskrt.runtime.bench_compare import format_compare, run_compare
+    """`maskrt bench compare`: eager, torchvision-ONNX and our graphs side by side (runtime/bench/compare.py)."""
+    from maskrt.runtime.bench.compare import format_compare, run_compare
+    from maskrt.runtime.bench.run import load_images
 
     _check_outputs(args)
     _images_or_size(args)

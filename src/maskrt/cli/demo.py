@@ -15,7 +15,7 @@ DEMO_MARKER = ".maskrt-demo"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskrt.export.onnx_export import export_checkpoint
-    from maskrt.runtime.parity import Candidate, run_parity_many, summary_line
+    from maskrt.runtime.parity.compare import Candidate, run_parity_many, summary_line
     from maskrt.training.evaluate import format_metrics
     from maskrt.training.shapes import generate
     from maskrt.training.trainer import Trainer, TrainOptions

@@ -1,4 +1,4 @@
-"""`maskrt export`, `build` and `quantize`: a checkpoint to ONNX graphs, a graph to an engine, fp32 to INT8."""
+"""`maskrt export` and `build`: a checkpoint to ONNX graphs, a graph to an engine."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from maskrt.cli.options import Inputs, add_command, canvas_side, export_batch, non_negative_float, opset, positive_int
-from maskrt.core.artifacts import GRAPH_FILES, MAX_EXPORT_BATCH
-from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_MAX_EXCLUDED_NODES, DEFAULT_RTX_CAPABILITIES
+from maskrt.cli.options import Inputs, add_command, canvas_side, export_batch, opset, positive_int
+from maskrt.core.artifacts import GRAPHS, MAX_EXPORT_BATCH
+from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES
 
 T = TypeVar("T")
 
@@ -92,43 +92,9 @@ def _build_io(args: argparse.Namespace) -> tuple[list[Path], Inputs]:
     """The engine and its ENGINE.json (and the timing cache) are outputs; the export's files are inputs."""
     engine = Path(args.out) if args.out else Path(args.model) / f"model.{args.precision}.engine"
     export = Path(args.model)
-    graphs = [("export file", export / name) for name in ("export.json", *GRAPH_FILES.values())]
+    graphs = [("export file", export / name) for name in ("export.json", *(g.file for g in GRAPHS.values()))]
     outputs = [engine, Path(f"{engine}.json"), *([Path(args.timing_cache)] if args.timing_cache else [])]
     return outputs, graphs  # an engine is written into its export folder, beside its inputs (never over them)
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from maskrt.runtime.quantize import quantize_export
-
-    info = quantize_export(args.model, args.calibration, args.out, images=args.images, method=args.method,
-                           progress=not args.quiet, force=args.force, max_dap_drop=args.max_dap_drop,
-                           data=args.data, checkpoint=args.checkpoint, split=args.split, limit=args.limit,
-                           max_excluded=args.max_excluded)
-    q = info.quantization
-    print(f"wrote {args.out}: model.int8.onnx (INT8 QDQ, {q['method']} calibration on {q['images']} images) beside "
-          f"a copy of {args.model}; check it with `maskrt parity --graph portable_int8 --model {args.out}`")
-    control = q.get("accuracy_control")
-    if control is None:
-        return 0
-    first, last = control["steps"][0], control["steps"][-1]
-    kept = control["excluded_nodes"]
-    print(f"accuracy control: dAP {first['dap']['max_abs']:.3f} -> {last['dap']['max_abs']:.3f} (limit "
-          f"{control['max_dap_drop']:g}) with {len(kept)} node(s) kept in fp32"
-          f"{': ' + ', '.join(kept) if kept else ' (none needed)'}; {last['ms_per_image']} ms/image "
-          f"({control['speed_cost']:.2f}x the fully quantized graph, fp32 {control['fp32_ms_per_image']} ms)")
-    if not control["met"]:
-        dap = last["dap"]
-        if dap["max_abs"] > control["max_dap_drop"]:
-            why = f"the dAP still exceeds {control['max_dap_drop']:g}"
-        elif dap["failed_gates"]:
-            why = f"INT8 parity gates still fail ({', '.join(dap['failed_gates'])})"
-        else:
-            undecided = ", ".join(dap["undecided_gates"])
-            why = f"the dAP's interval still straddles {control['max_dap_drop']:g} ({undecided}: more images narrow it)"
-        print(f"error: {why} with {len(kept)} node(s) in fp32 (the limit, --max-excluded); the INT8 graph was "
-              "written for inspection (`maskrt layers`)")
-        return 1
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -175,26 +141,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="kernel timing cache: read when it exists, written after the build (faster rebuilds)")
     bld.add_argument("--force", action="store_true", help="replace an existing engine")
     bld.set_defaults(func=cmd_build, io=_build_io)
-
-    quant = add_command(sub, "quantize", "INT8 post-training quantization (QDQ) of an export's model.onnx, calibrated "
-                        "on images")
-    quant.add_argument("--model", required=True, help="export folder")
-    quant.add_argument("--calibration", required=True, help="folder of calibration images (e.g. DATA/train)")
-    quant.add_argument("--images", type=positive_int, default=32, help="calibration images used (default 32)")
-    quant.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
-                       help="activation range calibration (default minmax)")
-    quant.add_argument("--max-dap-drop", type=non_negative_float, metavar="D",
-                       help="accuracy control: keep the nodes that cost the most accuracy in fp32 until the INT8 "
-                       "graph's dAP (box and mask AP against plain model(images) on --data) is at most D; exit 1 "
-                       "when --max-excluded nodes are not enough")
-    quant.add_argument("--data", help="COCO-format dataset whose --split measures the dAP (with --max-dap-drop)")
-    quant.add_argument("--split", default="val")
-    quant.add_argument("--limit", type=positive_int, help="first N images of the split only")
-    quant.add_argument("--checkpoint", help="the export's checkpoint (default: the path export.json records)")
-    quant.add_argument("--max-excluded", type=positive_int, default=DEFAULT_MAX_EXCLUDED_NODES,
-                       help=f"most nodes kept in fp32 (default {DEFAULT_MAX_EXCLUDED_NODES})")
-    quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx added")
-    quant.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    quant.set_defaults(func=cmd_quantize,
-                       io=lambda a: ([a.out], [("export folder", a.model), ("dataset", a.data),
-                                               ("checkpoint", a.checkpoint), ("calibration folder", a.calibration)]))

@@ -1,17 +1,18 @@
 """`maskrt layers`: compare a deployed graph with the fp32 model.onnx tensor by tensor, and rank its nodes by the
-error each adds (runtime/layers.py)."""
+error each adds (runtime/parity/layers.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from maskrt.cli.options import GRAPHS, add_command, non_negative_float, positive_int
+from maskrt.cli.options import add_command, non_negative_float, positive_int
+from maskrt.core.artifacts import GRAPHS
 from maskrt.core.defaults import DEFAULT_LAYER_CHUNK_MIB, DEFAULT_LAYER_IMAGES, DEFAULT_LAYER_TOLERANCE
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from maskrt.runtime.layers import compare_layers
+    from maskrt.runtime.parity.layers import compare_layers
 
     doc = compare_layers(args.model, args.out, graph=args.graph, backend=args.backend,
                          precision=args.precision or "f32", images=args.images, data=args.data, split=args.split,
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lay = add_command(sub, "layers", "compare a graph of an export with the fp32 model.onnx tensor by tensor and "
                       "rank its nodes by the error each adds (which layer broke parity)")
     lay.add_argument("--model", required=True, help="export folder")
-    lay.add_argument("--graph", default="portable_int8", choices=GRAPHS,
+    lay.add_argument("--graph", default="portable_int8", choices=list(GRAPHS),
                      help="the candidate graph (default portable_int8)")
     lay.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"],
                      help="what runs the candidate (the reference is always fp32 model.onnx on onnxruntime)")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from maskrt.core.artifacts import GRAPH_FILES, MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
+from maskrt.core.artifacts import BACKENDS, GRAPHS, MAX_CANVAS_SIDE, MAX_EXPORT_BATCH, MAX_OPSET, MIN_OPSET
 from maskrt.core.defaults import (
     DEFAULT_MODEL_NAME,
     DEFAULT_QUEUE_DELAY_US,
@@ -18,8 +18,6 @@ from maskrt.core.defaults import (
     DEFAULT_SERVER_MAX_BATCH,
 )
 
-GRAPHS = list(GRAPH_FILES)  # portable, trt, trt_fp16 (export --fp16), portable_int8 (maskrt quantize)
-BACKENDS = ["torch", "onnxruntime", "openvino", "tensorrt"]
 #: (what, path) of each input a command reads; outputs must lie apart from them all
 Inputs = list[tuple[str, "str | Path | None"]]
 T = TypeVar("T")
@@ -89,7 +87,7 @@ def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="export folder (a checkpoint for --backend torch, an engine file for --backend tensorrt)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--graph", default="portable", choices=GRAPHS, help="which ONNX graph")
+    p.add_argument("--graph", default="portable", choices=list(GRAPHS), help="which ONNX graph")
     p.add_argument("--checkpoint", help="checkpoint for --backend torch with an export folder")
     add_precision(p)
 

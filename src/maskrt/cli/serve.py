@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tri.add_argument("--network", choices=["onnxruntime", "tensorrt", "python"],
                      help="network backend (default: tensorrt for an engine, onnxruntime for an export folder; "
                      "python runs the graph with ONNX Runtime in Triton's python backend)")
-    tri.add_argument("--graph", default="portable", choices=GRAPHS,
+    tri.add_argument("--graph", default="portable", choices=list(GRAPHS),
                      help="the export's graph (onnxruntime: portable or portable_int8; python: any)")
     tri.add_argument("--instances", type=positive_int, default=1, help="instances of each model (default 1)")
     tri.add_argument("--score-threshold", type=unit_float, default=DEFAULT_SCORE_THRESHOLD,

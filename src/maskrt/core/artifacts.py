@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from maskrt.core.builders import BUILDERS
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.files import read_json, sha256, write_json
 
 T = TypeVar("T")
@@ -24,13 +24,39 @@ T = TypeVar("T")
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
 ENGINE_FORMAT_VERSION = 2  # 2: I/O tensors, build time, engine sha256, the export's export.json
-#: The graph flavours of an export folder and their files (docs/architecture.md section 3).
-GRAPH_FILES = {"portable": "model.onnx", "trt": "model.trt.onnx", "trt_fp16": "model.trt.fp16.onnx",
-               "portable_int8": "model.int8.onnx"}
-#: Each graph's op flavour (the ops it may hold) and precision; trt_fp16 is written on request (`export --fp16`),
-#: portable_int8 by `maskrt quantize`.
-GRAPH_KINDS = {"portable": ("portable", "fp32"), "trt": ("trt", "fp32"), "trt_fp16": ("trt", "fp16"),
-               "portable_int8": ("portable", "int8")}
+
+
+@dataclass(frozen=True)
+class GraphKind:
+    """One graph an export folder can hold (docs/architecture.md section 3)."""
+
+    name: str  # export.json's key and --graph's value
+    file: str
+    flavor: str  # the ops it may hold: "portable" (standard ONNX) or "trt" (maskrt's plugin ops)
+    precision: str  # its networks' precision, which picks its default parity gates (Gates.for_precision)
+    backends: tuple[str, ...]  # the backends that run it (an engine built from it runs on tensorrt)
+    written_by: str
+
+    @property
+    def portable(self) -> bool:
+        return self.flavor == "portable"
+
+
+#: Every graph kind, in the order the CLI lists them; GRAPHS[name] is the one record of a graph.
+GRAPHS: dict[str, GraphKind] = {g.name: g for g in (
+    GraphKind("portable", "model.onnx", "portable", "fp32", ("onnxruntime", "openvino"), "maskrt export"),
+    GraphKind("trt", "model.trt.onnx", "trt", "fp32", ("onnxruntime", "tensorrt"), "maskrt export"),
+    GraphKind("trt_fp16", "model.trt.fp16.onnx", "trt", "fp16", ("onnxruntime", "tensorrt"), "maskrt export --fp16"),
+    GraphKind("portable_int8", "model.int8.onnx", "portable", "int8", ("onnxruntime", "openvino"), "maskrt quantize"),
+)}
+#: Every backend: the torch reference and those that run a graph
+BACKENDS = ("torch", *dict.fromkeys(b for g in GRAPHS.values() for b in g.backends))
+
+
+def graph_kind(name: str) -> GraphKind:
+    """The record of graph `name`; MaskrtError for a graph maskrt does not know."""
+    check_choice("graph", name, GRAPHS)
+    return GRAPHS[name]
 INPUT_NAMES = ("images", "image_sizes")
 #: Export limits. Opsets: RoiAlign-16 and LayerNormalization need 17, torch's TorchScript exporter stops at 20.
 MIN_OPSET, MAX_OPSET = 17, 20
@@ -95,11 +121,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def check_class_list(classes: list[dict[str, Any]], source: str | Path) -> None:
+    """MaskrtError naming `source` when a class list holds a category id or a name twice: labels map to classes by id
+    AND name everywhere, so either repeated makes two labels indistinguishable."""
+    for key in ("id", "name"):
+        seen: set = set()
+        for c in classes:
+            if c[key] in seen:
+                raise MaskrtError(f"{source}: classes hold the category {key} {c[key]!r} twice ({key}s must be unique)")
+            seen.add(c[key])
+
+
 def _classes(fields: _Fields) -> list[dict[str, Any]]:
     ok = lambda c: isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)  # noqa: E731
     classes = fields.list("classes", ok, 'a non-empty list of {"id": int, "name": str}', min_len=1)
-    if len({c["id"] for c in classes}) != len(classes):
-        raise MaskrtError(f"{fields.file}: classes holds a category id twice")
+    check_class_list(classes, fields.file)
     return classes
 
 
@@ -117,6 +153,23 @@ def check_same_classes(a: list[dict[str, Any]], a_source: str | Path, b: list[di
     more = f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""
     raise MaskrtError(f"{a_source} and {b_source} disagree on the classes ({'; '.join(diffs[:6])}{more}); a model "
                       "only runs on data with the classes it was trained on, ids and names alike")
+
+
+def check_same_model(a: dict[str, Any], a_source: str | Path, b: dict[str, Any], b_source: str | Path) -> None:
+    """MaskrtError naming the first differing field unless two model configs (a checkpoint's, an export's) describe
+    the same model: the same config and the same value of every field either has."""
+    for key in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
+        if a.get(key) != b.get(key):
+            raise MaskrtError(f"{a_source} and {b_source} are not the same model: model_config.{key} is "
+                              f"{a.get(key)!r} vs {b.get(key)!r}")
+
+
+def check_compatible(a_config: dict[str, Any], a_classes: list[dict[str, Any]], a_source: str | Path,
+                     b_config: dict[str, Any], b_classes: list[dict[str, Any]], b_source: str | Path) -> None:
+    """The one check of two model artifacts used together (checkpoint, export, reference export): the same classes by
+    id AND name (the list of differing labels says most), then the same model config and fields."""
+    check_same_classes(a_classes, a_source, b_classes, b_source)
+    check_same_model(a_config, a_source, b_config, b_source)
 
 
 def _safe_file_name(fields: _Fields, key: str) -> str:
@@ -254,8 +307,8 @@ class ExportInfo:
         graphs: dict[str, GraphFile] = {}
         graph_fields = top.obj("graphs")
         for flavor in graph_fields.value:
-            if flavor not in GRAPH_FILES:
-                raise MaskrtError(f"{where}: graphs.{flavor} is not a graph maskrt knows ({', '.join(GRAPH_FILES)})")
+            if flavor not in GRAPHS:
+                raise MaskrtError(f"{where}: graphs.{flavor} is not a graph maskrt knows ({', '.join(GRAPHS)})")
             g = graph_fields.obj(flavor)
             graphs[flavor] = GraphFile(_safe_file_name(g, "file"), g.str("sha256"), dict(g.value.get("ops", {})))
         if not graphs:

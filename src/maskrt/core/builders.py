@@ -1,6 +1,6 @@
 """Which TensorRT builds and runs engines: discovery of the `tensorrt` / `tensorrt_rtx` Python modules, shared by
-the engine build (export/engine.py) and the engine runtime (runtime/trt_backend.py) without either importing the
-other."""
+the engine build (export/engine.py) and the engine runtime (runtime/backends/tensorrt_engine.py) without either
+importing the other."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 from types import ModuleType
 
 from maskrt.core.defaults import RTX_REQUIREMENT
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 
 #: builder name -> its Python module; the default is the first one installed
 BUILDERS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -28,8 +28,7 @@ def installed_builder() -> str:
 
 def import_builder(builder: str) -> ModuleType:
     """The `tensorrt_rtx` or `tensorrt` module, or a MaskrtError saying how to get it."""
-    if builder not in BUILDERS:
-        raise MaskrtError(f"unknown builder '{builder}' (choose from {', '.join(BUILDERS)})")
+    check_choice("builder", builder, BUILDERS)
     try:
         return importlib.import_module(BUILDERS[builder])
     except ImportError:

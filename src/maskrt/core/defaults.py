@@ -17,6 +17,8 @@ DEFAULT_MODEL_CONFIG = "slim"
 DEFAULT_SCORE_THRESHOLD = 0.5
 #: The Predictor's default: every detection the graph returns (what parity and bench compare).
 KEEP_ALL_SCORES = 0.0
+#: Parity: detections at or above this score must find a counterpart on the other side (recall, precision gates)
+DEFAULT_SCORE_FLOOR = 0.3
 
 #: Largest image FILE read by default (MASKRT_MAX_IMAGE_PIXELS changes it).
 DEFAULT_FILE_MAX_PIXELS = 100_000_000

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.machine import machine_facts
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -22,8 +22,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def resolve_device(name: str) -> torch.device:
     """The torch device of a `--device` value; MaskrtError for an unknown name or cuda without a CUDA GPU."""
-    if name not in DEVICES:
-        raise MaskrtError(f"unknown device '{name}' (choose from {', '.join(DEVICES)})")
+    check_choice("device", name, DEVICES)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":

@@ -106,7 +106,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"matched, {row['extra']} extra candidate detection(s), min box IoU {_fmt(row['box_iou_min'])}, "
                       f"max |score diff| {_fmt(row['score_diff_max'])}", "", f"![{fig['image']}]({fig['file']})", ""]
     if report["verdict"] == "failed" and "report_folder" in report:
-        from maskrt.runtime.layers_report import parity_layers_command
+        from maskrt.runtime.parity.layers_report import parity_layers_command
 
         lines += ["", "## Which layer?", "",
                   "Compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor; layers.md ranks "

@@ -12,7 +12,7 @@ the floor:
 - median box IoU, |score diff| (the max, or a percentile) and median mask IoU over the matched pairs of which either
   side is at or above the floor;
 - |dAP| (bbox and segm, pycocotools) when the data has annotations (computed by the caller), with its paired
-  bootstrap interval over images (runtime/parity_bootstrap.py).
+  bootstrap interval over images (runtime/parity/bootstrap.py).
 
 Each gate's status (`judge`): pass, fail, inconclusive or no data (nothing to measure).
 - dAP: pass when the whole interval lies within +-limit, fail when it lies wholly beyond it, inconclusive when it
@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskrt.core.errors import MaskrtError
-from maskrt.runtime.parity_bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, images_to_decide
+from maskrt.core.defaults import DEFAULT_SCORE_FLOOR
+from maskrt.core.errors import MaskrtError, check_choice
+from maskrt.runtime.parity.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, images_to_decide
 
 if TYPE_CHECKING:  # no torch import at runtime: the CLI reads this module's defaults before any work
     from maskrt.runtime.postprocess import Detections
@@ -54,6 +55,18 @@ DEFAULT_MIN_SCORE_PAIRS = 100
 PASS, FAIL, UNDECIDED, NO_DATA = "pass", "fail", "inconclusive", "no data"
 
 
+#: The gates of each precision that differ from fp32's (Gates' defaults); derivations in Gates.for_precision.
+PRECISION_GATES: dict[str, dict[str, float]] = {
+    "fp32": {},
+    "fp16": {"max_abs_dap": 0.3, "min_recall": 0.97, "min_precision": 0.97, "min_median_box_iou": 0.98,
+             "max_score_diff": 0.05, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.9},
+    "bf16": {"max_abs_dap": 1.0, "min_recall": 0.97, "min_precision": 0.97, "min_median_box_iou": 0.98,
+             "max_score_diff": 0.2, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.95},
+    "int8": {"max_abs_dap": 1.0, "min_recall": 0.9, "min_precision": 0.9, "min_median_box_iou": 0.95,
+             "max_score_diff": 0.5, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.85},
+}
+
+
 @dataclass
 class Gates:
     """Parity tolerances (fp32 defaults; `for_precision` gives each precision's)."""
@@ -65,11 +78,11 @@ class Gates:
     max_score_diff: float = 0.01
     score_diff_quantile: float = 1.0  # which |score diff| the gate reads: 1.0 the max, 0.99 the 99th percentile
     min_median_mask_iou: float = 0.95
-    score_floor: float = 0.3
+    score_floor: float = DEFAULT_SCORE_FLOOR
     match_iou: float = 0.5
     min_detections: int = DEFAULT_MIN_DETECTIONS
     min_score_pairs: int = DEFAULT_MIN_SCORE_PAIRS
-    resamples: int = DEFAULT_RESAMPLES  # the dAP's paired bootstrap (runtime/parity_bootstrap.py)
+    resamples: int = DEFAULT_RESAMPLES  # the dAP's paired bootstrap (runtime/parity/bootstrap.py)
     confidence: float = DEFAULT_CONFIDENCE
 
     @classmethod
@@ -88,20 +101,8 @@ class Gates:
         AMD EPYC (Zen 4), 0.16 on one of them over 800 pairs, 0.027 / 0.040 on models trained on an Intel Xeon (AMX);
         the limit is 2.2x the largest stable value, the margin the first limit, 0.1, had over 0.04; recall and
         precision >= 0.997, median box IoU 0.994, median mask IoU 0.989)."""
-        if precision == "fp16":
-            base = {"max_abs_dap": 0.3, "min_recall": 0.97, "min_precision": 0.97, "min_median_box_iou": 0.98,
-                    "max_score_diff": 0.05, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.9}
-        elif precision == "int8":
-            base = {"max_abs_dap": 1.0, "min_recall": 0.9, "min_precision": 0.9, "min_median_box_iou": 0.95,
-                    "max_score_diff": 0.5, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.85}
-        elif precision == "bf16":
-            base = {"max_abs_dap": 1.0, "min_recall": 0.97, "min_precision": 0.97, "min_median_box_iou": 0.98,
-                    "max_score_diff": 0.2, "score_diff_quantile": 0.99, "min_median_mask_iou": 0.95}
-        elif precision == "fp32":
-            base = {}
-        else:
-            raise MaskrtError(f"unknown precision '{precision}' (choose from fp32, fp16, bf16, int8)")
-        return cls(**{**base, **overrides})
+        check_choice("precision", precision, PRECISION_GATES)
+        return cls(**{**PRECISION_GATES[precision], **overrides})
 
     def __post_init__(self) -> None:
         for name in ("score_floor", "match_iou", "min_recall", "min_precision", "min_median_box_iou",

@@ -42,7 +42,7 @@ def check_contract(distribution: str) -> None:
     found = _installed(distribution)
     if not found.startswith(SUPPORTED[distribution]):
         raise MaskrtError(f"{distribution} {found}: maskrt relies on an internal of {distribution} "
-                          f"{SUPPORTED[distribution]}* (runtime/ort_internals.py); install that version")
+                          f"{SUPPORTED[distribution]}* (runtime/backends/ort_internals.py); install that version")
     if distribution == "onnxruntime-extensions":
         from onnxruntime_extensions import _ocos
 
@@ -53,7 +53,8 @@ def check_contract(distribution: str) -> None:
 
         ok = list(inspect.signature(HistogramCollector.collect).parameters) == ["self", "name_to_arr"]
     if not ok:
-        raise MaskrtError(f"{distribution} {found}: its internals differ from what runtime/ort_internals.py expects")
+        raise MaskrtError(f"{distribution} {found}: its internals differ from what "
+                          "runtime/backends/ort_internals.py expects")
 
 
 def array_hook(k_id: int, feed: list, attributes: dict) -> tuple:

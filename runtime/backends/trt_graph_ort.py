@@ -12,7 +12,8 @@ graph changes.
 onnxruntime-extensions hands a Python op's outputs back to ONNX Runtime as `.flatten().tolist()`, a Python list of
 every element: 1 s for the 50 MB of pooled box features of r50-fpn at 800x800, more than the pooling itself. Its C++
 side also takes a numpy array (pybind11 `py::array`, then one memcpy), so `register_ops` installs a hook that returns
-the arrays themselves (runtime/ort_internals.py, the one module touching that private API): one copy per output.
+the arrays themselves (runtime/backends/ort_internals.py, the one module touching that private API): one copy per
+output.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from maskrt.core.errors import MaskrtError
 from maskrt.plugins import SPECS, NMSSpec, RoIAlignSpec, nms, roi_align
 from maskrt.plugins.roi_align.spec import MAX_LEVELS
 from maskrt.plugins.spec import ONNX_DOMAIN
-from maskrt.runtime.ort_internals import install_array_hook
+from maskrt.runtime.backends.ort_internals import install_array_hook
 
 CONTRIB = "ai.onnx.contrib"
 _ATTRS = {"spec": PyOp.dt_string, "threads": PyOp.dt_int64}  # the op's spec as JSON; host threads (0: every CPU)

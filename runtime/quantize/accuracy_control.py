@@ -5,8 +5,8 @@ After calibration, the INT8 graph's dAP on the dataset's val split is measured b
 and mask AP of model.int8.onnx against plain `model(images)` of the checkpoint, the larger |delta| of the two, with its
 bootstrap interval (D is the dAP gate's limit) and the INT8 per-detection gates beside it. While the dAP or its
 interval exceeds D or a gate fails (a graph within D can still move boxes beyond the INT8 median box IoU), the
-quantized nodes are ranked once by `maskrt layers` (runtime/layers.py: each node's own error, its piece of the INT8
-graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's quantizer leaves out of
+quantized nodes are ranked once by `maskrt layers` (runtime/parity/layers.py: each node's own error, its piece of the
+INT8 graph run on the fp32 graph's values) and the worst are kept in fp32 - ONNX Runtime's quantizer leaves out of
 `nodes_to_quantize` - 2, then 4, 8, ... more at a time, re-quantizing and re-measuring each time, until both hold or
 `max_excluded` nodes are kept. Each ranked node brings itself (when quantized) and the quantized nodes producing its
 inputs: in the QDQ form a tensor between two quantized nodes is quantized for either, so its rounding leaves only when
@@ -64,7 +64,7 @@ def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, lim
     with the INT8 gates and `max_dap_drop` as the dAP limit: {"bbox": delta, "segm": delta, "max_abs", "interval"
     (the bootstrap interval of each), "verdict", "failed_gates", "undecided_gates" (a dAP interval straddling the
     limit), "reference_detections"}. `cache` (parity.ReferenceCache) keeps the reference between steps."""
-    from maskrt.runtime.parity import Candidate, Gates, run_parity_many
+    from maskrt.runtime.parity.compare import Candidate, Gates, run_parity_many
 
     out = Path(tempfile.mkdtemp(prefix="parity-", dir=work))
     gates = Gates.for_precision("int8", max_abs_dap=max_dap_drop)
@@ -128,8 +128,8 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
     """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop` or an INT8 parity gate
     fails, keep the worst quantized nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()`
     writes export.json for it). Returns the record for export.json."""
-    from maskrt.runtime.layers import compare_layers
-    from maskrt.runtime.parity import ReferenceCache, parity_images
+    from maskrt.runtime.parity.compare import ReferenceCache, parity_images
+    from maskrt.runtime.parity.layers import compare_layers
 
     info = write_info()
     timed = parity_images(data, split, info, staging)[:TIMED_IMAGES]

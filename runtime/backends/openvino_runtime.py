@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskrt.core.artifacts import GRAPH_KINDS, OUTPUT_NAMES, ExportInfo
-from maskrt.core.errors import MaskrtError
-from maskrt.runtime.backends import run_in_batches
+from maskrt.core.artifacts import GRAPHS, OUTPUT_NAMES, ExportInfo, graph_kind
+from maskrt.core.errors import MaskrtError, check_choice
+from maskrt.runtime.backends.base import run_in_batches
 from maskrt.runtime.postprocess import RawOutput
 
 #: OpenVINO inference precisions maskrt offers (INFERENCE_PRECISION_HINT), default first.
@@ -49,17 +49,23 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def compile_config(precision: str, threads: int | None = None) -> dict[str, str]:
+    """maskrt's OpenVINO CPU compile configuration, the one place it is made: the inference precision, latency mode
+    (one request at a time) and `threads` inference threads (None: OpenVINO's default)."""
+    return {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+            **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
+
+
 def gate_precision(graph: str, precision: str) -> str:
     """The parity gates' precision for `graph` run by OpenVINO at `precision`."""
-    return GATE_PRECISION[(GRAPH_KINDS[graph][1], precision)]
+    return GATE_PRECISION[(GRAPHS[graph].precision, precision)]
 
 
 def check_openvino(graph: str, precision: str) -> None:
     """Refuse what OpenVINO cannot run here: an unknown precision, a graph with maskrt's plugin ops, bf16 on a CPU
     without native bfloat16."""
-    if precision not in PRECISIONS:
-        raise MaskrtError(f"unknown OpenVINO precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    if GRAPH_KINDS.get(graph, ("trt",))[0] != "portable":
+    check_choice("OpenVINO precision", precision, PRECISIONS)
+    if not graph_kind(graph).portable:
         raise MaskrtError(f"the {graph} graph holds maskrt's TensorRT plugin ops: OpenVINO runs the portable "
                           "graphs (--graph portable or portable_int8)")
     if precision == "bf16" and not cpu_supports_bf16():
@@ -79,9 +85,7 @@ class OpenVinoBackend:
             raise MaskrtError(f"threads must be at least 1, got {threads}")
         check_openvino(graph, precision)
         path = info.verified_graph(export_dir, graph)
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
+        config = compile_config(precision, threads)
         try:
             core = openvino_core()
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)

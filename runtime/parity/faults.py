@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from maskrt.core.artifacts import EXPORT_FILE, GRAPH_KINDS, ExportInfo
+from maskrt.core.artifacts import EXPORT_FILE, GRAPHS, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.outputs import check_output_dir, staged_dir
@@ -348,7 +348,7 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
     gates, evidence, report folder. Faulty exports and reports (figures only with `figures`) are written under `work`.
     The plain reference runs once per image (`cache`, a parity.ReferenceCache, keeps it for later calls); `resamples`
     sets the dAP interval's bootstrap resamples (default: the gates' 1000)."""
-    from maskrt.runtime.parity import Candidate, Gates, ReferenceCache, run_parity_many
+    from maskrt.runtime.parity.compare import Candidate, Gates, ReferenceCache, run_parity_many
 
     cache = cache if cache is not None else ReferenceCache()
     info = ExportInfo.read(export_dir)
@@ -373,7 +373,7 @@ def fault_matrix(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
                 overrides = {"min_detections": min_detections} if min_detections else {}
                 if resamples:
                     overrides["resamples"] = resamples
-                gates = Gates.for_precision(GRAPH_KINDS[graph][1], **overrides)
+                gates = Gates.for_precision(GRAPHS[graph].precision, **overrides)
                 candidates.append(Candidate(export, work / "reports" / name / mode / graph, graph=graph, gates=gates))
             reports = run_parity_many(checkpoint, candidates, source, split=split, limit=mode_limit,
                                       progress=progress, force=True, figures=figures, cache=cache)

@@ -1,4 +1,4 @@
-"""`maskrt bench --compare`: the deployed graphs against what they replace, measured side by side in one run.
+"""`maskrt bench compare`: the deployed graphs against what they replace, measured side by side in one run.
 
 For one checkpoint, on one machine with the same threads everywhere, each candidate runs the same images end to end
 (the image as HxWx3 uint8 in, detections on the original image out):
@@ -9,9 +9,9 @@ For one checkpoint, on one machine with the same threads everywhere, each candid
 - `torchvision_onnx`: torchvision's own ONNX export (``torch.onnx.export`` of the same model) on ONNX Runtime; its
   graph resizes, normalises and pastes itself, so its network time is the whole graph;
 - `portable`, `trt`, `portable_int8`: model.onnx fp32, model.trt.onnx fp32 (the plugin ops on their host build) and
-  model.int8.onnx (`maskrt quantize`) through the Predictor: pre-process, network, paste (runtime/bench.py);
+  model.int8.onnx (`maskrt quantize`) through the Predictor: pre-process, network, paste (runtime/bench/run.py);
 - `openvino_f32`, `openvino_bf16`, `openvino_int8`: model.onnx in f32 and in bf16 (where the CPU has native bf16)
-  and model.int8.onnx, each on OpenVINO's CPU plugin through the same Predictor (runtime/openvino_backend.py);
+  and model.int8.onnx, each on OpenVINO's CPU plugin through the same Predictor (runtime/backends/openvino_runtime.py);
 - the network parts alone (fp32, ONNX Runtime): backbone+FPN on the first image's padded batch, the RPN head on its
   features, the box head on its post-NMS proposals and the mask head on its detections (eager's count), each
   exported on its own. Their sum is the work no deployment of this model avoids.
@@ -37,6 +37,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from maskrt.core.artifacts import GRAPH_FILES, ExportInfo
+from maskrt.core.artifacts import GRAPHS, ExportInfo
 from maskrt.core.errors import MaskrtError
 from maskrt.core.files import sha256
 from maskrt.core.outputs import check_apart, check_output_dir
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.export.onnx_export import export_checkpoint
-from maskrt.runtime.bench import STAGES, backend_versions, machine, percentiles, synthetic_images, timed_predict
+from maskrt.runtime.backends.ort_session import session_options
+from maskrt.runtime.bench.run import STAGES, backend_versions, machine, percentiles, synthetic_images, timed_predict
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import to_tensor
 from maskrt.training.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -108,11 +110,7 @@ class _Eager:
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, names: list[str], **kwargs: Any) -> None:
@@ -144,7 +142,7 @@ class _TorchvisionOnnx:
 
 
 class _Deployed:
-    """One of our graphs through the Predictor (runtime/bench.py's stages)."""
+    """One of our graphs through the Predictor (runtime/bench/run.py's stages)."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -253,29 +251,51 @@ def run_compare(*, checkpoint: str | Path | None = None, random_config: str | No
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     try:
-        return _compare(checkpoint, random_config, export, images, size, threads, warmup, iters, int8, calibration,
-                        root, progress)
+        return _compare(_Request(checkpoint=Path(checkpoint) if checkpoint else None, random_config=random_config,
+                                 export=Path(export) if export else None, images=images, size=size, threads=threads,
+                                 warmup=warmup, iters=iters, int8=int8,
+                                 calibration=Path(calibration) if calibration else None, work=root,
+                                 progress=progress))
     finally:
         torch.set_num_threads(torch_threads)
         if temporary:
             temporary.cleanup()
 
 
-def _compare(checkpoint: str | Path | None, random_config: str | None, export: str | Path | None,
-             images: list[np.ndarray] | None, size: int, threads: int, warmup: int, iters: int, int8: bool,
-             calibration: str | Path | None, work: Path, progress: bool) -> dict[str, Any]:
-    steps = _Steps(progress)
-    if random_config is not None:
-        checkpoint = random_checkpoint(work / f"random-{random_config}.pt", random_config)
-    checkpoint = Path(checkpoint)  # type: ignore[arg-type]
-    if images is None:
-        images = synthetic_images(1, size, size)
+@dataclass
+class _Request:
+    """What `run_compare` was asked to time (its arguments, resolved), handed down the chain as one object."""
+
+    checkpoint: Path | None
+    random_config: str | None
+    export: Path | None
+    images: list[np.ndarray] | None
+    size: int
+    threads: int
+    warmup: int
+    iters: int
+    int8: bool
+    calibration: Path | None
+    work: Path
+    progress: bool
+
+
+def _compare(req: _Request) -> dict[str, Any]:
+    steps, work, progress, threads = _Steps(req.progress), req.work, req.progress, req.threads
+    if req.random_config is not None:
+        req.checkpoint = random_checkpoint(work / f"random-{req.random_config}.pt", req.random_config)
+    checkpoint = req.checkpoint
+    assert checkpoint is not None
+    if req.images is None:
+        req.images = synthetic_images(1, req.size, req.size)
+    images = req.images
     if not images:
         raise MaskrtError("no images to benchmark")
-    export_dir = _export_dir(Path(export) if export else None, checkpoint, work, steps)
+    calibration = req.calibration
+    export_dir = _export_dir(req.export, checkpoint, work, steps)
     int8_dir = export_dir if "portable_int8" in ExportInfo.read(export_dir).graphs else None
-    if int8 and int8_dir is None:
-        from maskrt.runtime.quantize import quantize_export
+    if req.int8 and int8_dir is None:
+        from maskrt.runtime.quantize.calibration import quantize_export
 
         if calibration is None:  # the benchmark images, as files
             from PIL import Image
@@ -300,17 +320,16 @@ def _compare(checkpoint: str | Path | None, random_config: str | None, export: s
             predictors[g] = Predictor.from_export(d, graph=g, threads=threads, spinning=False)
         for name, (d, g, p) in _openvino_candidates(export_dir, int8_dir).items():
             predictors[name] = Predictor.from_export(d, backend="openvino", graph=g, threads=threads, precision=p)
-        return _timed(checkpoint, random_config, export_dir, images, threads, warmup, iters, work, progress, steps,
-                      model, runners, predictors)
+        return _timed(req, export_dir, steps, model, runners, predictors)
     finally:  # sessions and compiled models released here, not whenever the garbage collector gets to them
         for predictor in predictors.values():
             predictor.close()
 
 
-def _timed(checkpoint: Path, random_config: str | None, export_dir: Path, images: list[np.ndarray], threads: int,
-           warmup: int, iters: int, work: Path, progress: bool, steps: _Steps, model: nn.Module,
+def _timed(req: _Request, export_dir: Path, steps: _Steps, model: nn.Module,
            runners: dict[str, Callable[[np.ndarray], Timing]], predictors: dict[str, Predictor]) -> dict[str, Any]:
     """Run the candidates and parts alternated, `warmup` + `iters` rounds, and make the record."""
+    images, threads, warmup, iters, work = req.images or [], req.threads, req.warmup, req.iters, req.work
     runners.update({g: _Deployed(p) for g, p in predictors.items()})
     first_detections = runners["eager"](images[0])[1]
     parts = steps("parts_export_s", "exporting the network parts alone",
@@ -320,7 +339,7 @@ def _timed(checkpoint: Path, random_config: str | None, export_dir: Path, images
     jobs += [(f"part:{name}", lambda _image, run=run: run()) for name, run in parts.items()]
     times: dict[str, dict[str, list[float]]] = {name: {} for name, _ in jobs}
     counts: dict[str, dict[int, int]] = {name: {} for name in runners}
-    for r in tqdm(range(warmup + iters), desc="compare", unit="round", disable=not progress):
+    for r in tqdm(range(warmup + iters), desc="compare", unit="round", disable=not req.progress):
         index = (r - warmup) % len(images) if r >= warmup else r % len(images)
         for name, job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
             t0 = time.perf_counter()
@@ -333,15 +352,14 @@ def _timed(checkpoint: Path, random_config: str | None, export_dir: Path, images
                     times[name].setdefault(stage, []).append(value)
             if name in runners:
                 counts[name][index] = out[1]
-    return _record(checkpoint, random_config, export_dir, images, predictors["portable"], threads, warmup, iters,
-                   times, counts, steps.seconds)
+    return _record(req, export_dir, predictors["portable"], times, counts, steps.seconds)
 
 
 def _openvino_candidates(export_dir: Path, int8_dir: Path | None) -> dict[str, tuple[Path, str, str]]:
     """The OpenVINO rows (name -> export folder, graph, precision): f32, bf16 where the CPU has it, INT8 where the
     export has model.int8.onnx; none (with a warning) where OpenVINO is not installed."""
     try:
-        from maskrt.runtime.openvino_backend import cpu_supports_bf16, openvino_module
+        from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16, openvino_module
 
         openvino_module()
     except MaskrtError as exc:
@@ -355,9 +373,10 @@ def _openvino_candidates(export_dir: Path, int8_dir: Path | None) -> dict[str, t
     return rows
 
 
-def _record(checkpoint: Path, random_config: str | None, export_dir: Path, images: list[np.ndarray],
-            predictor: Predictor, threads: int, warmup: int, iters: int, times: dict[str, dict[str, list[float]]],
+def _record(req: _Request, export_dir: Path, predictor: Predictor, times: dict[str, dict[str, list[float]]],
             counts: dict[str, dict[int, int]], setup: dict[str, float]) -> dict[str, Any]:
+    checkpoint, random_config, images = req.checkpoint or Path(), req.random_config, req.images or []
+    threads, warmup, iters = req.threads, req.warmup, req.iters
     info = ExportInfo.read(export_dir)
     padded = predictor.preprocessor([images[0]])[0].shape[-2:]
     p50 = {name: percentiles(t["end_to_end"])["p50_ms"] for name, t in times.items()}
@@ -383,7 +402,7 @@ def _record(checkpoint: Path, random_config: str | None, export_dir: Path, image
         model = f"{info.model_config['name']} checkpoint {checkpoint.name}"
     return {
         "model": model, "checkpoint": {"file": str(checkpoint), "sha256": sha256(checkpoint)},
-        "export": str(export_dir), "graphs": {g: GRAPH_FILES[g] for g in candidates if g in GRAPH_FILES},
+        "export": str(export_dir), "graphs": {g: GRAPHS[g].file for g in candidates if g in GRAPHS},
         "images": len(images), "image_sizes": sorted({(int(i.shape[0]), int(i.shape[1])) for i in images}),
         "padded_size": [int(padded[0]), int(padded[1])], "threads": threads, "onnxruntime_spinning": False,
         "warmup": warmup, "iters": iters,

@@ -3,11 +3,8 @@
 - `plain` (`PlainReference`): the checkpoint as its user runs it - torchvision's ``model(images)`` on the
   original images, with its own transform (resize, normalisation, batch padded to its largest image rounded up
   to 32), post-processing and mask paste. This is the reference of every gate.
-- `canvas` (`eager_detections`, the torch backend): torchvision's eager modules on exactly the tensor the
-  deployed graph gets. It separates export errors from pre-processing/canvas effects (a diagnostic only). Two
-  details make eager torchvision agree with a given padded batch: the anchors already follow the padded
-  tensor's size, and the FPN level scales of MultiScaleRoIAlign (which torchvision infers from the first batch
-  it sees and caches) are pinned to the batch.
+- `canvas` (the torch backend, runtime/backends/eager_torch.py): torchvision's eager modules on exactly the tensor
+  the deployed graph gets. It separates export errors from pre-processing/canvas effects (a diagnostic only).
 """
 
 from __future__ import annotations
@@ -17,36 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.image_list import ImageList
-from torchvision.ops.poolers import _setup_scales
 
 from maskrt.core.devices import resolve_device
 from maskrt.runtime.postprocess import Detections, RawOutput
 from maskrt.runtime.preprocess import to_tensor
 
 REFERENCES = ("plain", "canvas")
-
-
-@torch.no_grad()
-def eager_detections(model: MaskRCNN, canvas: torch.Tensor, sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """torchvision's eager inference on a padded batch [B, 3, H, W] with resized sizes [B, 2] (h, w).
-
-    Returns per image boxes (resized-image pixels), scores, labels and masks [N, M, M] (probabilities
-    of the detected class), before pasting.
-    """
-    model.eval()
-    image_sizes = [(int(h), int(w)) for h, w in sizes.tolist()]
-    features = model.backbone(canvas)
-    canvas_size = [tuple(canvas.shape[-2:])]
-    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
-        maps = [features[name] for name in pool.featmap_names]
-        pool.scales, pool.map_levels = _setup_scales(maps, canvas_size, pool.canonical_scale, pool.canonical_level)
-    image_list = ImageList(canvas, image_sizes)
-    proposals, _ = model.rpn(image_list, features)
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    for det in detections:
-        det["masks"] = det["masks"][:, 0]
-    return detections
 
 
 class PlainReference:

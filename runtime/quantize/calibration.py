@@ -28,15 +28,16 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from maskrt.core.artifacts import GRAPH_FILES, ExportInfo, GraphFile
+from maskrt.core.artifacts import GRAPHS, ExportInfo, GraphFile
 from maskrt.core.defaults import DEFAULT_MAX_EXCLUDED_NODES
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.files import sha256
 from maskrt.core.images import image_folder, load_rgb
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
 from maskrt.export.onnx_export import check_graph
-from maskrt.runtime.ort_internals import flat_histograms
+from maskrt.runtime.backends.ort_internals import flat_histograms
 from maskrt.runtime.preprocess import preprocessor_for
+from maskrt.training.coco import is_coco_dataset
 
 METHODS = ("minmax", "entropy", "percentile")
 #: The ops quantized, inside the networks only: convolutions and matrix products, and the ops between them (residual
@@ -114,19 +115,22 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
 
     With `max_dap_drop`, the INT8 graph's dAP against plain model(images) of the export's checkpoint (`checkpoint`,
     or the path export.json records) on `data`'s `split` (first `limit` images) must hold it: the worst quantized
-    nodes are kept in fp32 until it does or `max_excluded` are (runtime/accuracy_control.py); the quantization
+    nodes are kept in fp32 until it does or `max_excluded` are (runtime/quantize/accuracy_control.py); the quantization
     record says which, with every step's dAP and speed, and whether the limit was met."""
-    from maskrt.runtime.accuracy_control import control_accuracy, find_checkpoint
+    from maskrt.runtime.quantize.accuracy_control import control_accuracy, find_checkpoint
 
-    if method not in METHODS:
-        raise MaskrtError(f"unknown calibration method '{method}' (choose from {', '.join(METHODS)})")
+    check_choice("calibration method", method, METHODS)
     info = ExportInfo.read(export_dir)
     controlled = max_dap_drop is not None
     if controlled and (not np.isfinite(max_dap_drop) or max_dap_drop < 0):
         raise MaskrtError(f"the dAP drop limit must be >= 0 and finite, got {max_dap_drop}")
-    if controlled and (data is None or not (Path(data) / "annotations").is_dir()):
+    if controlled and (data is None or not is_coco_dataset(data)):
         raise MaskrtError(f"--max-dap-drop needs --data: a COCO-format dataset (an annotations/ folder) whose {split} "
                           f"split measures the dAP{'' if data is None else f'; {data} has none'}")
+    idle = [name for name, value in (("--data", data), ("--checkpoint", checkpoint), ("--limit", limit),
+                                     ("--max-excluded", max_excluded)) if value is not None]
+    if idle and not controlled:
+        raise MaskrtError(f"{', '.join(idle)} only serve accuracy control: add --max-dap-drop D (or drop them)")
     inputs = [("export folder", export_dir), ("calibration folder", calibration),
               *((("dataset", data),) if data is not None else ()),
               *((("checkpoint", checkpoint),) if checkpoint is not None else ())]
@@ -134,6 +138,10 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     out = check_output_dir(out, force=force)
     source = info.verified_graph(export_dir, "portable")
     ckpt = find_checkpoint(info, checkpoint) if controlled else None
+    if controlled:  # the dataset's classes against the export's, before any calibration
+        from maskrt.runtime.parity.compare import parity_images
+
+        parity_images(data, split, info, export_dir)
     files = calibration_files(calibration, images)
     record = {"method": method, "images": len(files), "calibration": str(calibration),
               "quantized_ops": list(QUANTIZED_OPS), "networks": list(NETWORKS),
@@ -141,7 +149,7 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     with staged_dir(out) as staging:
         for graph in info.graphs.values():  # the export's graphs (engines and other files stay behind)
             shutil.copy2(Path(export_dir) / graph.file, staging / graph.file)
-        target = staging / GRAPH_FILES["portable_int8"]
+        target = staging / GRAPHS["portable_int8"].file
         prepared = staging / "model.fp32-for-int8.onnx"
         model = onnx.load(str(source))
         inline_shared_constants(model)

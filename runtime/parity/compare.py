@@ -1,23 +1,23 @@
 """Parity: a deployed backend against the torch reference (docs/architecture.md section 7).
 
 The reference is, by default, the checkpoint as its user runs it: plain torchvision ``model(images)``
-(runtime/reference.py). ``reference="canvas"`` runs torchvision's eager modules on the candidate's own padded
+(runtime/parity/reference.py). ``reference="canvas"`` runs torchvision's eager modules on the candidate's own padded
 batch instead - a diagnostic that separates export errors from canvas/pre-processing effects.
 
-Per image, both sides' detections are matched one-to-one within the same label (runtime/parity_gates.py): reference
+Per image, both sides' detections are matched one-to-one within the same label (runtime/parity/gates.py): reference
 detections at or above a score floor that find no candidate are missed (recall), candidate detections at or above
 the floor that find no reference detection are extra (precision: duplicates, detections from nothing). Over the
 matched pairs the report gives box IoU (min / median), |score| difference (max / median / p99) and mask IoU (median,
 masks pasted at the original size). Per output: the raw fixed-shape tensors (Polygraphy-style max / mean / median
 absolute and relative error). Per dataset, when it has annotations: COCO box and mask AP of both (pycocotools, 0-100)
-and the dAP's paired bootstrap interval over images (runtime/parity_bootstrap.py). A folder of plain images (no
+and the dAP's paired bootstrap interval over images (runtime/parity/bootstrap.py). A folder of plain images (no
 annotations) is checked on the detection-level gates only.
 
 The verdict (parity_gates.judge) is FAILED when a gate fails, INCONCLUSIVE when fewer than `Gates.min_detections`
 reference detections above the floor were compared or a gate could not decide (a dAP interval straddling its limit, a
 |score diff| tail over too few pairs), PASSED otherwise; `maskrt parity` exits 0 / 1 / 3 accordingly (2: bad
 input). report.json records the machine it ran on (CPU model and instruction sets). report.md
-(runtime/parity_report.py) names the reference, lists the missed and extra detections and embeds, as PNG files beside
+(runtime/parity/report.py) names the reference, lists the missed and extra detections and embeds, as PNG files beside
 it, the images with the largest differences (reference | candidate, missed and extra detections marked) and a plot of
 the matched pairs.
 """
@@ -34,24 +34,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskrt.core.artifacts import GRAPH_KINDS, EngineInfo, ExportInfo, check_same_classes
+from maskrt.core.artifacts import EngineInfo, ExportInfo, check_compatible, check_same_classes, graph_kind
 from maskrt.core.devices import resolve_device
-from maskrt.core.errors import MaskrtError
+from maskrt.core.errors import MaskrtError, check_choice
 from maskrt.core.files import sha256
 from maskrt.core.images import IMAGE_SUFFIXES, list_images, load_rgb
 from maskrt.core.machine import machine_facts
 from maskrt.core.outputs import check_apart, check_output_dir, staged_dir
-from maskrt.runtime.backends import TorchBackend
-from maskrt.runtime.parity_bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_dap_bootstrap
-from maskrt.runtime.parity_gates import EXIT_CODES, PASSED, Evidence, Gates, ImageMatch, judge, match
-from maskrt.runtime.parity_report import render_markdown, summary_line
+from maskrt.runtime.backends.eager_torch import TorchBackend
+from maskrt.runtime.parity.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_dap_bootstrap
+from maskrt.runtime.parity.figures import match_plot, pick_worst, side_by_side
+from maskrt.runtime.parity.gates import EXIT_CODES, PASSED, Evidence, Gates, ImageMatch, judge, match
+from maskrt.runtime.parity.reference import REFERENCES, PlainReference
+from maskrt.runtime.parity.report import render_markdown, summary_line
 from maskrt.runtime.postprocess import Detections, RawOutput, coco_results, to_detections
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import preprocessor_for
-from maskrt.runtime.reference import REFERENCES, PlainReference
-from maskrt.runtime.report_figures import match_plot, pick_worst, side_by_side
 from maskrt.training.checkpoint import load_checkpoint, model_from_checkpoint
-from maskrt.training.coco import load_split
+from maskrt.training.coco import is_coco_dataset, load_split
 from maskrt.training.evaluate import IOU_TYPES, coco_evaluations, metrics_of
 
 __all__ = ["EXIT_CODES", "Candidate", "Gates", "ReferenceCache", "coco_comparison", "match", "render_markdown",
@@ -109,6 +109,18 @@ def _top(rows: list[dict[str, Any]], prune_above: int = 0) -> list[dict[str, Any
     return rows if len(rows) <= prune_above else sorted(rows, key=lambda r: -r["score"])[:LISTED_MAX]
 
 
+def candidate_precision(backend: str, model: str | Path, graph: str, inference_precision: str = "f32") -> str:
+    """The precision whose gates judge a candidate, the one place it is decided: an engine's own (ENGINE.json), the
+    graph's on ONNX Runtime, and on OpenVINO the graph's at its inference precision (bf16 has gates of its own)."""
+    if backend == "tensorrt":
+        return EngineInfo.read(model).precision
+    if backend == "openvino":
+        from maskrt.runtime.backends.openvino_runtime import gate_precision
+
+        return gate_precision(graph, inference_precision)
+    return graph_kind(graph).precision
+
+
 @dataclass
 class _Inputs:
     """The images parity runs on: a COCO-format split (with ground truth) or a folder of plain images."""
@@ -122,7 +134,7 @@ class _Inputs:
         data = Path(data)
         if not data.is_dir():
             raise MaskrtError(f"{data}: not a folder (a COCO-format dataset folder or a folder of images)")
-        if not (data / "annotations").is_dir():
+        if not is_coco_dataset(data):
             files = list_images(data)
             if not files:
                 raise MaskrtError(f"{data}: neither a COCO-format dataset (no annotations/ folder) nor a folder of "
@@ -141,10 +153,10 @@ def parity_images(data: str | Path, split: str, info: ExportInfo, export_dir: st
 def _reference(name: str, checkpoint: str | Path, export_dir: str | Path, info: ExportInfo, device: str = "cpu"
                ) -> Callable[[list[np.ndarray]], tuple[list[RawOutput], list[Detections]]]:
     """The reference as a function: batch of images -> (raw outputs, detections on the original images)."""
-    if name not in REFERENCES:
-        raise MaskrtError(f"unknown reference '{name}' (choose from {', '.join(REFERENCES)})")
+    check_choice("reference", name, REFERENCES)
     ckpt = load_checkpoint(checkpoint)
-    check_same_classes(ckpt["classes"], checkpoint, info.classes, Path(export_dir) / "export.json")
+    check_compatible(ckpt["model_config"], ckpt["classes"], checkpoint, info.model_config, info.classes,
+                     Path(export_dir) / "export.json")
     model = model_from_checkpoint(ckpt, source=checkpoint)
     if name == "plain":
         return PlainReference(model, info.max_detections, device)
@@ -196,15 +208,10 @@ class _Comparison:
         self.spec = spec
         self.out = check_output_dir(spec.out, force=force)
         if spec.backend == "tensorrt":  # the model is an engine file; its ENGINE.json carries the export's record
-            engine = EngineInfo.read(spec.model)
-            self.info, self.graph, self.precision = engine.export, "engine", engine.precision
+            self.info, self.graph = EngineInfo.read(spec.model).export, "engine"
         else:
             self.info, self.graph = ExportInfo.read(spec.model), spec.graph
-            self.precision = GRAPH_KINDS[spec.graph][1] if spec.graph in GRAPH_KINDS else "fp32"
-            if spec.backend == "openvino":  # bf16 on the fp32 graph has gates of its own
-                from maskrt.runtime.openvino_backend import gate_precision
-
-                self.precision = gate_precision(spec.graph, spec.precision)
+        self.precision = candidate_precision(spec.backend, spec.model, spec.graph, spec.precision)
         self.gates = spec.gates or Gates.for_precision(self.precision)
         self.names = [c["name"] for c in self.info.classes]
         self.predictor: Predictor | None = None
