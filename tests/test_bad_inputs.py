@@ -221,22 +221,16 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                         f"{t}/o", f"{w}/photo.png"], "must be in [0, 1], got 2", {}),
     ("score-threshold-nan", lambda w, t: ["predict", "--model", f"{w}/export", "--score-threshold", "nan",
                                           "--out", f"{t}/o", f"{w}/photo.png"], "must be in [0, 1], got nan", {}),
-    ("score-floor-2", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                    f"{w}/data", "--score-floor", "2", "--out", f"{t}/p"], "got 2", {}),
-    ("min-detections-0", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                       f"{w}/data", "--min-detections", "0", "--out", f"{t}/p"],
+    ("score-floor-2", lambda w, t: _parity(w, t, "--score-floor", "2"), "got 2", {}),
+    ("min-detections-0", lambda w, t: _parity(w, t, "--min-detections", "0"),
      "--min-detections: must be a positive integer, got 0", {}),
-    ("min-detections-text", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                          f"{w}/data", "--min-detections", "many", "--out", f"{t}/p"],
+    ("min-detections-text", lambda w, t: _parity(w, t, "--min-detections", "many"),
      "--min-detections: invalid int value: 'many'", {}),
-    ("min-score-pairs-0", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                        f"{w}/data", "--min-score-pairs", "0", "--out", f"{t}/p"],
+    ("min-score-pairs-0", lambda w, t: _parity(w, t, "--min-score-pairs", "0"),
      "--min-score-pairs: must be a positive integer, got 0", {}),
-    ("resamples-below-100", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                          f"{w}/data", "--resamples", "50", "--out", f"{t}/p"],
+    ("resamples-below-100", lambda w, t: _parity(w, t, "--resamples", "50"),
      "--resamples: must be in [100, 100000], got 50", {}),
-    ("resamples-text", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data",
-                                     f"{w}/data", "--resamples", "many", "--out", f"{t}/p"],
+    ("resamples-text", lambda w, t: _parity(w, t, "--resamples", "many"),
      "--resamples: invalid int value: 'many'", {}),
     # resources
     ("max-detections-above-proposals", lambda w, t: ["export", "--checkpoint", f"{w}/ckpt.pt", "--out", f"{t}/e",
@@ -536,6 +530,12 @@ def _random_file(t: Path) -> str:
 def _train(w: Path, t: Path, *more: str) -> list[str]:
     """`maskrt train` on the world's data into T/r, one step, with `more` options."""
     return ["train", "--data", f"{w}/data", "--out", f"{t}/r", "--iters", "1", "-q", *more]
+
+
+def _parity(w: Path, t: Path, *more: str) -> list[str]:
+    """`maskrt parity` of the world's checkpoint and export on its data into T/p, with `more` options."""
+    return ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model", f"{w}/export", "--data", f"{w}/data", *more,
+            "--out", f"{t}/p"]
 
 
 def _layers(w: Path, t: Path, *more: str) -> list[str]:
