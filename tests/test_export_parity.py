@@ -245,8 +245,8 @@ def test_static_canvas_effect(accurate_model, tmp_path: Path) -> None:  # noqa: 
     assert [d.dim_value for d in dims] == [1, 3, 128, 192]
     reports = {}
     for reference in ("plain", "canvas"):
-        reports[reference] = run_parity(ckpt, tmp_path / "export", accurate_model.data, tmp_path / reference,
-                                        graph="trt", reference=reference, limit=VAL_FP32, progress=False)
+        reports[reference] = run_parity(ckpt, Candidate(tmp_path / "export", tmp_path / reference, graph="trt"),
+                                        accurate_model.data, reference=reference, limit=VAL_FP32, progress=False)
         assert f"vs {reference} reference" in (tmp_path / reference / "report.md").read_text()
     plain, canvas = reports["plain"], reports["canvas"]
     assert canvas["verdict"] == "passed" and canvas["raw_outputs"]["scores"]["abs"]["max"] < 1e-4

@@ -218,15 +218,16 @@ def test_the_torch_reference_runs_where_device_says(tmp_path: Path, shapes_dir: 
     from maskrt.core.errors import MaskrtError
     from maskrt.export.onnx_export import export_checkpoint
     from maskrt.runtime.bench.compare import random_checkpoint
-    from maskrt.runtime.parity.compare import Gates, run_parity
+    from maskrt.runtime.parity.compare import Candidate, Gates, run_parity
     from maskrt.runtime.predictor import Predictor
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: auto picks it (scripts/gpu_suite.sh covers the GPU side)")
     ckpt = random_checkpoint(tmp_path / "slim.pt", "slim")
     export_checkpoint(ckpt, tmp_path / "export")
-    report = run_parity(ckpt, tmp_path / "export", shapes_dir / "val", tmp_path / "parity", limit=1, device="auto",
-                        gates=Gates(score_floor=0.05, min_detections=1), progress=False)
+    candidate = Candidate(tmp_path / "export", tmp_path / "parity", device="auto",
+                          gates=Gates(score_floor=0.05, min_detections=1))
+    report = run_parity(ckpt, candidate, shapes_dir / "val", limit=1, progress=False)
     assert report["reference_device"] == "cpu" and report["passed"]
     with Predictor.open(ckpt, backend="torch", device="auto") as predictor:
         assert next(predictor.backend.model.parameters()).device.type == "cpu"

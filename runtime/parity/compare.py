@@ -403,18 +403,14 @@ def run_parity_many(checkpoint: str | Path, candidates: list[Candidate], data: s
     return reports
 
 
-def run_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, out: str | Path, *,
-               backend: str = "onnxruntime", graph: str = "portable", reference: str = "plain", split: str = "val",
-               limit: int | None = None, gates: Gates | None = None, progress: bool = True,
-               threads: int | None = None, device: str = "cpu", precision: str = "f32",
+def run_parity(checkpoint: str | Path, candidate: Candidate, data: str | Path, *, reference: str = "plain",
+               split: str = "val", limit: int | None = None, progress: bool = True,
                force: bool = False) -> dict[str, Any]:
-    """Compare `backend` (`precision`: OpenVINO's f32 or bf16) on the export against the `reference` ("plain":
-    model(images); "canvas": diagnostic); write the folder `out` with report.json, report.md and its figures (a
-    non-empty `out` is refused unless `force`; it is checked before any work). `data` is a COCO-format dataset
-    folder (split `split`) or a folder of images. `gates` default to those of the candidate's precision
-    (Gates.for_precision). The report's "verdict" is passed, failed or inconclusive (EXIT_CODES maps it to `maskrt
-    parity`'s exit code); "passed" is True for passed only."""
-    candidate = Candidate(export_dir, out, backend=backend, graph=graph, gates=gates, threads=threads, device=device,
-                          precision=precision)
+    """Compare `candidate` (a graph of an export, or an engine, on its backend; its gates default to those of its
+    precision, Gates.for_precision) against the `reference` ("plain": model(images) of `checkpoint` on the
+    candidate's device; "canvas": diagnostic) on `data`, a COCO-format dataset folder (split `split`, first `limit`
+    images) or a folder of images; write the candidate's `out` folder with report.json, report.md and its figures (a
+    non-empty `out` is refused unless `force`; it is checked before any work). The report's "verdict" is passed,
+    failed or inconclusive (EXIT_CODES maps it to `maskrt parity`'s exit code); "passed" is True for passed only."""
     return run_parity_many(checkpoint, [candidate], data, reference=reference, split=split, limit=limit,
-                           progress=progress, force=force, reference_device=device)[0]
+                           progress=progress, force=force, reference_device=candidate.device)[0]

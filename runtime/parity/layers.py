@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,46 +115,71 @@ def _reference_info(reference_dir: Path, info: ExportInfo) -> ExportInfo:
     return ref
 
 
-def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "portable_int8",
-                   backend: str = "onnxruntime", precision: str = "f32", images: str | Path | None = None,
-                   data: str | Path | None = None, split: str = "val", limit: int = DEFAULT_LAYER_IMAGES,
-                   reference: str | Path | None = None, checkpoint: str | Path | None = None,
-                   tolerance: float = DEFAULT_LAYER_TOLERANCE, threads: int | None = None,
-                   chunk_mib: int = DEFAULT_LAYER_CHUNK_MIB, progress: bool = True, force: bool = False,
-                   ) -> dict[str, Any]:
-    """Compare `graph` of the export on `backend` (OpenVINO at `precision`) with an fp32 model.onnx on ONNX Runtime
-    - `reference`'s (an export folder), a fresh export of `checkpoint`, or by default the export's own - tensor by
-    tensor on the first `limit` images of `images` (a folder) or `data` (a COCO dataset's `split`); write
-    OUT/layers.json, OUT/layers.md and OUT/layers.png and return the layers.json document."""
-    graph_kind(graph)
-    if backend not in ("onnxruntime", "openvino"):
-        raise MaskrtError(f"maskrt layers runs ONNX graphs on onnxruntime or openvino, not {backend} (an engine's "
-                          "layers: compare the graph it was built from)")
-    if reference is not None and checkpoint is not None:
-        raise MaskrtError("give a reference export folder or a checkpoint to export one from, not both")
-    if limit < 1:
-        raise MaskrtError(f"compare at least 1 image, got {limit}")
-    if tolerance < 0 or not np.isfinite(tolerance):
-        raise MaskrtError(f"the tolerance must be >= 0 and finite, got {tolerance}")
-    inputs = [("export folder", export_dir), *((("images", images),) if images else ()),
-              *((("dataset", data),) if data else ()), *((("reference", reference),) if reference else ()),
-              *((("checkpoint", checkpoint),) if checkpoint else ())]
-    check_apart([out], inputs)
+@dataclass(frozen=True)
+class LayerRequest:
+    """What `compare_layers` compares: `graph` of the export on `backend` (OpenVINO at `precision`), on the first
+    `limit` images of `images` (a folder) or `data` (a COCO dataset's `split`), against an fp32 model.onnx on ONNX
+    Runtime - `reference`'s (an export folder), a fresh export of `checkpoint`, or by default the export's own; a
+    relative L2 error over `tolerance` counts as a difference; `chunk_mib` bounds the tensors marked at once."""
+
+    graph: str = "portable_int8"
+    backend: str = "onnxruntime"
+    precision: str = "f32"
+    images: str | Path | None = None
+    data: str | Path | None = None
+    split: str = "val"
+    limit: int = DEFAULT_LAYER_IMAGES
+    reference: str | Path | None = None
+    checkpoint: str | Path | None = None
+    tolerance: float = DEFAULT_LAYER_TOLERANCE
+    threads: int | None = None
+    chunk_mib: int = DEFAULT_LAYER_CHUNK_MIB
+
+    def check(self) -> None:
+        """One-line errors for a request that cannot run, before any work."""
+        graph_kind(self.graph)
+        if self.backend not in ("onnxruntime", "openvino"):
+            raise MaskrtError(f"maskrt layers runs ONNX graphs on onnxruntime or openvino, not {self.backend} (an "
+                              "engine's layers: compare the graph it was built from)")
+        if self.reference is not None and self.checkpoint is not None:
+            raise MaskrtError("give a reference export folder or a checkpoint to export one from, not both")
+        if self.limit < 1:
+            raise MaskrtError(f"compare at least 1 image, got {self.limit}")
+        if self.tolerance < 0 or not np.isfinite(self.tolerance):
+            raise MaskrtError(f"the tolerance must be >= 0 and finite, got {self.tolerance}")
+
+    def inputs(self, export_dir: str | Path) -> list[tuple[str, str | Path]]:
+        """The folders and files it reads, named (an output folder must lie apart from them)."""
+        named = [("export folder", export_dir), ("images", self.images), ("dataset", self.data),
+                 ("reference", self.reference), ("checkpoint", self.checkpoint)]
+        return [(name, path) for name, path in named if path]
+
+
+def compare_layers(export_dir: str | Path, out: str | Path, request: LayerRequest | None = None, *,
+                   progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Compare the export's graph with an fp32 model.onnx tensor by tensor as `request` says (default: LayerRequest()'s
+    portable_int8 on ONNX Runtime against the export's own model.onnx; images or data must be given); write
+    OUT/layers.json, OUT/layers.md and OUT/layers.png (a non-empty `out` is refused unless `force`) and return the
+    layers.json document."""
+    r = request or LayerRequest()
+    r.check()
+    check_apart([out], r.inputs(export_dir))
     out = check_output_dir(out, force=force)
     export_dir = Path(export_dir)
     info = ExportInfo.read(export_dir)
-    files = _image_files(images, data, split, limit)
+    files = _image_files(r.images, r.data, r.split, r.limit)
+    graph, backend, precision, threads = r.graph, r.backend, r.precision, r.threads
     cand_path = info.verified_graph(export_dir, graph)
     if backend == "openvino":
         from maskrt.runtime.backends.openvino_runtime import check_openvino
 
         check_openvino(graph, precision)
     with tempfile.TemporaryDirectory(prefix="maskrt-layers-") as work:
-        if checkpoint is not None:
-            reference_dir = fresh_reference(checkpoint, info, Path(work) / "reference")
-            reference_is = f"model.onnx exported anew from {checkpoint}"
+        if r.checkpoint is not None:
+            reference_dir = fresh_reference(r.checkpoint, info, Path(work) / "reference")
+            reference_is = f"model.onnx exported anew from {r.checkpoint}"
         else:
-            reference_dir = Path(reference) if reference is not None else export_dir
+            reference_dir = Path(r.reference) if r.reference is not None else export_dir
             reference_is = f"{reference_dir / 'model.onnx'}"
         ref_info = _reference_info(reference_dir, info) if reference_dir != export_dir else info
         ref_side = OnnxRuntimeSide(ref_info.verified_graph(reference_dir, "portable"), "portable", threads)
@@ -167,9 +193,9 @@ def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "por
         if not records:
             raise MaskrtError(f"{cand_path}: no float tensor shares its name with the reference model.onnx")
         feeds = _feeds(info, files)
-        compare_chunk(records, ref_side, cand_side, feeds, chunk_mib, progress)
+        compare_chunk(records, ref_side, cand_side, feeds, r.chunk_mib, progress)
     rank_contributions(records, ref_side.model)
-    document = _document(records, info, graph, backend, precision, files, reference_is, str(cand_path), tolerance,
+    document = _document(records, info, graph, backend, precision, files, reference_is, str(cand_path), r.tolerance,
                          weight_groups=weight_sharing(ref_side.model),
                          only_candidate=len(set(cand_side.types) - set(shared.values())),
                          only_reference=len(set(ref_side.types) - set(shared)))
@@ -180,8 +206,6 @@ def compare_layers(export_dir: str | Path, out: str | Path, *, graph: str = "por
         (staging / "layers.json").write_text(json.dumps(document, indent=1) + "\n")
         (staging / "layers.md").write_text(render_layers_markdown(document))
     return document
-
-
 
 
 def _document(records: list[TensorRecord], info: ExportInfo, graph: str, backend: str, precision: str,
@@ -229,6 +253,6 @@ def layers_for_report(report: dict[str, Any], *, limit: int = DEFAULT_LAYER_IMAG
     from maskrt.runtime.parity.layers_report import parity_layers_target
 
     t = parity_layers_target(report)
-    return compare_layers(t["model"], t["out"], graph=t["graph"], backend=t["backend"], precision=t["precision"],
-                          data=t["data"], split=t["split"], limit=limit, checkpoint=t["checkpoint"], threads=threads,
-                          progress=progress)
+    request = LayerRequest(graph=t["graph"], backend=t["backend"], precision=t["precision"], data=t["data"],
+                           split=t["split"], limit=limit, checkpoint=t["checkpoint"], threads=threads)
+    return compare_layers(t["model"], t["out"], request, progress=progress)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +59,47 @@ def find_checkpoint(info: ExportInfo, checkpoint: str | Path | None) -> Path:
     return path
 
 
-def dap_of(export_dir: Path, checkpoint: Path, data: str | Path, split: str, limit: int | None, work: Path,
-           max_dap_drop: float, cache: Any = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What accuracy control must reach, measured on what: the dAP limit, against plain model(images) of
+    `checkpoint` on the first `limit` images of `data`'s `split`, keeping at most `max_excluded` nodes in fp32."""
+
+    checkpoint: Path
+    data: str | Path
+    max_dap_drop: float
+    split: str = "val"
+    limit: int | None = None
+    max_excluded: int = DEFAULT_MAX_EXCLUDED_NODES
+
+
+@dataclass(frozen=True)
+class StagedInt8:
+    """The INT8 graph under control: the staging `folder` holding model.onnx, model.int8.onnx and export.json, the
+    network nodes the full quantization quantizes, `requantize(excluded)` (rewrites model.int8.onnx with those nodes
+    left in fp32) and `write_info()` (writes export.json for it)."""
+
+    folder: Path
+    quantized: list[str]
+    requantize: Callable[[list[str]], None]
+    write_info: Callable[[], ExportInfo]
+
+
+def dap_of(export_dir: Path, target: AccuracyTarget, work: Path, cache: Any = None) -> dict[str, Any]:
     """model.int8.onnx's COCO AP against plain model(images), as `maskrt parity --graph portable_int8` computes it,
-    with the INT8 gates and `max_dap_drop` as the dAP limit: {"bbox": delta, "segm": delta, "max_abs", "interval"
+    with the INT8 gates and the target's dAP drop as the dAP limit: {"bbox": delta, "segm": delta, "max_abs", "interval"
     (the bootstrap interval of each), "verdict", "failed_gates", "undecided_gates" (a dAP interval straddling the
     limit), "reference_detections"}. `cache` (parity.ReferenceCache) keeps the reference between steps."""
     from maskrt.runtime.parity.compare import Candidate, Gates, run_parity_many
 
     out = Path(tempfile.mkdtemp(prefix="parity-", dir=work))
-    gates = Gates.for_precision("int8", max_abs_dap=max_dap_drop)
-    (report,) = run_parity_many(checkpoint, [Candidate(export_dir, out, graph="portable_int8", gates=gates)], data,
-                                split=split, limit=limit, progress=False, force=True, figures=False, cache=cache)
+    gates = Gates.for_precision("int8", max_abs_dap=target.max_dap_drop)
+    (report,) = run_parity_many(target.checkpoint, [Candidate(export_dir, out, graph="portable_int8", gates=gates)],
+                                target.data, split=target.split, limit=target.limit, progress=False, force=True,
+                                figures=False, cache=cache)
     coco = report["summary"]["coco"]
     if coco is None:
-        raise MaskrtError(f"{data}: --max-dap-drop needs a COCO-format dataset with annotations (its {split} split)")
+        raise MaskrtError(f"{target.data}: --max-dap-drop needs a COCO-format dataset with annotations (its "
+                          f"{target.split} split)")
     delta = coco["delta"]
     return {"bbox": delta["bbox"], "segm": delta["segm"], "max_abs": max(abs(delta["bbox"]), abs(delta["segm"])),
             "interval": {t: [coco["interval"][t]["low"], coco["interval"][t]["high"]] for t in ("bbox", "segm")},
@@ -121,18 +148,16 @@ def exclusion_order(layers_doc: dict[str, Any], model: onnx.ModelProto, quantize
     return order
 
 
-def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requantize: Callable[[list[str]], None],
-                     quantized: list[str], *, checkpoint: Path, data: str | Path, split: str, limit: int | None,
-                     max_dap_drop: float, max_excluded: int = DEFAULT_MAX_EXCLUDED_NODES,
-                     progress: bool = True) -> dict[str, Any]:
-    """Measure the dAP of the INT8 graph in `staging` and, while it exceeds `max_dap_drop` or an INT8 parity gate
-    fails, keep the worst quantized nodes in fp32 (`requantize(excluded)` rewrites model.int8.onnx; `write_info()`
-    writes export.json for it). Returns the record for export.json."""
+def control_accuracy(staged: StagedInt8, target: AccuracyTarget, *, progress: bool = True) -> dict[str, Any]:
+    """Measure the dAP of the staged INT8 graph and, while it exceeds the target's limit or an INT8 parity gate
+    fails, keep the worst quantized nodes in fp32 (re-quantizing through `staged`). Returns the record for
+    export.json."""
     from maskrt.runtime.parity.compare import ReferenceCache, parity_images
-    from maskrt.runtime.parity.layers import compare_layers
+    from maskrt.runtime.parity.layers import LayerRequest, compare_layers
 
-    info = write_info()
-    timed = parity_images(data, split, info, staging)[:TIMED_IMAGES]
+    staging, limit, max_excluded = staged.folder, target.max_dap_drop, target.max_excluded
+    info = staged.write_info()
+    timed = parity_images(target.data, target.split, info, staging)[:TIMED_IMAGES]
     steps: list[dict[str, Any]] = []
     excluded: list[str] = []
     order: list[str] | None = None
@@ -141,7 +166,7 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
         work = Path(tmp)
         fp32_ms = ms_per_image(staging, "portable", timed)
         while True:
-            dap = dap_of(staging, checkpoint, data, split, limit, work, max_dap_drop, cache)
+            dap = dap_of(staging, target, work, cache)
             steps.append({"excluded": list(excluded), "dap": dap, "ms_per_image": ms_per_image(staging,
                                                                                            "portable_int8", timed)})
             if progress:
@@ -150,23 +175,24 @@ def control_accuracy(staging: Path, write_info: Callable[[], ExportInfo], requan
                 iv = {t: ", ".join("-" if v is None else f"{v:+.2f}" for v in ends)
                       for t, ends in dap["interval"].items()}
                 print(f"accuracy control: {len(excluded)} node(s) in fp32, dAP bbox {dap['bbox']:+.3f} [{iv['bbox']}] "
-                      f"segm {dap['segm']:+.3f} [{iv['segm']}] (limit {max_dap_drop:g}){failed}{undecided}, "
+                      f"segm {dap['segm']:+.3f} [{iv['segm']}] (limit {limit:g}){failed}{undecided}, "
                       f"{steps[-1]['ms_per_image']} ms/image")
-            if holds(dap, max_dap_drop) or len(excluded) >= max_excluded:
+            if holds(dap, limit) or len(excluded) >= max_excluded:
                 break
             if order is None:
-                doc = compare_layers(staging, work / "layers", graph="portable_int8", data=data, split=split,
-                                     limit=RANKING_IMAGES, progress=False)
-                order = exclusion_order(doc, onnx.load(str(staging / "model.onnx")), quantized)
+                doc = compare_layers(staging, work / "layers", LayerRequest(data=target.data, split=target.split,
+                                                                            limit=RANKING_IMAGES), progress=False)
+                order = exclusion_order(doc, onnx.load(str(staging / "model.onnx")), staged.quantized)
             remaining = [n for n in order if n not in excluded]
             if not remaining:
                 break
             step = max(FIRST_STEP, len(excluded))  # 2, then as many again: 2, 4, 8, ...
             excluded += remaining[:min(step, max_excluded - len(excluded))]
-            requantize(excluded)
-            write_info()
-    met = holds(steps[-1]["dap"], max_dap_drop)
-    return {"max_dap_drop": max_dap_drop, "data": str(data), "split": split, "checkpoint": str(checkpoint),
+            staged.requantize(excluded)
+            staged.write_info()
+    met = holds(steps[-1]["dap"], limit)
+    return {"max_dap_drop": limit, "data": str(target.data), "split": target.split,
+            "checkpoint": str(target.checkpoint),
             "met": met, "excluded_nodes": list(excluded), "steps": steps, "fp32_ms_per_image": fp32_ms,
             "speed_cost": round(steps[-1]["ms_per_image"] / steps[0]["ms_per_image"], 3),
             "ranking_images": RANKING_IMAGES, "timed_images": len(timed)}

@@ -117,7 +117,12 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     or the path export.json records) on `data`'s `split` (first `limit` images) must hold it: the worst quantized
     nodes are kept in fp32 until it does or `max_excluded` are (runtime/quantize/accuracy_control.py); the quantization
     record says which, with every step's dAP and speed, and whether the limit was met."""
-    from maskrt.runtime.quantize.accuracy_control import control_accuracy, find_checkpoint
+    from maskrt.runtime.quantize.accuracy_control import (
+        AccuracyTarget,
+        StagedInt8,
+        control_accuracy,
+        find_checkpoint,
+    )
 
     check_choice("calibration method", method, METHODS)
     info = ExportInfo.read(export_dir)
@@ -171,10 +176,10 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
             requantize([])
             if controlled:
                 assert ckpt is not None
-                record["accuracy_control"] = control_accuracy(
-                    staging, write_info, requantize, nodes, checkpoint=ckpt, data=data, split=split, limit=limit,
-                    max_dap_drop=max_dap_drop, max_excluded=max_excluded or DEFAULT_MAX_EXCLUDED_NODES,
-                    progress=progress)
+                goal = AccuracyTarget(ckpt, data, max_dap_drop, split=split, limit=limit,
+                                      max_excluded=max_excluded or DEFAULT_MAX_EXCLUDED_NODES)
+                record["accuracy_control"] = control_accuracy(StagedInt8(staging, nodes, requantize, write_info),
+                                                              goal, progress=progress)
         finally:
             prepared.unlink(missing_ok=True)
         result = write_info()

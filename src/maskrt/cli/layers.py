@@ -12,13 +12,13 @@ from maskrt.core.defaults import DEFAULT_LAYER_CHUNK_MIB, DEFAULT_LAYER_IMAGES, 
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from maskrt.runtime.parity.layers import compare_layers
+    from maskrt.runtime.parity.layers import LayerRequest, compare_layers
 
-    doc = compare_layers(args.model, args.out, graph=args.graph, backend=args.backend,
-                         precision=args.precision or "f32", images=args.images, data=args.data, split=args.split,
-                         limit=args.limit, reference=args.reference, checkpoint=args.checkpoint,
-                         tolerance=args.tolerance, threads=args.threads, chunk_mib=args.chunk_mib,
-                         progress=not args.quiet, force=args.force)
+    request = LayerRequest(graph=args.graph, backend=args.backend, precision=args.precision or "f32",
+                           images=args.images, data=args.data, split=args.split, limit=args.limit,
+                           reference=args.reference, checkpoint=args.checkpoint, tolerance=args.tolerance,
+                           threads=args.threads, chunk_mib=args.chunk_mib)
+    doc = compare_layers(args.model, args.out, request, progress=not args.quiet, force=args.force)
     top = doc["ranking"][:3]
     ranked = "; ".join(f"{r['node']} ({r['op']}, {r['stage']}) {r['contribution']:.3g}"
                        if isinstance(r["contribution"], float) else f"{r['node']} {r['contribution']}" for r in top)

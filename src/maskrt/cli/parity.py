@@ -23,7 +23,7 @@ from maskrt.runtime.parity.gates import DEFAULT_MIN_DETECTIONS, DEFAULT_MIN_SCOR
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from maskrt.runtime.parity.compare import Gates, candidate_precision, run_parity, summary_line
+    from maskrt.runtime.parity.compare import Candidate, Gates, candidate_precision, run_parity, summary_line
     from maskrt.runtime.predictor import openvino_precision
 
     check_output_dir(args.out, force=args.force)
@@ -31,10 +31,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
     precision = candidate_precision(args.backend, args.model, args.graph, openvino)
     gates = Gates.for_precision(precision, score_floor=args.score_floor, min_detections=args.min_detections,
                                 min_score_pairs=args.min_score_pairs, resamples=args.resamples)
-    report = run_parity(args.checkpoint, args.model, args.data, args.out, backend=args.backend, graph=args.graph,
-                        reference=args.reference, split=args.split, limit=args.limit, gates=gates,
-                        progress=not args.quiet, threads=args.threads, device=args.device, precision=openvino,
-                        force=args.force)
+    candidate = Candidate(args.model, args.out, backend=args.backend, graph=args.graph, gates=gates,
+                          threads=args.threads, device=args.device, precision=openvino)
+    report = run_parity(args.checkpoint, candidate, args.data, reference=args.reference, split=args.split,
+                        limit=args.limit, progress=not args.quiet, force=args.force)
     print(summary_line(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     if args.layers and report["verdict"] == "passed":  # nothing to find: no node is an offender of a passing graph
