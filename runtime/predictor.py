@@ -130,6 +130,9 @@ class Predictor:
         with `checkpoint`), an engine file (tensorrt) or a checkpoint (torch). `precision` is OpenVINO's (f32 when
         None) and refused with another backend."""
         precision = openvino_precision(backend, precision)
+        if checkpoint is not None and backend != "torch":
+            raise MaskrtError(f"--checkpoint is the model of --backend torch; the {backend} backend runs the model "
+                              "itself (drop --checkpoint)")
         model = Path(model)
         if backend == "tensorrt":
             if model.is_dir():

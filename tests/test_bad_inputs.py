@@ -428,7 +428,7 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
                                                      f"{t}/r.pt"], "1 missing (first: backbone.fpn", {}),
     ("quantize-data-without-max-dap-drop", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
                                                          f"{w}/data/train", "--data", f"{w}/data", "--out", f"{t}/r"],
-     "--data only serve accuracy control", {}),
+     "--data only serves accuracy control", {}),
     ("quantize-classes-differ-before-calibration", lambda w, t: [
         "quantize", "--model", f"{w}/export", "--calibration", f"{w}/data/train", "--max-dap-drop", "0.5",
         "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(w, t, _permute_names)), "--out", f"{t}/r"],
@@ -436,6 +436,32 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("dataset-class-name-twice", lambda w, t: ["eval", "--checkpoint", f"{w}/ckpt.pt", "--data", str(_copy_data(
         w, t, lambda d: d["categories"][1].update(name=d["categories"][0]["name"]))), "--out", f"{t}/r/m.json"],
      "classes hold the category name 'circle' twice", {}),
+    # options that do nothing without another one, or that the command cannot honour (the held-out sweep's finds)
+    ("layers-precision-without-openvino", lambda w, t: _layers(w, t, "--precision", "bf16"),
+     "--precision bf16 is OpenVINO's inference precision: it needs --backend openvino", {}),
+    ("layers-data-is-a-file", lambda w, t: ["layers", "--model", f"{w}/export", "--graph", "portable", "--data",
+                                            f"{w}/photo.png", "--out", f"{t}/r"], "photo.png: not a folder", {}),
+    ("quantize-split-without-max-dap-drop", lambda w, t: ["quantize", "--model", f"{w}/export", "--calibration",
+                                                          f"{w}/data/train", "--split", "train", "--out", f"{t}/r"],
+     "--split only serves accuracy control", {}),
+    ("parity-layers-images-without-layers", lambda w, t: ["parity", "--checkpoint", f"{w}/ckpt.pt", "--model",
+                                                          f"{w}/export", "--data", f"{w}/data", "--layers-images",
+                                                          "2", "--out", f"{t}/r"], "add --layers", {}),
+    ("bench-size-beyond-the-largest-canvas", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--size",
+                                                           "100000", "--iters", "1", "--json", f"{t}/r"],
+     "must be in [32, 4096] pixels, got 100000", {}),
+    ("bench-checkpoint-without-torch", lambda w, t: ["bench", "run", "--model", f"{w}/export", "--checkpoint",
+                                                     f"{w}/ckpt.pt", "--iters", "1", "--json", f"{t}/r"],
+     "--checkpoint is the model of --backend torch", {}),
+    ("predict-checkpoint-without-torch", lambda w, t: ["predict", "--model", f"{w}/export", "--checkpoint",
+                                                       f"{w}/ckpt.pt", "--out", f"{t}/r", f"{w}/photo.png"],
+     "--checkpoint is the model of --backend torch", {}),
+    ("bench-compare-calibration-without-int8", lambda w, t: ["bench", "compare", "--checkpoint", f"{w}/ckpt.pt",
+                                                             "--calibration", f"{w}/data/train", "--iters", "1",
+                                                             "--work", f"{t}/r"], "add --int8", {}),
+    ("bench-compare-random-and-another-export", lambda w, t: ["bench", "compare", "--random", "slim", "--model",
+                                                              f"{w}/export", "--iters", "1", "--work", f"{t}/r"],
+     "exported from another checkpoint than the seeded random-init slim model", {}),
 ]
 #: rows whose output (T/r) must not exist afterwards: refused before anything is written
 NOTHING_WRITTEN = {row[0] for row in ROWS[ROWS.index(next(r for r in ROWS if r[0] == "init-missing")):]}

@@ -209,7 +209,7 @@ class _Steps:
         return result
 
 
-def _export_dir(export: Path | None, checkpoint: Path, work: Path, steps: _Steps) -> Path:
+def _export_dir(export: Path | None, checkpoint: Path, work: Path, steps: _Steps, model: str) -> Path:
     """The checkpoint's dynamic-size export: `export` when given (checked to be this checkpoint's), else a new one."""
     if export is None:
         steps("export_s", "exporting model.onnx and model.trt.onnx (maskrt export)",
@@ -219,7 +219,7 @@ def _export_dir(export: Path | None, checkpoint: Path, work: Path, steps: _Steps
         return work / "export"
     info = ExportInfo.read(export)
     if info.checkpoint["sha256"] != sha256(checkpoint):
-        raise MaskrtError(f"{export}: exported from another checkpoint than {checkpoint} (export.json's sha256)")
+        raise MaskrtError(f"{export}: exported from another checkpoint than {model} (export.json's sha256)")
     if not info.input.dynamic_size:
         raise MaskrtError(f"{export}: a static-canvas export; the comparison runs each image at torchvision's own "
                           "padded size (export without --height/--width)")
@@ -256,6 +256,10 @@ def run_compare(*, checkpoint: str | Path | None = None, random_config: str | No
                                  warmup=warmup, iters=iters, int8=int8,
                                  calibration=Path(calibration) if calibration else None, work=root,
                                  progress=progress))
+    except MaskrtError:  # bad input found on the way (another model's export, ...): leave nothing in --work
+        if not temporary:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(torch_threads)
         if temporary:
@@ -292,7 +296,8 @@ def _compare(req: _Request) -> dict[str, Any]:
     if not images:
         raise MaskrtError("no images to benchmark")
     calibration = req.calibration
-    export_dir = _export_dir(req.export, checkpoint, work, steps)
+    model = f"the seeded random-init {req.random_config} model" if req.random_config else str(checkpoint)
+    export_dir = _export_dir(req.export, checkpoint, work, steps, model)
     int8_dir = export_dir if "portable_int8" in ExportInfo.read(export_dir).graphs else None
     if req.int8 and int8_dir is None:
         from maskrt.runtime.quantize.calibration import quantize_export

@@ -61,6 +61,10 @@ def _image_files(images: str | Path | None, data: str | Path | None, split: str,
     """The first `limit` images of a folder or of a COCO-format dataset's split."""
     if (images is None) == (data is None):
         raise MaskrtError("give the images to compare on: a folder of images or a COCO-format dataset (one of them)")
+    folder = Path(images if images is not None else data)  # type: ignore[arg-type]
+    if not folder.is_dir():
+        raise MaskrtError(f"{folder}: {'no such folder' if not folder.exists() else 'not a folder'} (give a folder of "
+                          "images or a COCO-format dataset folder)")
     if data is not None and not is_coco_dataset(data):  # a plain folder, as `maskrt parity` takes
         images, data = data, None
     if images is not None:

@@ -109,7 +109,7 @@ def calibration_files(folder: str | Path, count: int) -> list[Path]:
 def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | Path, *, images: int = 32,
                     method: str = "minmax", progress: bool = True, force: bool = False,
                     max_dap_drop: float | None = None, data: str | Path | None = None,
-                    checkpoint: str | Path | None = None, split: str = "val", limit: int | None = None,
+                    checkpoint: str | Path | None = None, split: str | None = None, limit: int | None = None,
                     max_excluded: int | None = None) -> ExportInfo:
     """Write the folder `out`: `export_dir`'s files plus model.int8.onnx calibrated on `images` images.
 
@@ -132,10 +132,12 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
     if controlled and (data is None or not is_coco_dataset(data)):
         raise MaskrtError(f"--max-dap-drop needs --data: a COCO-format dataset (an annotations/ folder) whose {split} "
                           f"split measures the dAP{'' if data is None else f'; {data} has none'}")
-    idle = [name for name, value in (("--data", data), ("--checkpoint", checkpoint), ("--limit", limit),
-                                     ("--max-excluded", max_excluded)) if value is not None]
+    idle = [name for name, value in (("--data", data), ("--checkpoint", checkpoint), ("--split", split),
+                                     ("--limit", limit), ("--max-excluded", max_excluded)) if value is not None]
     if idle and not controlled:
-        raise MaskrtError(f"{', '.join(idle)} only serve accuracy control: add --max-dap-drop D (or drop them)")
+        raise MaskrtError(f"{', '.join(idle)} only serve{'s' if len(idle) == 1 else ''} accuracy control: add "
+                          f"--max-dap-drop D (or drop {'it' if len(idle) == 1 else 'them'})")
+    split = split or "val"
     inputs = [("export folder", export_dir), ("calibration folder", calibration),
               *((("dataset", data),) if data is not None else ()),
               *((("checkpoint", checkpoint),) if checkpoint is not None else ())]

@@ -108,6 +108,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     _images_or_size(args)
+    if args.calibration and not args.int8:
+        raise MaskrtError("--calibration sets the images --int8 calibrates on: add --int8 (or drop it)")
     result = run_compare(checkpoint=args.checkpoint, random_config=args.random, export=args.model,
                          images=load_images(args.images) if args.images else None, size=args.size or 800,
                          threads=args.threads, warmup=args.warmup, iters=args.iters, int8=args.int8,

@@ -13,8 +13,10 @@ from maskrt.core.defaults import DEFAULT_LAYER_CHUNK_MIB, DEFAULT_LAYER_IMAGES, 
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from maskrt.runtime.parity.layers import LayerRequest, compare_layers
+    from maskrt.runtime.predictor import openvino_precision
 
-    request = LayerRequest(graph=args.graph, backend=args.backend, precision=args.precision or "f32",
+    request = LayerRequest(graph=args.graph, backend=args.backend,
+                           precision=openvino_precision(args.backend, args.precision),
                            images=args.images, data=args.data, split=args.split, limit=args.limit,
                            reference=args.reference, checkpoint=args.checkpoint, tolerance=args.tolerance,
                            threads=args.threads, chunk_mib=args.chunk_mib)

@@ -39,7 +39,7 @@ def checked(convert: Callable[[str], T], ok: Callable[[T], bool], requirement: s
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")
 resamples_count = checked(int, lambda v: 100 <= v <= 100_000, "in [100, 100000]")
 non_negative_int = checked(int, lambda v: v >= 0, ">= 0")
-image_side = checked(int, lambda v: v >= 32, "at least 32 pixels")
+image_side = checked(int, lambda v: 32 <= v <= MAX_CANVAS_SIDE, f"in [32, {MAX_CANVAS_SIDE}] pixels")
 positive_float = checked(float, lambda v: v > 0 and math.isfinite(v), "positive and finite")
 non_negative_float = checked(float, lambda v: v >= 0 and math.isfinite(v), ">= 0 and finite")
 unit_float = checked(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")  # NaN fails every comparison

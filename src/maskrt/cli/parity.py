@@ -26,6 +26,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from maskrt.runtime.parity.compare import Candidate, Gates, candidate_precision, run_parity, summary_line
     from maskrt.runtime.predictor import openvino_precision
 
+    if args.layers_images is not None and not args.layers:
+        raise MaskrtError("--layers-images sets how many images --layers compares: add --layers (or drop it)")
     check_output_dir(args.out, force=args.force)
     openvino = openvino_precision(args.backend, args.precision)
     precision = candidate_precision(args.backend, args.model, args.graph, openvino)
@@ -43,7 +45,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from maskrt.runtime.parity.layers import layers_for_report
 
         try:
-            doc = layers_for_report(report, limit=args.layers_images, threads=args.threads, progress=not args.quiet)
+            doc = layers_for_report(report, limit=args.layers_images or DEFAULT_LAYER_IMAGES, threads=args.threads,
+                                    progress=not args.quiet)
         except MaskrtError as exc:  # the parity verdict stands; say why there is no layer report
             print(f"layers: not compared ({exc})")
         else:
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--layers", action="store_true",
                      help="also compare the candidate with a fresh fp32 export of the checkpoint tensor by tensor "
                      "(`maskrt layers`) into OUT/layers/ when a gate did not pass: which node adds the error")
-    par.add_argument("--layers-images", type=positive_int, default=DEFAULT_LAYER_IMAGES,
+    par.add_argument("--layers-images", type=positive_int,
                      help=f"images --layers compares (default {DEFAULT_LAYER_IMAGES})")
     add_threads(par)
     par.add_argument("--out", required=True, help="report folder (report.json, report.md)")

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "graph's dAP (box and mask AP against plain model(images) on --data) is at most D; exit 1 "
                        "when --max-excluded nodes are not enough")
     quant.add_argument("--data", help="COCO-format dataset whose --split measures the dAP (with --max-dap-drop)")
-    quant.add_argument("--split", default="val")
+    quant.add_argument("--split", help="the dataset's split that measures the dAP (with --max-dap-drop; default val)")
     quant.add_argument("--limit", type=positive_int, help="first N images of the split only")
     quant.add_argument("--checkpoint", help="the export's checkpoint (default: the path export.json records)")
     quant.add_argument("--max-excluded", type=positive_int,
