@@ -1,7 +1,11 @@
 """`maskrt build`: the TensorRT graph of an export folder -> a serialized TensorRT / TensorRT-RTX engine + ENGINE.json.
 
 fp32 engines come from model.trt.onnx, fp16 engines from model.trt.fp16.onnx (export/deploy.py says which parts are
-fp16 and why the rest stays fp32), built as strongly typed networks.
+fp16 and why the rest stays fp32), int8 engines from model.trt.int8.onnx (`maskrt quantize`: explicit symmetric Q/DQ,
+runtime/quantize/tensorrt_qdq.py). Every build is a strongly typed network - the graph's tensor types and Q/DQ nodes
+decide each layer's precision, TensorRT 11's only mode: no precision builder flags, no calibrator - and fp32 means
+fp32: TF32 (on by default in TensorRT, and changing convolution and matrix-product results on Ampere and newer GPUs
+beyond the fp32 parity gates) is off unless `tf32` asks for it; ENGINE.json records both.
 
 The engine carries one optimization profile for `images` [B, 3, H, W] and `image_sizes` [B, 2]: batch and H/W
 ranges (min / opt / max). By default they are the export's own: its batch (1..4 for a dynamic batch, optimum 1)
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from maskrt.core.artifacts import MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
+from maskrt.core.artifacts import GRAPHS, MAX_EXPORT_BATCH, EngineInfo, ExportInfo, Profile, TensorSpec
 from maskrt.core.builders import import_builder, installed_builder
 from maskrt.core.defaults import DEFAULT_ENGINE_MAX_BATCH, DEFAULT_RTX_CAPABILITIES
 from maskrt.core.errors import MaskrtError, check_choice
@@ -135,27 +139,73 @@ def _tensors(network: object, count: str, get: str) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype.name) for t in items)
 
 
+def strongly_typed(trt: ModuleType) -> int:
+    """The network creation flags of a strongly typed network: the STRONGLY_TYPED bit where the bindings have it
+    (TensorRT 10, TensorRT-RTX); none in TensorRT 11, where every network is strongly typed and the flag, deprecated,
+    is ignored."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def network_layers(trt: ModuleType, network: object) -> dict[str, int]:
+    """What the parsed network holds, by TensorRT layer type: every layer, the Q/DQ layers, the convolutions and
+    matrix products and how many of them read both operands through a DequantizeLinear (what TensorRT runs in INT8 in
+    a strongly typed network), the plugin layers. Read from the network definition: an engine cannot be inspected
+    without a GPU to deserialize it on."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]  # type: ignore[attr-defined]
+    producer = {layer.get_output(j).name: layer.type for layer in layers for j in range(layer.num_outputs)}
+    kinds = {"quantize": trt.LayerType.QUANTIZE, "dequantize": trt.LayerType.DEQUANTIZE,
+             "convolution": trt.LayerType.CONVOLUTION, "matrix_multiply": trt.LayerType.MATRIX_MULTIPLY,
+             "plugin": trt.LayerType.PLUGIN_V3}
+    counts = {"layers": len(layers), **{name: sum(layer.type == kind for layer in layers)
+                                         for name, kind in kinds.items()}}
+    for name in ("convolution", "matrix_multiply"):
+        counts[f"int8_{name}"] = sum(
+            layer.type == kinds[name] and layer.num_inputs >= 2 and all(
+                layer.get_input(k) is not None and producer.get(layer.get_input(k).name) == kinds["dequantize"]
+                for k in range(2)) for layer in layers)
+    return counts
+
+
 def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, builder: str | None = None,
                  precision: str = "fp32", shapes: ShapeRange | None = None,
                  compute_capabilities: tuple[str, ...] | None = None, workspace_mib: int | None = None,
-                 timing_cache: str | Path | None = None, progress: bool = False, force: bool = False) -> EngineInfo:
+                 timing_cache: str | Path | None = None, tf32: bool = False, progress: bool = False,
+                 force: bool = False) -> EngineInfo:
     """Build the TensorRT graph of `export_dir` into `engine` (default EXPORT/model.PRECISION.engine) + ENGINE.json.
 
-    fp32 builds model.trt.onnx; fp16 builds model.trt.fp16.onnx (`maskrt export --fp16`) as a strongly typed network:
-    its tensor types decide the precision, the same mechanism for TensorRT and TensorRT-RTX (which has no FP16 builder
-    flag). `builder` None: whichever is installed (tensorrt first). `workspace_mib` caps the builder's scratch memory;
-    `timing_cache` is read when it exists and written back after the build (later builds reuse its kernel timings).
-    Both files are written atomically; an existing engine is refused unless `force`."""
+    fp32 builds model.trt.onnx, fp16 model.trt.fp16.onnx (`maskrt export --fp16`), int8 model.trt.int8.onnx (`maskrt
+    quantize`), each as a strongly typed network: its tensor types and Q/DQ nodes decide the precision, the same
+    mechanism for TensorRT and TensorRT-RTX (which has no precision builder flags). `tf32` lets fp32 layers use TF32
+    (fp32 engines only). `builder` None: whichever is installed (tensorrt first). `workspace_mib` caps the builder's
+    scratch memory; `timing_cache` is read when it exists and written back after the build (later builds reuse its
+    kernel timings). Both files are written atomically; an existing engine is refused unless `force`."""
     from maskrt.plugins._library import load_into, loaded_logger
 
     check_choice("precision", precision, EngineInfo.PRECISIONS)
-    graph = "trt" if precision == "fp32" else "trt_fp16"
+    if tf32 and precision != "fp32":
+        raise MaskrtError(f"--tf32 lets fp32 layers use TF32; an {precision} engine takes its precision from its graph "
+                          "(drop --tf32)")
+    graph = EngineInfo.GRAPH_OF[precision]
     info = ExportInfo.read(export_dir)
     if graph not in info.graphs:
-        raise MaskrtError(f"{export_dir}: has no fp16 TensorRT graph (model.trt.fp16.onnx); export the checkpoint "
-                          "again with --fp16")
+        how = ("export the checkpoint again with --fp16" if precision == "fp16" else
+               f"make it with `maskrt quantize --model {export_dir} ...`")
+        raise MaskrtError(f"{export_dir}: has no {precision} TensorRT graph ({GRAPHS[graph].file}); {how}")
     onnx_path = info.verified_graph(export_dir, graph)
     check_graph(onnx_path, "trt")  # onnx.checker + no op TensorRT cannot build (a portable graph is refused here)
+    int8 = None
+    if precision == "int8":  # TensorRT's explicit quantization: symmetric Q/DQ, plugins in float
+        import onnx
+
+        from maskrt.export.int8_graph import check_trt_int8
+
+        check_trt_int8(onnx.load(str(onnx_path)), onnx_path)
+        q = info.quantization or {}
+        control = q.get("accuracy_control")
+        int8 = {"method": q.get("method"), "images": q.get("images"), "calibration": q.get("calibration"),
+                **(q.get("trt_int8") or {}), "accuracy_control": None if control is None else {
+                    "max_dap_drop": control.get("max_dap_drop"), "met": control.get("met")}}
     engine = Path(engine) if engine is not None else Path(export_dir) / f"model.{precision}.engine"
     check_output_file(engine, force=force)
     check_output_file(EngineInfo.path_for(engine), force=force)
@@ -175,13 +225,16 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
     started = time.perf_counter()
     logger = loaded_logger(trt)
     trt_builder = trt.Builder(logger)
-    strongly_typed = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = trt_builder.create_network(strongly_typed if precision == "fp16" else 0)
+    network = trt_builder.create_network(strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
         raise MaskrtError(f"{onnx_path}: {builder}'s ONNX parser refuses it ({errors})")
     config = trt_builder.create_builder_config()
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:  # on by default in TensorRT: fp32 means fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     profiles = _profiles(shapes)
     profile = trt_builder.create_optimization_profile()
     for name, p in profiles.items():
@@ -206,7 +259,8 @@ def build_engine(export_dir: str | Path, engine: str | Path | None = None, *, bu
                         outputs=_tensors(network, "num_outputs", "get_output"),
                         onnx_sha256=info.graphs[graph].sha256, plugin_library_sha256=sha256(plugin_library),
                         compute_capabilities=capabilities, build_seconds=round(time.perf_counter() - started, 2),
-                        export=info, versions=versions())
+                        export=info, versions=versions(), strongly_typed=True, tf32=tf32, int8=int8,
+                        network=network_layers(trt, network))
     engine.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(engine, data)
     result.write(engine)

@@ -6,9 +6,10 @@
 #   3. GPU training: slim for 200 steps with --device cuda --amp; the checkpoint loads where no GPU is visible
 #      (CUDA_VISIBLE_DEVICES=), and where onnx and onnxruntime are importable it exports and both graphs pass parity on
 #      the CPU; then a 1-process torchrun on the GPU (nccl)
-#   4. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs), built into fp32 and
-#      fp16 engines, gated with `maskrt parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16) and timed with
-#      `maskrt bench`; otherwise the step says why it is skipped.
+#   4. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs) and quantized
+#      (model.trt.int8.onnx), built into fp32, fp16 and int8 engines (strongly typed, TF32 off), gated with `maskrt
+#      parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16, <= 1.0 int8) and timed with `maskrt bench`;
+#      otherwise the step says why it is skipped.
 # Usage:
 #   bash scripts/gpu_suite.sh                       # in a checkout whose .venv has maskrt installed (make)
 #   PYTHON=python3 bash scripts/gpu_suite.sh dist/maskrt-*.whl
@@ -111,11 +112,15 @@ classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"}, {"id": 3
 save_checkpoint(sys.argv[1], make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(), classes=classes))
 EOF
   step "export (fp32 + fp16 graphs)" $M export --checkpoint "$WORK/slim.pt" --out "$WORK/export" --fp16 --dynamic-batch -q
-  for precision in fp32 fp16; do
-    step "build $precision engine" $M build --model "$WORK/export" --builder tensorrt --precision "$precision" -q
-    step "parity tensorrt $precision" $M parity --checkpoint "$WORK/slim.pt" --model "$WORK/export/model.$precision.engine" \
+  step "quantize (model.int8.onnx + model.trt.int8.onnx)" $M quantize --model "$WORK/export" \
+    --calibration "$WORK/data/train" --images 8 --out "$WORK/export_int8" -q
+  for precision in fp32 fp16 int8; do
+    model="$WORK/export"
+    [ "$precision" = int8 ] && model="$WORK/export_int8"
+    step "build $precision engine" $M build --model "$model" --builder tensorrt --precision "$precision" -q
+    step "parity tensorrt $precision" $M parity --checkpoint "$WORK/slim.pt" --model "$model/model.$precision.engine" \
       --backend tensorrt --data "$WORK/data" --score-floor 0.05 --out "$WORK/parity_$precision" -q
-    step "bench tensorrt $precision" $M bench run --model "$WORK/export/model.$precision.engine" --backend tensorrt \
+    step "bench tensorrt $precision" $M bench run --model "$model/model.$precision.engine" --backend tensorrt \
       --iters 50 --json "$WORK/bench_$precision.json" -q
   done
 else

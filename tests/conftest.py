@@ -174,8 +174,8 @@ def accurate_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="session")
 def accurate_export(accurate_model: AccurateModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real-accuracy model's export with all four graphs: model.onnx, model.trt.onnx, model.trt.fp16.onnx and
-    model.int8.onnx (`maskrt quantize`, minmax, calibrated on 32 training images)."""
+    """The real-accuracy model's export with all five graphs: model.onnx, model.trt.onnx, model.trt.fp16.onnx,
+    model.int8.onnx and model.trt.int8.onnx (`maskrt quantize`, minmax, calibrated on 32 training images)."""
     from maskrt.export.onnx_export import export_checkpoint
     from maskrt.runtime.quantize.calibration import quantize_export
 
@@ -189,10 +189,11 @@ def accurate_export(accurate_model: AccurateModel, tmp_path_factory: pytest.Temp
 def low_precision_reports(accurate_model: AccurateModel, accurate_export: Path,
                           tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """The fixture export's low-precision candidates against one pass of plain model(images) over the whole validation
-    split (ACCURATE["val"] images): model.trt.fp16.onnx and model.int8.onnx on ONNX Runtime and, where the openvino
-    extra is installed, model.onnx in f32 and bf16 (where the CPU has native bfloat16) and model.int8.onnx on OpenVINO.
+    split (ACCURATE["val"] images): model.trt.fp16.onnx, model.int8.onnx and model.trt.int8.onnx on ONNX Runtime and,
+    where the openvino extra is installed, model.onnx in f32 and bf16 (where the CPU has native bfloat16) and
+    model.int8.onnx on OpenVINO.
     In a process of its own, as `maskrt parity` runs OpenVINO (one openvino.Core per process). Report by name:
-    trt_fp16, portable_int8, openvino_f32, openvino_bf16, openvino_int8."""
+    trt_fp16, portable_int8, trt_int8, openvino_f32, openvino_bf16, openvino_int8."""
     import importlib.util
     import pickle
     import subprocess
@@ -202,7 +203,8 @@ def low_precision_reports(accurate_model: AccurateModel, accurate_export: Path,
 
     root = tmp_path_factory.mktemp("low_precision")
     specs = {"trt_fp16": Candidate(accurate_export, root / "trt_fp16", graph="trt_fp16"),
-             "portable_int8": Candidate(accurate_export, root / "portable_int8", graph="portable_int8")}
+             "portable_int8": Candidate(accurate_export, root / "portable_int8", graph="portable_int8"),
+             "trt_int8": Candidate(accurate_export, root / "trt_int8", graph="trt_int8")}
     if importlib.util.find_spec("openvino") is not None:
         from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16
 

@@ -111,7 +111,11 @@ def test_engine_info_round_trips(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (lambda d: d.update(builder="onnxruntime"), "builder must be one of tensorrt, tensorrt-rtx"),
-        (lambda d: d.update(precision="int4"), "precision must be one of fp32, fp16"),
+        (lambda d: d.update(precision="int4"), "precision must be one of fp32, fp16, int8"),
+        (lambda d: d.update(precision="int8"), "an int8 engine carries its graph's quantization record"),
+        (lambda d: d.update(int8={"method": "minmax"}), "an int8 engine carries its graph's quantization record"),
+        (lambda d: d.update(tf32=True), "tf32 is an fp32 engine's option, not fp16's"),
+        (lambda d: d.pop("strongly_typed"), "strongly_typed is missing"),
         (lambda d: d["profiles"]["images"].update(opt=[1, 3, 2000, 800]), "min <= opt <= max"),
         (lambda d: d.update(engine="../model.engine"), "engine must be a file name"),
         (lambda d: d.pop("plugin_library_sha256"), "plugin_library_sha256 is missing"),

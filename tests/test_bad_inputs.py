@@ -462,6 +462,15 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str, dict[str, str]]] =
     ("bench-compare-random-and-another-export", lambda w, t: ["bench", "compare", "--random", "slim", "--model",
                                                               f"{w}/export", "--iters", "1", "--work", f"{t}/r"],
      "exported from another checkpoint than the seeded random-init slim model", {}),
+    ("build-int8-without-the-trt-int8-graph", lambda w, t: ["build", "--model", f"{w}/export", "--precision", "int8",
+                                                            "--builder", "tensorrt-rtx", "--out", f"{t}/r"],
+     "has no int8 TensorRT graph (model.trt.int8.onnx)", {}),
+    ("build-tf32-with-fp16", lambda w, t: ["build", "--model", f"{w}/export", "--precision", "fp16", "--tf32",
+                                           "--builder", "tensorrt-rtx", "--out", f"{t}/r"],
+     "--tf32 lets fp32 layers use TF32; an fp16 engine", {}),
+    ("build-tf32-with-int8", lambda w, t: ["build", "--model", f"{w}/export", "--precision", "int8", "--tf32",
+                                           "--builder", "tensorrt-rtx", "--out", f"{t}/r"],
+     "--tf32 lets fp32 layers use TF32; an int8 engine", {}),
 ]
 #: rows whose output (T/r) must not exist afterwards: refused before anything is written
 NOTHING_WRITTEN = {row[0] for row in ROWS[ROWS.index(next(r for r in ROWS if r[0] == "init-missing")):]}

@@ -187,3 +187,69 @@ def test_new_configs_build_engines(name: str, mask_side: int, tmp_path: Path, pl
                         compute_capabilities=("8.9",))
     plan = (export / "model.fp32.engine").read_bytes()
     assert info.builder == "tensorrt-rtx" and b"MultiLevelRoIAlign" in plan and len(plan) > 1_000_000
+
+
+def _quantized(checkpoint: Path, root: Path, **export: object) -> Path:
+    """The checkpoint exported and quantized (`maskrt quantize`, minmax on two random images)."""
+    import numpy as np
+    from PIL import Image
+
+    from maskrt.runtime.quantize.calibration import quantize_export
+
+    export_checkpoint(checkpoint, root / "fp", **export)  # type: ignore[arg-type]
+    (root / "calibration").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), np.uint8)).save(root / "calibration" / f"{i}.png")
+    quantize_export(root / "fp", root / "calibration", root / "export", images=2, progress=False)
+    return root / "export"
+
+
+def _check_int8_engine(export: Path, info: EngineInfo) -> None:
+    """An INT8 engine as TensorRT builds it from explicit Q/DQ: strongly typed, no TF32, its network's convolutions
+    reading INT8 data and weights (all of the networks' - the output layers stay float), the four plugins, and the
+    graph's quantization record."""
+    record = json.loads((export / "export.json").read_text())
+    net = info.network
+    assert info.precision == "int8" and info.strongly_typed and not info.tf32
+    assert net["plugin"] == 4 and net["quantize"] > 0 and net["dequantize"] >= net["quantize"], net
+    assert 0.8 * net["convolution"] <= net["int8_convolution"] < net["convolution"], net  # the predictors stay float
+    assert net["int8_matrix_multiply"] >= 2, net  # the box head's two fully connected layers
+    assert info.int8 is not None and info.int8["method"] == "minmax" and info.int8["excluded_nodes"] == []
+    assert info.int8["format"].startswith("QDQ for TensorRT")
+    assert info.onnx_sha256 == record["graphs"]["trt_int8"]["sha256"]
+    plan = (export / info.engine).read_bytes()
+    assert b"MultiLevelRoIAlign" in plan and b"BatchedNMS" in plan
+
+
+@pytest.mark.slow
+def test_int8_engine_from_the_trt_int8_graph(slim_checkpoint: Path, tmp_path: Path, plugin_library: Path) -> None:
+    """`maskrt build --precision int8` builds model.trt.int8.onnx as a strongly typed INT8 network; an fp32 build of
+    the same export is strongly typed too, with TF32 off and no Q/DQ."""
+    export = _quantized(slim_checkpoint, tmp_path, dynamic_batch=True)
+    proc = subprocess.run([*CLI, "build", "--model", str(export), "--precision", "int8", "--builder", "tensorrt-rtx",
+                           "--size", "64x64:128x128:160x160", "-q"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "int8, strongly typed" in proc.stdout
+    _check_int8_engine(export, EngineInfo.read(export / "model.int8.engine"))
+    fp32 = build_engine(export, builder="tensorrt-rtx", shapes=ShapeRange((1, 64, 64), (1, 96, 96), (1, 128, 128)),
+                        compute_capabilities=("8.9",))
+    assert fp32.precision == "fp32" and fp32.strongly_typed and not fp32.tf32 and fp32.int8 is None
+    assert fp32.network["quantize"] == fp32.network["int8_convolution"] == 0 and fp32.network["plugin"] == 4
+    with_tf32 = build_engine(export, tmp_path / "tf32.engine", builder="tensorrt-rtx", tf32=True,
+                             shapes=ShapeRange((1, 64, 64), (1, 96, 96), (1, 128, 128)), compute_capabilities=("8.9",))
+    assert with_tf32.tf32 and EngineInfo.read(tmp_path / "tf32.engine").tf32
+
+
+@pytest.mark.slow
+def test_r50_fpn_int8_engine(tmp_path: Path, plugin_library: Path) -> None:
+    """The r50-fpn export's INT8 graph builds too (a static 320x320 canvas keeps calibration and build short)."""
+    torch.manual_seed(0)
+    cfg = default_model_config("r50-fpn", 3, min_size=320, max_size=320)
+    ckpt = tmp_path / "r50.pt"
+    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    export = _quantized(ckpt, tmp_path, height=320, width=320)
+    info = build_engine(export, builder="tensorrt-rtx", precision="int8", compute_capabilities=("8.9",))
+    _check_int8_engine(export, info)
+    assert info.network["int8_convolution"] >= 70, info.network  # ResNet-50 + FPN + RPN + mask head convolutions

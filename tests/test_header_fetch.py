@@ -190,13 +190,14 @@ def _root(tmp_path: Path, version_h: str | None) -> Path:
 @pytest.mark.parametrize(("version_h", "ok", "expected"), [
     (_version_header(10, 3, 0, through=None), True, "-- maskrt: TensorRT 10.3.0 headers in"),
     (_version_header(10, 14, 1), True, "-- maskrt: TensorRT 10.14.1 headers in"),
-    (_version_header(11, 0, 2), True, "are TensorRT 11.0.2; maskrt is written and tested against TensorRT 10"),
+    (_version_header(11, 1, 0), True, "-- maskrt: TensorRT 11.1.0 headers in"),
+    (_version_header(12, 0, 2), True, "are TensorRT 12.0.2; maskrt is compiled against TensorRT 10 and 11"),
     (_version_header(9, 3, 0), False, "are TensorRT 9.3.0; the plugins need TensorRT 10 headers"),
     (_version_header(8, 6, 1, through=None), False, "are TensorRT 8.6.1; the plugins need TensorRT 10 headers"),
     (_version_header(1, 3, 0, through="RTX"), False, "are TensorRT-RTX 1.3.0 (not TensorRT)"),
     (None, False, "holds NvInfer.h but no NvInferVersion.h"),
-], ids=["10-literal", "10.14", "11-warns", "9", "8", "rtx", "no-version-header"])
-def test_tensorrt_root_headers_must_be_tensorrt_10(tmp_path: Path, version_h: str | None, ok: bool,
+], ids=["10-literal", "10.14", "11.1", "12-warns", "9", "8", "rtx", "no-version-header"])
+def test_tensorrt_root_headers_must_be_tensorrt_10_or_11(tmp_path: Path, version_h: str | None, ok: bool,
                                                    expected: str) -> None:
     root = _root(tmp_path, version_h)
     proc = _run(tmp_path, TensorRT_ROOT=root)

@@ -3,10 +3,10 @@
 One node's weights scaled (a fault injected into one convolution in the middle of the backbone, or into a head) must
 come out first in the ranking by own contribution, on every graph that holds it (portable: against a clean export's
 model.onnx; trt: against the export's own model.onnx, the plugin ops in between; portable_int8, `maskrt layers`'
-default and accuracy control's input: its dequantize scale, against the export's own model.onnx), by a wide margin
-over the next entry (MARGIN); a clean run
-reports zero error. The slim model of the `world` fixture is untrained, but its detections (scores about 1/4) feed
-the mask head, so every stage holds real tensors; each test asserts how much it compared.
+default and accuracy control's input, and trt_int8, TensorRT's: their dequantize scale, against the export's own
+model.onnx), by a wide margin over the next entry (MARGIN); a clean run reports zero error. The slim model of the
+`world` fixture is untrained, but its detections (scores about 1/4) feed the mask head, so every stage holds real
+tensors; each test asserts how much it compared.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ IMAGES = 2
 
 @pytest.fixture(scope="module")
 def int8_export(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The world export with model.int8.onnx (`maskrt quantize`, minmax on 4 training images): the graph `maskrt
-    layers` compares by default and accuracy control ranks."""
+    """The world export with model.int8.onnx and model.trt.int8.onnx (`maskrt quantize`, minmax on 4 training
+    images): the graph `maskrt layers` compares by default and accuracy control ranks, and TensorRT's."""
     from maskrt.runtime.quantize.calibration import quantize_export
 
     out = tmp_path_factory.mktemp("layers_int8") / "export"
@@ -55,7 +55,7 @@ def _fault(export: Path, site: str, graph: str, out: Path) -> tuple[Path, str]:
 #: rounding (fp32: about 1e-6): ten times. The INT8 graph's next entries are INT8's own rounding, which on this
 #: untrained model reaches 0.15 relative L2 (the uint8 quantization of the RPN's near-zero objectness logits, the same
 #: entry whatever the site), against the scaled node's 0.50 (x1.5): three times.
-MARGIN = {"portable": 10.0, "trt": 10.0, "portable_int8": 3.0}
+MARGIN = {"portable": 10.0, "trt": 10.0, "portable_int8": 3.0, "trt_int8": 3.0}
 
 
 def _first_by_a_margin(ranking: list[dict], node: str, margin: float = 10.0) -> None:
@@ -66,11 +66,11 @@ def _first_by_a_margin(ranking: list[dict], node: str, margin: float = 10.0) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("graph", ["portable", "trt", "portable_int8"])
+@pytest.mark.parametrize("graph", list(MARGIN))
 @pytest.mark.parametrize("site", list(SITES))
 def test_a_scaled_node_comes_out_first(world: Path, int8_export: Path, tmp_path: Path, site: str, graph: str
                                        ) -> None:
-    export = int8_export if graph == "portable_int8" else world / "export"
+    export = int8_export if graph.endswith("int8") else world / "export"
     faulted, node = _fault(export, site, graph, tmp_path / "faulted")
     # the portable graph is the reference itself: compare it with the clean export's model.onnx; the others with
     # their export's own model.onnx (the INT8 graph's is the clean fp32 one)
@@ -89,7 +89,7 @@ def test_a_scaled_node_comes_out_first(world: Path, int8_export: Path, tmp_path:
     assert {"backbone", "FPN", "RPN", "box head", "mask head"} <= stages, stages
     assert doc["compared_tensors"] >= 300 and len(doc["images"]) == IMAGES
     assert len(tensors[node]["per_image"]) == IMAGES and tensors[node]["worst"]["rel_l2"] > 0.1
-    if graph != "portable_int8":  # nothing before it differs (in the INT8 graph, every quantized node before it does)
+    if not graph.endswith("int8"):  # nothing before it differs (in an INT8 graph, every quantized node before it does)
         assert doc["first_over_tolerance"]["node"] == node
     for name in ("layers.json", "layers.md", "layers.png"):
         assert (tmp_path / "layers" / name).stat().st_size > 0

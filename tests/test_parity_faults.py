@@ -1,7 +1,7 @@
 """The parity gate proven on injected faults (issue 21).
 
 A slim model trained to real accuracy (conftest.accurate_model: segm AP >= 45 on its validation images) is exported
-with all four graphs; its clean export must pass `maskrt parity` on every graph: the low-precision graphs on the whole
+with all five graphs; its clean export must pass `maskrt parity` on every graph: the low-precision graphs on the whole
 validation split (their dAP intervals need its 640 images to decide, conftest.low_precision_reports), every graph on a
 folder of the first IMAGES images, and the fp32 graphs on the COCO split of those (on so few, the fp16 and INT8 dAP
 intervals straddle their limits: INCONCLUSIVE by those gates alone, never FAILED). Then each fault of
@@ -9,7 +9,8 @@ runtime/parity/faults.py - faults a broken exporter, quantizer or runtime could 
 the graph, label map, box decoding, mask logits, RoIAlign, pre-processing, image-size mapping) - is injected into a copy
 of the export (export.json rewritten with the new sha256, as a buggy exporter would) and must FAIL, by the gates the
 fault table of docs/architecture.md section 7 names: every fault on the fp32 graphs (portable, trt) and the fp16 graph
-(trt_fp16) with their gates, in both data modes; the gross faults also on portable_int8 with its looser gates (the
+(trt_fp16) with their gates, in both data modes; the gross faults also on portable_int8 and trt_int8 (TensorRT's
+explicit Q/DQ graph, run on ONNX Runtime with the plugins' host build) with their looser gates (the
 section says why the other three are not). Every verdict is asserted with the evidence it rests on.
 """
 
@@ -28,9 +29,9 @@ from maskrt.runtime.parity.faults import CLEAN, DATA_MODES, FAULTS, fault_matrix
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 FP32_GRAPHS = ("portable", "trt")
-LOW_PRECISION_GRAPHS = ("trt_fp16", "portable_int8")
+LOW_PRECISION_GRAPHS = ("trt_fp16", "portable_int8", "trt_int8")
 #: The precision column of the fault table each graph is gated by.
-PRECISION_OF = {"portable": "fp32", "trt": "fp32", "trt_fp16": "fp16", "portable_int8": "int8"}
+PRECISION_OF = {"portable": "fp32", "trt": "fp32", "trt_fp16": "fp16", "portable_int8": "int8", "trt_int8": "int8"}
 #: Faults the looser int8 gates must catch too: each moves detections far beyond any rounding (duplicates, lost
 #: detections, labels, boxes, masks, inputs). The other three are asserted on the fp32 and fp16 gates only; at int8
 #: their effect is of the size of INT8's own drift (docs/architecture.md section 7).
@@ -72,7 +73,7 @@ CATCHES = documented_catches()
 @pytest.fixture(scope="module")
 def matrix(accurate_model, accurate_export: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: ANN001
            ) -> dict[tuple[str, str, str], dict]:
-    """The clean export and every fault through the parity gate on all four graphs and both data modes (the plain
+    """The clean export and every fault through the parity gate on all five graphs and both data modes (the plain
     reference runs once per image)."""
     work = tmp_path_factory.mktemp("faults")
     rows = fault_matrix(accurate_model.checkpoint, accurate_export, accurate_model.data, work, faults=list(FAULTS),
@@ -130,9 +131,10 @@ def test_the_documented_table_covers_every_fault() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_every_fault_fails_the_gates_the_docs_name(matrix: dict, fault: str) -> None:
-    """Each fault FAILS on model.onnx, model.trt.onnx, model.trt.fp16.onnx (and model.int8.onnx where the table names
-    an int8 gate) in both data modes, by the gates the table names; on the COCO split by its dAP gates too, their
-    interval wholly beyond the limit. Every row compared all IMAGES images and at least 100 reference detections."""
+    """Each fault FAILS on model.onnx, model.trt.onnx, model.trt.fp16.onnx (and model.int8.onnx and
+    model.trt.int8.onnx where the table names an int8 gate) in both data modes, by the gates the table names; on the
+    COCO split by its dAP gates too, their interval wholly beyond the limit. Every row compared all IMAGES images and
+    at least 100 reference detections."""
     checked = 0
     for graph, precision in PRECISION_OF.items():
         expected = CATCHES[fault][precision]
@@ -145,7 +147,7 @@ def test_every_fault_fails_the_gates_the_docs_name(matrix: dict, fault: str) -> 
             must = expected + (CATCHES[fault]["coco"] if mode == "coco" else [])
             assert set(must) <= set(row["failed_gates"]), (graph, mode, must, row["failed_gates"])
             checked += 1
-    assert checked == 2 * (3 + bool(CATCHES[fault]["int8"]))
+    assert checked == 2 * (3 + 2 * bool(CATCHES[fault]["int8"]))
 
 
 @pytest.mark.slow

@@ -103,6 +103,8 @@ def test_tensorrt_engine_matches_torchvision(roi_align, fp16: bool) -> None:
     import onnx
     from onnx import helper
 
+    from maskrt.export.engine import strongly_typed
+
     roi_align.load_into(trt)
     spec = roi_align.RoIAlignSpec.mask_rcnn(7)
     ftype = onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT
@@ -119,12 +121,11 @@ def test_tensorrt_engine_matches_torchvision(roi_align, fp16: bool) -> None:
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # strongly typed (TensorRT 11's only mode): the fp16 feature maps' type makes the plugin run in fp16
+    network = builder.create_network(strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(model.SerializeToString()), [parser.get_error(i).desc() for i in range(parser.num_errors)]
     config = builder.create_builder_config()
-    if fp16 and hasattr(trt.BuilderFlag, "FP16"):
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape("rois", (1, 1, 4), (2, 300, 4), (2, 512, 4))
     for lvl, n in zip((2, 3, 4, 5), names, strict=True):

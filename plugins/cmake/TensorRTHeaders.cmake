@@ -4,7 +4,7 @@
 #   3. with MASKRT_FETCH_TENSORRT_HEADERS, NVIDIA's Apache-2.0 TensorRT 10 headers from the pinned wheel below, fetched
 #      with `pip download --no-deps --require-hashes` (never installed) into MASKRT_TENSORRT_HEADERS_DIR (default
 #      <build>/_deps/tensorrt-headers).
-# Every header folder's NvInferVersion.h is read: 1 and 2 must be TensorRT 10 (an older major stops, a newer one
+# Every header folder's NvInferVersion.h is read: 1 and 2 must be TensorRT 10 or 11 (an older major stops, a newer one
 # warns); 3 must be exactly MASKRT_TENSORRT_HEADERS_VERSION, from a wheel whose sha256 is MASKRT_TENSORRT_HEADERS_SHA256.
 # The plugin library only needs the headers: it does not link libnvinfer.
 # The functions run in a project and in script mode (cmake -P; tests/test_header_fetch.py).
@@ -21,8 +21,10 @@ endif()
 if(NOT DEFINED MASKRT_TENSORRT_HEADERS_VERSION)
   set(MASKRT_TENSORRT_HEADERS_VERSION "10.14.1")
 endif()
-# The TensorRT major whose IPluginV3 API the plugins are written against.
+# The TensorRT majors whose IPluginV3 API the plugins are written and compiled against: 10 (10.14.1, the fetched
+# headers) and 11 (11.1, NVIDIA's open-source repository's include/; docs/plugins.md says what differs).
 set(MASKRT_TENSORRT_MAJOR 10)
+set(MASKRT_TENSORRT_NEWEST_MAJOR 11)
 
 # maskrt_check_sha256(<file> <expected>): stops, naming both hashes, unless <file>'s sha256 is <expected>.
 function(maskrt_check_sha256 file expected)
@@ -65,7 +67,7 @@ function(maskrt_tensorrt_headers_version include_dir out_var)
 endfunction()
 
 # maskrt_check_tensorrt_major(<include_dir> <var>): headers found in TensorRT_ROOT or on the system path must be
-# TensorRT 10: older stops (no IPluginV3), newer warns (untested). <var>: the version.
+# TensorRT 10 or 11: older stops (no IPluginV3), newer warns (not compiled against). <var>: the version.
 function(maskrt_check_tensorrt_major include_dir out_var)
   maskrt_tensorrt_headers_version("${include_dir}" _version)
   string(REGEX MATCH "^[0-9]+" _major "${_version}")
@@ -78,9 +80,9 @@ function(maskrt_check_tensorrt_major include_dir out_var)
     message(FATAL_ERROR "maskrt: the TensorRT headers in ${include_dir} are ${_what}; the plugins need TensorRT "
                         "${MASKRT_TENSORRT_MAJOR} headers (IPluginV3). Set TensorRT_ROOT to a TensorRT "
                         "${MASKRT_TENSORRT_MAJOR}.x installation (the library also loads into TensorRT-RTX)")
-  elseif(_major GREATER MASKRT_TENSORRT_MAJOR)
-    message(WARNING "maskrt: the TensorRT headers in ${include_dir} are ${_what}; maskrt is written and tested "
-                    "against TensorRT ${MASKRT_TENSORRT_MAJOR} (${MASKRT_TENSORRT_HEADERS_VERSION}): building anyway")
+  elseif(_major GREATER MASKRT_TENSORRT_NEWEST_MAJOR)
+    message(WARNING "maskrt: the TensorRT headers in ${include_dir} are ${_what}; maskrt is compiled against "
+                    "TensorRT ${MASKRT_TENSORRT_MAJOR} and ${MASKRT_TENSORRT_NEWEST_MAJOR}: building anyway")
   endif()
   message(STATUS "maskrt: ${_what} headers in ${include_dir}")
   set(${out_var} "${_version}" PARENT_SCOPE)

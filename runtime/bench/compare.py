@@ -8,8 +8,9 @@ For one checkpoint, on one machine with the same threads everywhere, each candid
   heads return, paste after);
 - `torchvision_onnx`: torchvision's own ONNX export (``torch.onnx.export`` of the same model) on ONNX Runtime; its
   graph resizes, normalises and pastes itself, so its network time is the whole graph;
-- `portable`, `trt`, `portable_int8`: model.onnx fp32, model.trt.onnx fp32 (the plugin ops on their host build) and
-  model.int8.onnx (`maskrt quantize`) through the Predictor: pre-process, network, paste (runtime/bench/run.py);
+- `portable`, `trt`, `portable_int8`, `trt_int8`: model.onnx fp32, model.trt.onnx fp32 (the plugin ops on their host
+  build), model.int8.onnx and model.trt.int8.onnx (`maskrt quantize`) through the Predictor: pre-process, network,
+  paste (runtime/bench/run.py);
 - `openvino_f32`, `openvino_bf16`, `openvino_int8`: model.onnx in f32 and in bf16 (where the CPU has native bf16)
   and model.int8.onnx, each on OpenVINO's CPU plugin through the same Predictor (runtime/backends/openvino_runtime.py);
 - the network parts alone (fp32, ONNX Runtime): backbone+FPN on the first image's padded batch, the RPN head on its
@@ -67,6 +68,7 @@ CANDIDATES = {
     "portable": "maskrt model.onnx fp32",
     "trt": "maskrt model.trt.onnx fp32 (host plugins)",
     "portable_int8": "maskrt model.int8.onnx INT8",
+    "trt_int8": "maskrt model.trt.int8.onnx INT8 (TensorRT's Q/DQ, host plugins)",
     "openvino_f32": "OpenVINO, maskrt model.onnx, f32",
     "openvino_bf16": "OpenVINO, maskrt model.onnx, bf16",
     "openvino_int8": "OpenVINO, maskrt model.int8.onnx INT8",
@@ -319,6 +321,8 @@ def _compare(req: _Request) -> dict[str, Any]:
     graphs = {"portable": export_dir, "trt": export_dir}
     if int8_dir is not None:
         graphs["portable_int8"] = int8_dir
+        if "trt_int8" in ExportInfo.read(int8_dir).graphs:
+            graphs["trt_int8"] = int8_dir
     predictors: dict[str, Predictor] = {}
     try:
         for g, d in graphs.items():

@@ -10,9 +10,10 @@ the output layers (box predictor: class scores and box deltas; mask predictor), 
 sigmoid/softmax, NMS, RoIAlign and its level mapping, clipping - because only the networks' nodes (by their module
 path) are quantized. Before calibration, initializers that torch.onnx shares through Identity nodes are given to each
 consumer (`inline_shared_constants`), so that ONNX Runtime fuses every quantized convolution into an int8 kernel.
-The result is a new export folder: the input folder's graphs plus model.int8.onnx (graph `portable_int8`) and the
-calibration record in export.json. Whether it ships is `maskrt parity --graph portable_int8`'s call (INT8 gate:
-|dAP| <= 1.0).
+The result is a new export folder: the input folder's graphs plus model.int8.onnx (graph `portable_int8`), the
+TensorRT graph quantized for TensorRT from the same ranges (model.trt.int8.onnx, graph `trt_int8`: symmetric int8,
+runtime/quantize/tensorrt_qdq.py) and the calibration record in export.json. Whether they ship is `maskrt parity
+--graph portable_int8`'s and `--graph trt_int8`'s call (INT8 gate: |dAP| <= 1.0).
 """
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
               "quantized_ops": list(QUANTIZED_OPS), "networks": list(NETWORKS),
               "format": "QDQ, int8 weights per channel, uint8 activations per tensor"}
     with staged_dir(out) as staging:
-        for graph in info.graphs.values():  # the export's graphs (engines and other files stay behind)
-            shutil.copy2(Path(export_dir) / graph.file, staging / graph.file)
+        for name, graph in info.graphs.items():  # the export's graphs (engines and other files stay behind)
+            if name not in ("portable_int8", "trt_int8"):  # an earlier quantization's, replaced by this one
+                shutil.copy2(Path(export_dir) / graph.file, staging / graph.file)
         target = staging / GRAPHS["portable_int8"].file
         prepared = staging / "model.fp32-for-int8.onnx"
         model = onnx.load(str(source))
@@ -170,6 +172,11 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
         def write_info() -> ExportInfo:
             graphs = {**info.graphs, "portable_int8": GraphFile(target.name, sha256(target),
                                                                 check_graph(target, "portable"))}
+            trt_int8 = staging / GRAPHS["trt_int8"].file
+            if "trt_int8" in record:
+                graphs["trt_int8"] = GraphFile(trt_int8.name, sha256(trt_int8), check_graph(trt_int8, "trt"))
+            else:
+                graphs.pop("trt_int8", None)  # an earlier run's, calibrated otherwise: not copied, not recorded
             result = replace(info, graphs=graphs, quantization=dict(record))
             result.write(staging)
             return result
@@ -182,15 +189,67 @@ def quantize_export(export_dir: str | Path, calibration: str | Path, out: str | 
                                       max_excluded=max_excluded or DEFAULT_MAX_EXCLUDED_NODES)
                 record["accuracy_control"] = control_accuracy(StagedInt8(staging, nodes, requantize, write_info),
                                                               goal, progress=progress)
+            if "trt" in info.graphs:  # the TensorRT graph too, with the same ranges and the same nodes kept in fp32
+                excluded = record.get("accuracy_control", {}).get("excluded_nodes", [])
+                record["trt_int8"] = _quantize_trt(staging, prepared, method, excluded)
         finally:
             prepared.unlink(missing_ok=True)
+            _ranges(prepared).unlink(missing_ok=True)
         result = write_info()
     return result
 
 
+def _ranges(prepared: Path) -> Path:
+    """The calibration cache of a run: the tensor ranges measured once, reused by every later quantization."""
+    return prepared.with_name(prepared.stem + ".ranges.json")
+
+
+def _quantize_trt(staging: Path, prepared: Path, method: str, excluded: list[str]) -> dict:
+    """model.trt.int8.onnx from model.trt.onnx with the ranges measured on model.onnx (runtime/quantize/
+    tensorrt_qdq.py); returns its record."""
+    from onnxruntime.quantization import QuantType
+
+    from maskrt.export.int8_graph import check_trt_int8
+    from maskrt.runtime.quantize.tensorrt_qdq import TRT_EXTRA_OPTIONS, TRT_QUANTIZED_OPS, trt_network_nodes, trt_ranges
+
+    trt = onnx.load(str(staging / GRAPHS["trt"].file))
+    inline_shared_constants(trt)
+    trt_prepared = staging / "model.trt.fp32-for-int8.onnx"
+    onnx.save(trt, str(trt_prepared))
+    ranges = _ranges(trt_prepared)
+    target = staging / GRAPHS["trt_int8"].file
+    try:
+        count = trt_ranges(_ranges(prepared), onnx.load(str(prepared)), trt, ranges)
+        nodes = trt_network_nodes(trt, NETWORKS, excluded)
+        _quantize_static(trt_prepared, target, None, method, nodes=nodes, op_types=TRT_QUANTIZED_OPS,
+                         activations=QuantType.QInt8, cache=ranges, extra_options=TRT_EXTRA_OPTIONS)
+    finally:
+        trt_prepared.unlink(missing_ok=True)
+        ranges.unlink(missing_ok=True)
+    checked = check_trt_int8(onnx.load(str(target)), target)
+    return {"file": target.name, "format": "QDQ for TensorRT: int8 activations per tensor and int8 weights per "
+            "channel, symmetric (zero points 0)", "quantized_ops": list(TRT_QUANTIZED_OPS),
+            "ranges_from": "model.onnx's calibration, tensors paired by what computes them", "ranges": count,
+            "quantized_nodes": len(nodes), "excluded_nodes": list(excluded), **checked}
+
+
 def _quantize(prepared: Path, target: Path, files: list[Path], info: ExportInfo, method: str, nodes: list[str],
               progress: bool) -> None:
-    """quantize_static of the prepared fp32 graph into `target`, quantizing `nodes` only; checked."""
+    """quantize_static of the prepared fp32 graph into model.int8.onnx (`target`), quantizing `nodes` only,
+    calibrated on `files` once per run (the ranges cached beside `prepared`); checked."""
+    from onnxruntime.quantization import QuantType
+
+    cache = _ranges(prepared)
+    reader = None if cache.is_file() else _Images(files, info, progress)
+    _quantize_static(prepared, target, reader, method, nodes=nodes, op_types=QUANTIZED_OPS,
+                     activations=QuantType.QUInt8, cache=cache)
+
+
+def _quantize_static(prepared: Path, target: Path, reader: object, method: str, *, nodes: list[str],
+                     op_types: tuple[str, ...], activations: object, cache: Path,
+                     extra_options: dict | None = None) -> None:
+    """ONNX Runtime's quantize_static in the QDQ format (int8 weights per channel), its chatter silenced; the
+    ranges come from `reader`'s calibration, saved to `cache`, or from `cache` when `reader` is None; checked."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -200,10 +259,11 @@ def _quantize(prepared: Path, target: Path, files: list[Path], info: ExportInfo,
     root.setLevel(logging.ERROR)  # the quantizer logs every bias copy and a pre-processing hint at INFO/WARNING
     try:
         with flat_histograms(), contextlib.redirect_stdout(io.StringIO()):  # its histogram step prints
-            quantize_static(str(prepared), str(target), _Images(files, info, progress),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=methods[method])
+            quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(op_types), nodes_to_quantize=nodes, per_channel=True,
+                            activation_type=activations, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], calibration_cache_path=str(cache),
+                            extra_options=extra_options)
     except MaskrtError:
         raise
     except Exception as exc:  # onnxruntime's quantizer raises its own exception types

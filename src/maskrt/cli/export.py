@@ -80,11 +80,12 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"{shapes.min[0]}:{shapes.opt[0]}:{shapes.max[0]}, size {hw} (min:opt:max); this takes a while")
     result = build_engine(args.model, args.out, builder=args.builder, precision=args.precision, shapes=shapes,
                           compute_capabilities=caps,
-                          workspace_mib=args.workspace, timing_cache=args.timing_cache, progress=not args.quiet,
-                          force=args.force)
+                          workspace_mib=args.workspace, timing_cache=args.timing_cache, tf32=args.tf32,
+                          progress=not args.quiet, force=args.force)
     engine = Path(args.out) if args.out else Path(args.model) / result.engine
-    print(f"wrote {engine} and {engine.name}.json ({result.builder} {result.builder_version}, {result.precision}, "
-          f"compute capabilities {', '.join(result.compute_capabilities)})")
+    print(f"wrote {engine} and {engine.name}.json ({result.builder} {result.builder_version}, {result.precision}"
+          f"{' with TF32' if result.tf32 else ''}, strongly typed, compute capabilities "
+          f"{', '.join(result.compute_capabilities)})")
     return 0
 
 
@@ -119,12 +120,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     exp.set_defaults(func=cmd_export, io=lambda a: ([a.out], [("checkpoint", a.checkpoint)]))
 
-    bld = add_command(sub, "build", "build model.trt.onnx of an export folder into a TensorRT / TensorRT-RTX engine")
+    bld = add_command(sub, "build", "build the TensorRT graph of an export folder (fp32, fp16 or int8) into a "
+                      "TensorRT / TensorRT-RTX engine")
     bld.add_argument("--model", required=True, help="export folder")
     bld.add_argument("--out", help="engine file (default: EXPORT/model.PRECISION.engine); ENGINE.json is written "
                      "beside it")
-    bld.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                     help="fp16 builds model.trt.fp16.onnx (export with --fp16) as a strongly typed network")
+    bld.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                     help="the graph built, as a strongly typed network: fp32 model.trt.onnx, fp16 model.trt.fp16.onnx "
+                     "(export with --fp16), int8 model.trt.int8.onnx (`maskrt quantize`)")
+    bld.add_argument("--tf32", action="store_true",
+                     help="let fp32 convolutions and matrix products use TF32 (Ampere and newer: faster, but beyond "
+                     "the fp32 parity gates; default off: fp32 means fp32)")
     bld.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"],
                      help="default: whichever is installed, tensorrt first (tensorrt-rtx builds without a GPU, for "
                      "RTX GPUs; tensorrt builds on a GPU, for that GPU)")

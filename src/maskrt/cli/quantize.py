@@ -1,4 +1,4 @@
-"""`maskrt quantize`: fp32 to INT8 (QDQ), with accuracy control."""
+"""`maskrt quantize`: fp32 to INT8 (QDQ) - ONNX Runtime's CPU graph and TensorRT's - with accuracy control."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                            data=args.data, checkpoint=args.checkpoint, split=args.split, limit=args.limit,
                            max_excluded=args.max_excluded)
     q = info.quantization
-    print(f"wrote {args.out}: model.int8.onnx (INT8 QDQ, {q['method']} calibration on {q['images']} images) beside "
-          f"a copy of {args.model}; check it with `maskrt parity --graph portable_int8 --model {args.out}`")
+    trt = "trt_int8" in info.graphs
+    print(f"wrote {args.out}: model.int8.onnx (INT8 QDQ, {q['method']} calibration on {q['images']} images)"
+          f"{' and model.trt.int8.onnx (symmetric Q/DQ for TensorRT, plugins in float)' if trt else ''} beside a "
+          f"copy of {args.model}; check {'them' if trt else 'it'} with `maskrt parity --graph portable_int8 --model "
+          f"{args.out}`{' and --graph trt_int8' if trt else ''}")
     control = q.get("accuracy_control")
     if control is None:
         return 0
@@ -44,8 +47,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """The parser of `maskrt quantize`."""
-    quant = add_command(sub, "quantize", "INT8 post-training quantization (QDQ) of an export's model.onnx, calibrated "
-                        "on images")
+    quant = add_command(sub, "quantize", "INT8 post-training quantization (QDQ) of an export, calibrated on images: "
+                        "model.int8.onnx for ONNX Runtime / OpenVINO and model.trt.int8.onnx for TensorRT")
     quant.add_argument("--model", required=True, help="export folder")
     quant.add_argument("--calibration", required=True, help="folder of calibration images (e.g. DATA/train)")
     quant.add_argument("--images", type=positive_int, default=32, help="calibration images used (default 32)")
@@ -61,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     quant.add_argument("--checkpoint", help="the export's checkpoint (default: the path export.json records)")
     quant.add_argument("--max-excluded", type=positive_int,
                        help=f"most nodes kept in fp32 (default {DEFAULT_MAX_EXCLUDED_NODES})")
-    quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx added")
+    quant.add_argument("--out", required=True, help="new export folder: a copy with model.int8.onnx (and, from "
+                       "model.trt.onnx, model.trt.int8.onnx) added")
     quant.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     quant.set_defaults(func=cmd_quantize,
                        io=lambda a: ([a.out], [("export folder", a.model), ("dataset", a.data),

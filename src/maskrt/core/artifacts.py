@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 2  # 2: dynamic height/width (input.dynamic_size, ranges)
-ENGINE_FORMAT_VERSION = 2  # 2: I/O tensors, build time, engine sha256, the export's export.json
+ENGINE_FORMAT_VERSION = 3  # 2: I/O tensors, build time, engine sha256, the export's export.json; 3: strongly
+#: typed, TF32, the INT8 graph's quantization record
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ GRAPHS: dict[str, GraphKind] = {g.name: g for g in (
     GraphKind("trt", "model.trt.onnx", "trt", "fp32", ("onnxruntime", "tensorrt"), "maskrt export"),
     GraphKind("trt_fp16", "model.trt.fp16.onnx", "trt", "fp16", ("onnxruntime", "tensorrt"), "maskrt export --fp16"),
     GraphKind("portable_int8", "model.int8.onnx", "portable", "int8", ("onnxruntime", "openvino"), "maskrt quantize"),
+    GraphKind("trt_int8", "model.trt.int8.onnx", "trt", "int8", ("onnxruntime", "tensorrt"), "maskrt quantize"),
 )}
 #: Every backend: the torch reference and those that run a graph
 BACKENDS = ("torch", *dict.fromkeys(b for g in GRAPHS.values() for b in g.backends))
@@ -424,7 +426,7 @@ class EngineInfo:
     engine_sha256: str
     builder: str  # "tensorrt" | "tensorrt-rtx"
     builder_version: str
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "fp16" | "int8"
     profiles: dict[str, Profile]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -434,9 +436,15 @@ class EngineInfo:
     build_seconds: float
     export: ExportInfo
     versions: dict[str, str] = field(default_factory=dict)
+    strongly_typed: bool = True  # the network's tensor types decide every layer's precision (TensorRT 11's only mode)
+    tf32: bool = False  # fp32 convolutions and matrix products allowed in TF32 (`maskrt build --tf32`)
+    int8: dict[str, Any] | None = None  # an INT8 engine: its graph's quantization (calibration, nodes kept in fp32)
+    network: dict[str, int] = field(default_factory=dict)  # layers by type (export/engine.py network_layers)
 
     BUILDERS = tuple(BUILDERS)
-    PRECISIONS = ("fp32", "fp16")
+    PRECISIONS = ("fp32", "fp16", "int8")
+    #: The export graph each precision builds.
+    GRAPH_OF = {"fp32": "trt", "fp16": "trt_fp16", "int8": "trt_int8"}
 
     @staticmethod
     def path_for(engine: str | Path) -> Path:
@@ -454,7 +462,8 @@ class EngineInfo:
             "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
             "onnx_sha256": self.onnx_sha256, "plugin_library_sha256": self.plugin_library_sha256,
             "compute_capabilities": list(self.compute_capabilities), "build_seconds": self.build_seconds,
-            "export": self.export.to_json(), "versions": self.versions,
+            "export": self.export.to_json(), "versions": self.versions, "strongly_typed": self.strongly_typed,
+            "tf32": self.tf32, "int8": self.int8, "network": self.network,
         }
 
     def write(self, engine: str | Path) -> Path:
@@ -492,6 +501,10 @@ class EngineInfo:
         seconds = top._get("build_seconds", lambda v: _is_number(v) and v >= 0, "a number >= 0")
         export = ExportInfo.from_json(top.obj("export").value, f"{where}: export")
         _check_profiles(profiles, export, where)
+        if (precision == "int8") != (document.get("int8") is not None):
+            raise MaskrtError(f"{where}: an int8 engine carries its graph's quantization record (int8), no other does")
+        if top.bool("tf32") and precision != "fp32":
+            raise MaskrtError(f"{where}: tf32 is an fp32 engine's option, not {precision}'s")
         return cls(
             engine=_safe_file_name(top, "engine"),
             engine_sha256=top.str("engine_sha256"),
@@ -508,6 +521,10 @@ class EngineInfo:
             build_seconds=float(seconds),
             export=export,
             versions={k: str(v) for k, v in top.raw("versions").items()},
+            strongly_typed=top.bool("strongly_typed"),
+            tf32=top.bool("tf32"),
+            int8=None if document.get("int8") is None else top.raw("int8"),
+            network={k: int(v) for k, v in top.raw("network").items()},
         )
 
     @classmethod
