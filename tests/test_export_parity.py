@@ -197,7 +197,7 @@ def test_int8_quantize_then_parity(accurate_model, accurate_export: Path, low_pr
     ops = _graph_ops(tmp_path / "int8" / "model.int8.onnx")
     assert {"QuantizeLinear", "DequantizeLinear", "RoiAlign", "NonMaxSuppression"} <= ops
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["export.json", "model.int8.onnx", "model.onnx",
-                                                                      "model.trt.onnx"]
+                                                                      "model.trt.int8.onnx", "model.trt.onnx"]
     fixture = json.loads((accurate_export / "export.json").read_text())["graphs"]["portable_int8"]
     assert info["graphs"]["portable_int8"]["sha256"] == fixture["sha256"]  # the graph gated on the whole split
 
