@@ -29,9 +29,14 @@ def slim_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     cfg = default_model_config("slim", 3, min_size=96, max_size=160)
     ckpt = tmp_path_factory.mktemp("slim") / "slim.pt"
-    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    _save_random(ckpt, cfg)
     return ckpt
+
+
+def _save_random(path: Path, cfg: dict) -> None:
+    """A checkpoint of `cfg`'s random-init model (seed as set by the caller) with three classes."""
+    save_checkpoint(path, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
+                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
 
 
 def _parse(path: Path):  # noqa: ANN202
@@ -152,8 +157,7 @@ def test_r50_fpn_fp16_engine_at_800(tmp_path: Path, plugin_library: Path) -> Non
     torch.manual_seed(0)
     cfg = default_model_config("r50-fpn", 3, min_size=800, max_size=800)
     ckpt = tmp_path / "r50.pt"
-    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    _save_random(ckpt, cfg)
     export_checkpoint(ckpt, tmp_path / "export", height=800, width=800, fp16=True)
     info = build_engine(tmp_path / "export", builder="tensorrt-rtx", precision="fp16", compute_capabilities=("8.9",))
     assert info.precision == "fp16" and info.profiles["images"].min == info.profiles["images"].max == (1, 3, 800, 800)
@@ -170,8 +174,7 @@ def test_new_configs_build_engines(name: str, mask_side: int, tmp_path: Path, pl
     small = {"min_size": 160, "max_size": 160} if name == "mobilenet-fpn" else {}
     cfg = default_model_config(name, 3, **small)
     ckpt = tmp_path / f"{name}.pt"
-    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    _save_random(ckpt, cfg)
     export = tmp_path / "export"
     export_checkpoint(ckpt, export, max_detections=50)
     network = _parse(export / "model.trt.onnx")
@@ -247,8 +250,7 @@ def test_r50_fpn_int8_engine(tmp_path: Path, plugin_library: Path) -> None:
     torch.manual_seed(0)
     cfg = default_model_config("r50-fpn", 3, min_size=320, max_size=320)
     ckpt = tmp_path / "r50.pt"
-    save_checkpoint(ckpt, make_checkpoint(model_config=cfg, state_dict=build_model(cfg).state_dict(),
-                                          classes=[{"id": i, "name": str(i)} for i in (1, 2, 3)]))
+    _save_random(ckpt, cfg)
     export = _quantized(ckpt, tmp_path, height=320, width=320)
     info = build_engine(export, builder="tensorrt-rtx", precision="int8", compute_capabilities=("8.9",))
     _check_int8_engine(export, info)
