@@ -1,11 +1,12 @@
 # maskrt: the two commands a newcomer runs are `make demo` and `make test`.
 # Both create .venv on first use and install the project into it (editable). The install builds the plugin
-# libraries with CMake (plugins/CMakeLists.txt; build tree in build/); it runs again when a C++/CUDA source changes.
+# libraries and the C++ runtime with CMake (CMakeLists.txt; build tree in build/); it runs again when a C++/CUDA source
+# changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PLUGIN_SOURCES := $(shell find plugins -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name 'CMakeLists.txt' -o -name '*.cmake')
+NATIVE_SOURCES := CMakeLists.txt $(shell find plugins runtime/cpp -name '*.h' -o -name '*.hpp' -o -name '*.cpp' -o -name '*.cu' -o -name 'CMakeLists.txt' -o -name '*.cmake')
 
 # `maskrt serve` runs in its own venv: PyTriton pins numpy < 2, and its Triton python backend needs a Python built with
 # a shared libpython (Debian's own python3.11 is; the pyenv one first on PATH is not).
@@ -19,13 +20,13 @@ PYTEST_PARALLEL ?= -n auto
 
 .PHONY: demo test test-fast lint plugin wheel clean serve-env
 
-$(STAMP): pyproject.toml $(PLUGIN_SOURCES)
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test,openvino]'
 	@touch $(STAMP)
 
 # After $(STAMP): both editable installs build the plugins in build/, one at a time.
-$(SERVE_STAMP): pyproject.toml $(PLUGIN_SOURCES) $(STAMP)
+$(SERVE_STAMP): pyproject.toml $(NATIVE_SOURCES) $(STAMP)
 	@test -x $(SERVE_PYTHON) || { echo "error: $(SERVE_PYTHON) not found: set SERVE_PYTHON to a Python >= 3.11 with a shared libpython"; exit 2; }
 	@test -x $(SERVE_VENV)/bin/python || $(SERVE_PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve,openvino]'

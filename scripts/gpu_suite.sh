@@ -8,8 +8,9 @@
 #      the CPU; then a 1-process torchrun on the GPU (nccl)
 #   4. where full TensorRT is importable: a seeded slim model is exported (fp32 + fp16 graphs) and quantized
 #      (model.trt.int8.onnx), built into fp32, fp16 and int8 engines (strongly typed, TF32 off), gated with `maskrt
-#      parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16, <= 1.0 int8) and timed with `maskrt bench`;
-#      otherwise the step says why it is skipped.
+#      parity --backend tensorrt` (|dAP| <= 0.1 fp32, <= 0.3 fp16, <= 1.0 int8) and timed with `maskrt bench`, and
+#      each engine run by the C++ runtime (maskrt-infer --backend tensorrt) is held to the Python runtime (`maskrt
+#      parity --runtime cpp`); otherwise the step says why it is skipped.
 # Usage:
 #   bash scripts/gpu_suite.sh                       # in a checkout whose .venv has maskrt installed (make)
 #   PYTHON=python3 bash scripts/gpu_suite.sh dist/maskrt-*.whl
@@ -101,6 +102,13 @@ step "torchrun, 1 process, nccl" "$PY" -m torch.distributed.run --standalone --n
 
 if "$PY" -c "import tensorrt" 2>/dev/null; then
   WORK=$(mktemp -d)
+  # The C++ runtime (maskrt-infer) runs each engine too, held to the Python runtime; its binary links OpenVINO's
+  # library (the openvino wheel), which a bare GPU machine may lack.
+  INFER_SKIP=""
+  INFER=$("$PY" -c "from maskrt.runtime.native import infer_binary; print(infer_binary())" 2>&1) || INFER_SKIP="$INFER"
+  if [ -z "$INFER_SKIP" ] && ! "$INFER" --help >/dev/null 2>&1; then
+    INFER_SKIP="maskrt-infer does not start here (its OpenVINO library: pip install openvino==2026.4.1)"
+  fi
   step "shapes data" $M data shapes --out "$WORK/data" --train 8 --val 16 --size 128 -q
   step "seeded slim checkpoint" "$PY" - "$WORK/slim.pt" <<'EOF'
 import sys, torch
@@ -122,6 +130,12 @@ EOF
       --backend tensorrt --data "$WORK/data" --score-floor 0.05 --out "$WORK/parity_$precision" -q
     step "bench tensorrt $precision" $M bench run --model "$model/model.$precision.engine" --backend tensorrt \
       --iters 50 --json "$WORK/bench_$precision.json" -q
+    if [ -n "$INFER_SKIP" ]; then
+      skip "C++ runtime tensorrt $precision" "$INFER_SKIP"
+    else
+      step "C++ runtime tensorrt $precision" $M parity --runtime cpp --backend tensorrt \
+        --model "$model/model.$precision.engine" --data "$WORK/data" --min-detections 10 --out "$WORK/cpp_$precision" -q
+    fi
   done
 else
   skip "TensorRT engines" "no full TensorRT (import tensorrt) on this machine; TensorRT-RTX engines run only on RTX-class GPUs"

@@ -120,7 +120,7 @@ def _tree_status() -> list[str]:
 @pytest.mark.slow
 def test_wheel_holds_one_namespace_and_both_libraries_and_leaves_the_tree_clean(tmp_path: Path) -> None:
     """`pip wheel .` (what a non-editable `pip install .` builds): the stage folders inside maskrt/, the libraries
-    in maskrt/plugins/lib, no C++ sources, no generic top-level package, and nothing written into the checkout."""
+    in maskrt/plugins/lib, the C++ runtime in maskrt/runtime/cpp, no C++ sources, no generic top-level package, and nothing written into the checkout."""
     if not nvcc_available():
         pytest.skip("no nvcc: the wheel would hold only the host library")
     before = _tree_status()
@@ -136,9 +136,13 @@ def test_wheel_holds_one_namespace_and_both_libraries_and_leaves_the_tree_clean(
     assert top == {"maskrt"}, top
     for module in ("core/artifacts.py", "training/trainer.py", "export/deploy.py", "runtime/predictor.py",
                    "plugins/roi_align/spec.py", "plugins/lib/libmaskrt_plugins.so", "plugins/lib/libmaskrt_host.so",
-                   "plugins/lib/build-info.json", "cli/__init__.py", "cli/serve.py"):
+                   "plugins/lib/build-info.json", "cli/__init__.py", "cli/serve.py",
+                   # the C++ runtime (runtime/cpp): the CLI, the library, its one public header, what the build holds
+                   "runtime/cpp/bin/maskrt-infer", "runtime/cpp/lib/libmaskrt_runtime.so",
+                   "runtime/cpp/include/maskrt/runtime.hpp", "runtime/cpp/build-info.json"):
         assert f"maskrt/{module}" in names, module
     assert not [n for n in names if n.endswith((".cpp", ".cu", ".h", "CMakeLists.txt"))]
+    assert [n for n in names if n.endswith(".hpp")] == ["maskrt/runtime/cpp/include/maskrt/runtime.hpp"]
 
 
 def test_library_path_names_the_build_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ For one checkpoint, on one machine with the same threads everywhere, each candid
   paste (runtime/bench/run.py);
 - `openvino_f32`, `openvino_bf16`, `openvino_int8`: model.onnx in f32 and in bf16 (where the CPU has native bf16)
   and model.int8.onnx, each on OpenVINO's CPU plugin through the same Predictor (runtime/backends/openvino_runtime.py);
+- `cpp_openvino_f32`: the C++ runtime (maskrt-infer, runtime/cpp) on model.onnx, OpenVINO f32, same threads: its
+  Predictor::predict per image, from the decoded image to the pasted masks (runtime/bench/rows.py);
 - the network parts alone (fp32, ONNX Runtime): backbone+FPN on the first image's padded batch, the RPN head on its
   features, the box head on its post-NMS proposals and the mask head on its detections (eager's count), each
   exported on its own. Their sum is the work no deployment of this model avoids.
@@ -55,6 +57,7 @@ from maskrt.core.outputs import check_apart, check_output_dir
 from maskrt.export.deploy import DeployMaskRCNN
 from maskrt.export.onnx_export import export_checkpoint
 from maskrt.runtime.backends.ort_session import session_options
+from maskrt.runtime.bench.rows import NATIVE_LABEL, NATIVE_ROW, native_row, openvino_candidates
 from maskrt.runtime.bench.run import STAGES, backend_versions, machine, percentiles, synthetic_images, timed_predict
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import to_tensor
@@ -70,6 +73,7 @@ CANDIDATES = {
     "portable_int8": "maskrt model.int8.onnx INT8",
     "trt_int8": "maskrt model.trt.int8.onnx INT8 (TensorRT's Q/DQ, host plugins)",
     "openvino_f32": "OpenVINO, maskrt model.onnx, f32",
+    NATIVE_ROW: NATIVE_LABEL,
     "openvino_bf16": "OpenVINO, maskrt model.onnx, bf16",
     "openvino_int8": "OpenVINO, maskrt model.int8.onnx INT8",
 }
@@ -324,15 +328,20 @@ def _compare(req: _Request) -> dict[str, Any]:
         if "trt_int8" in ExportInfo.read(int8_dir).graphs:
             graphs["trt_int8"] = int8_dir
     predictors: dict[str, Predictor] = {}
+    native = native_row(export_dir, work, threads) if "openvino_f32" in (ov := openvino_candidates(export_dir,
+                                                                                                   int8_dir)) else None
     try:
         for g, d in graphs.items():
             predictors[g] = Predictor.from_export(d, graph=g, threads=threads, spinning=False)
-        for name, (d, g, p) in _openvino_candidates(export_dir, int8_dir).items():
+        for name, (d, g, p) in ov.items():
             predictors[name] = Predictor.from_export(d, backend="openvino", graph=g, threads=threads, precision=p)
-        return _timed(req, export_dir, steps, model, runners, predictors)
-    finally:  # sessions and compiled models released here, not whenever the garbage collector gets to them
+        return _timed(req, export_dir, steps, model, {**runners, **({NATIVE_ROW: native} if native else {})},
+                      predictors)
+    finally:  # sessions, models and maskrt-infer released here, not whenever the garbage collector gets to them
         for predictor in predictors.values():
             predictor.close()
+        if native is not None:
+            native.close()
 
 
 def _timed(req: _Request, export_dir: Path, steps: _Steps, model: nn.Module,
@@ -362,24 +371,6 @@ def _timed(req: _Request, export_dir: Path, steps: _Steps, model: nn.Module,
             if name in runners:
                 counts[name][index] = out[1]
     return _record(req, export_dir, predictors["portable"], times, counts, steps.seconds)
-
-
-def _openvino_candidates(export_dir: Path, int8_dir: Path | None) -> dict[str, tuple[Path, str, str]]:
-    """The OpenVINO rows (name -> export folder, graph, precision): f32, bf16 where the CPU has it, INT8 where the
-    export has model.int8.onnx; none (with a warning) where OpenVINO is not installed."""
-    try:
-        from maskrt.runtime.backends.openvino_runtime import cpu_supports_bf16, openvino_module
-
-        openvino_module()
-    except MaskrtError as exc:
-        warnings.warn(f"no OpenVINO rows: {exc}", stacklevel=2)
-        return {}
-    rows = {"openvino_f32": (export_dir, "portable", "f32")}
-    if cpu_supports_bf16():
-        rows["openvino_bf16"] = (export_dir, "portable", "bf16")
-    if int8_dir is not None:
-        rows["openvino_int8"] = (int8_dir, "portable_int8", "f32")
-    return rows
 
 
 def _record(req: _Request, export_dir: Path, predictor: Predictor, times: dict[str, dict[str, list[float]]],
@@ -421,6 +412,10 @@ def _record(req: _Request, export_dir: Path, predictor: Predictor, times: dict[s
     }
 
 
+def _cell(stages: dict[str, Any], stage: str, absent: str = "in graph") -> str:
+    return f"{stages[stage]['p50_ms']:.1f}" if stage in stages else absent
+
+
 def format_compare(result: dict[str, Any]) -> str:
     """The record as markdown: the candidates with their stages and ratios, then the network parts."""
     sizes = ", ".join(f"{w}x{h}" for h, w in result["image_sizes"])
@@ -438,9 +433,8 @@ def format_compare(result: dict[str, Any]) -> str:
     ]
     for c in result["candidates"].values():
         s = c["stages"]
-        paste = f"{s['paste']['p50_ms']:.1f}" if "paste" in s else "in graph"
         lines.append(f"| {c['label']} | {s['end_to_end']['p50_ms']:.1f} | {s['end_to_end']['p90_ms']:.1f} "
-                     f"| {s['preprocess']['p50_ms']:.1f} | {s['network']['p50_ms']:.1f} | {paste} "
+                     f"| {_cell(s, 'preprocess', 'in C++')} | {_cell(s, 'network', 'in C++')} | {_cell(s, 'paste')} "
                      f"| {c['detections']['mean']:g} | {c['x_eager']:.2f}x | {c['x_torchvision_onnx']:.2f}x "
                      f"| {c['end_to_end_over_parts']:.2f}x |")
     lines += ["", "| network part alone (fp32, ONNX Runtime) | p50 ms | p90 ms |", "|---|---:|---:|"]

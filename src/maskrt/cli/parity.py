@@ -17,15 +17,46 @@ from maskrt.cli.options import (
 )
 from maskrt.core.defaults import DEFAULT_LAYER_IMAGES, DEFAULT_SCORE_FLOOR
 from maskrt.core.errors import MaskrtError
-from maskrt.core.outputs import check_output_dir
+from maskrt.core.outputs import check_output_dir, staged_dir
 from maskrt.runtime.parity.bootstrap import DEFAULT_RESAMPLES
 from maskrt.runtime.parity.gates import DEFAULT_MIN_DETECTIONS, DEFAULT_MIN_SCORE_PAIRS
+
+
+def _parity_of_runtimes(args: argparse.Namespace) -> int:
+    """`maskrt parity --runtime cpp`: maskrt-infer against the Python runtime (runtime/parity/runtimes.py)."""
+    from maskrt.core.images import image_folder
+    from maskrt.runtime.parity.runtimes import RuntimeRequest, compare_runtimes, summary_line
+    from maskrt.training.coco import is_coco_dataset, split_paths
+
+    if args.checkpoint is not None or args.layers:
+        raise MaskrtError("--runtime cpp compares the C++ runtime with the Python one on the same model: drop "
+                          "--checkpoint and --layers (the Python runtime itself is held to the torch reference by "
+                          "`maskrt parity --runtime python`)")
+    backend = args.backend or "openvino"
+    if backend not in ("openvino", "tensorrt"):
+        raise MaskrtError(f"--runtime cpp runs --backend openvino or tensorrt, not {backend}")
+    out = check_output_dir(args.out, force=args.force)
+    folder = split_paths(args.data, args.split)[0] if is_coco_dataset(args.data) else args.data
+    images = image_folder(folder)[: args.limit]
+    request = RuntimeRequest(Path(args.model), images, backend=backend, graph=args.graph,
+                             precision=args.precision or "f32", threads=args.threads,
+                             min_pairs=args.min_detections)
+    with staged_dir(out) as staging:
+        report = compare_runtimes(request, staging, progress=not args.quiet)
+    print(summary_line(report))
+    print(f"wrote {out / 'report.json'} and report.md")
+    return report["exit_code"]
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from maskrt.runtime.parity.compare import Candidate, Gates, candidate_precision, run_parity, summary_line
     from maskrt.runtime.predictor import openvino_precision
 
+    if args.runtime == "cpp":
+        return _parity_of_runtimes(args)
+    if args.checkpoint is None:
+        raise MaskrtError("--checkpoint is required: the reference checkpoint the deployed model is held to")
+    args.backend = args.backend or "onnxruntime"
     if args.layers_images is not None and not args.layers:
         raise MaskrtError("--layers-images sets how many images --layers compares: add --layers (or drop it)")
     check_output_dir(args.out, force=args.force)
@@ -61,9 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     par = add_command(sub, "parity", "compare a deployed graph with the torch reference; exit 0 passed, 1 a gate "
                       "failed, 3 inconclusive (too few reference detections compared, a dAP interval straddling its "
                       "limit), 2 bad input")
-    par.add_argument("--checkpoint", required=True, help="the reference checkpoint")
+    par.add_argument("--checkpoint", help="the reference checkpoint (required, but for --runtime cpp)")
     par.add_argument("--model", required=True, help="export folder (an engine file for --backend tensorrt)")
-    par.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
+    par.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"],
+                     help="the candidate's backend (default onnxruntime; openvino with --runtime cpp)")
+    par.add_argument("--runtime", default="python", choices=["python", "cpp"],
+                     help="python: hold the model, run by the Python runtime, to the torch reference (default); cpp: "
+                     "hold the C++ runtime (maskrt-infer) to the Python runtime on the same model and images - the "
+                     "same detections, scores within 1e-4, boxes within 0.01 px, mask IoU >= 0.99, both ways")
     par.add_argument("--graph", default="portable", choices=list(GRAPHS))
     add_precision(par)
     par.add_argument("--reference", default="plain", choices=["plain", "canvas"],
