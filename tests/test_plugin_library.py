@@ -120,7 +120,8 @@ def _tree_status() -> list[str]:
 @pytest.mark.slow
 def test_wheel_holds_one_namespace_and_both_libraries_and_leaves_the_tree_clean(tmp_path: Path) -> None:
     """`pip wheel .` (what a non-editable `pip install .` builds): the stage folders inside maskrt/, the libraries
-    in maskrt/plugins/lib, the C++ runtime in maskrt/runtime/cpp, no C++ sources, no generic top-level package, and nothing written into the checkout."""
+    in maskrt/plugins/lib, the C++ runtime in maskrt/runtime/cpp, no C++ sources, no generic top-level package, and
+    nothing written into the checkout."""
     if not nvcc_available():
         pytest.skip("no nvcc: the wheel would hold only the host library")
     before = _tree_status()

@@ -434,7 +434,8 @@ def format_compare(result: dict[str, Any]) -> str:
     for c in result["candidates"].values():
         s = c["stages"]
         lines.append(f"| {c['label']} | {s['end_to_end']['p50_ms']:.1f} | {s['end_to_end']['p90_ms']:.1f} "
-                     f"| {_cell(s, 'preprocess', 'in C++')} | {_cell(s, 'network', 'in C++')} | {_cell(s, 'paste')} "
+                     f"| {_cell(s, 'preprocess', 'in C++')} | {_cell(s, 'network', 'in C++')} "
+                     f"| {_cell(s, 'paste', 'in graph' if 'network' in s else 'in C++')} "
                      f"| {c['detections']['mean']:g} | {c['x_eager']:.2f}x | {c['x_torchvision_onnx']:.2f}x "
                      f"| {c['end_to_end_over_parts']:.2f}x |")
     lines += ["", "| network part alone (fp32, ONNX Runtime) | p50 ms | p90 ms |", "|---|---:|---:|"]

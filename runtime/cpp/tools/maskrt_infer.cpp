@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iomanip>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -332,8 +333,9 @@ int run(const Args& a) {
     if (fs::exists(out)) fs::remove_all(out);
     fs::rename(staging, out);
     std::cout << "wrote " << results.size() << " detections for " << files.size() << " image(s) to "
-              << (fs::path(a.out) / "results.json").string() << " (" << predictor.describe() << ", "
-              << (files.empty() ? 0.0 : 1000.0 * seconds / files.size()) << " ms per image end to end)\n";
+              << (fs::path(a.out) / "results.json").string() << " (" << predictor.describe() << ", " << std::fixed
+              << std::setprecision(1) << (files.empty() ? 0.0 : 1000.0 * seconds / files.size())
+              << " ms per image with decoding)\n";
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(staging, ignored);
