@@ -25,11 +25,12 @@ $(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	$(BIN)/pip install --quiet -e '.[test,openvino]'
 	@touch $(STAMP)
 
-# After $(STAMP): both editable installs build the plugins in build/, one at a time.
+# After $(STAMP): both editable installs build the plugins in build/, one at a time (the serving venv without the C++
+# runtime, which it does not use).
 $(SERVE_STAMP): pyproject.toml $(NATIVE_SOURCES) $(STAMP)
 	@test -x $(SERVE_PYTHON) || { echo "error: $(SERVE_PYTHON) not found: set SERVE_PYTHON to a Python >= 3.11 with a shared libpython"; exit 2; }
 	@test -x $(SERVE_VENV)/bin/python || $(SERVE_PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve,openvino]'
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve,openvino]' --config-settings=cmake.define.MASKRT_BUILD_CPP_RUNTIME=OFF
 	@touch $@
 
 serve-env: $(SERVE_STAMP)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_checkpoint
 from PIL import Image
 
 from maskrt.core.machine import machine_line
@@ -48,6 +49,16 @@ def export(accurate_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  #
     root = tmp_path_factory.mktemp("cpp_export")
     export_checkpoint(accurate_model.checkpoint, root / "fp")
     quantize_export(root / "fp", accurate_model.data / "train", root / "export", images=16, progress=False)
+    return root / "export"
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random slim model's export (model.onnx, model.trt.onnx): what the bad-input checks run on."""
+    from maskrt.export.onnx_export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("cpp_small")
+    export_checkpoint(random_checkpoint(root / "slim.pt"), root / "export")
     return root / "export"
 
 
@@ -119,6 +130,7 @@ def test_the_build_holds_the_runtime_and_its_tensorrt_backend() -> None:
     assert _infer("--help").returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph,precision", [("portable", "f32"), ("portable_int8", "f32"), ("portable", "bf16")])
 def test_cpp_equals_python_on_the_fixture(export: Path, val_images: Path, tmp_path: Path, graph: str,
                                           precision: str) -> None:
@@ -137,6 +149,7 @@ def test_cpp_equals_python_on_the_fixture(export: Path, val_images: Path, tmp_pa
     assert report["empty_mask_pairs"] < report["pairs"] / 10  # the IoUs compare real masks
 
 
+@pytest.mark.slow
 def test_cpp_equals_python_on_photographs(export: Path, photos: Path, tmp_path: Path) -> None:
     report = _parity(export, photos, tmp_path / "p", "--min-detections", "20")
     assert report["verdict"] == "passed", report["reasons"]
@@ -164,6 +177,7 @@ def faulty_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "maskrt-infer"
 
 
+@pytest.mark.slow
 def test_a_preprocessing_fault_fails_runtime_parity(export: Path, val_images: Path, faulty_binary: Path,
                                                     tmp_path: Path) -> None:
     report = _parity(export, val_images, tmp_path / "p", binary=faulty_binary)
@@ -181,8 +195,10 @@ def _assert_refused(done: subprocess.CompletedProcess, out: Path, words: str) ->
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]  # no staging left behind
 
 
-def test_bad_input_is_one_line_exit_2_nothing_written(export: Path, val_images: Path, tmp_path: Path) -> None:
-    image = sorted(val_images.iterdir())[0]
+def test_bad_input_is_one_line_exit_2_nothing_written(small_export: Path, tmp_path: Path) -> None:
+    export = small_export
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "out"
     tampered = tmp_path / "tampered"
     shutil.copytree(export, tampered)
@@ -223,7 +239,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(export: Path, val_images: 
     assert sorted(p.name for p in export.iterdir()) == before
 
 
-def test_a_tampered_engine_is_refused_before_tensorrt_loads(export: Path, tmp_path: Path) -> None:
+def test_a_tampered_engine_is_refused_before_tensorrt_loads(small_export: Path, tmp_path: Path) -> None:
     """The TensorRT backend's checks that run without a GPU: ENGINE.json's sha256 of the engine file."""
     if not build_info().get("tensorrt"):
         pytest.skip(f"this build has no TensorRT backend: {build_info().get('tensorrt_skipped_because')}")
@@ -232,7 +248,7 @@ def test_a_tampered_engine_is_refused_before_tensorrt_loads(export: Path, tmp_pa
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
     meta = {"format_version": 3, "engine_sha256": "0" * 64, "builder": "tensorrt", "builder_version": "10.14.1",
-            "export": ExportInfo.read(export).to_json()}
+            "export": ExportInfo.read(small_export).to_json()}
     (tmp_path / "model.engine.json").write_text(json.dumps(meta))
     out = tmp_path / "out"
     image = tmp_path / "x.png"

@@ -1,10 +1,11 @@
 """Parity against plain torchvision on real photographs at odd sizes and modes (issue 11).
 
 A torchvision Mask R-CNN R50-FPN state_dict (seeded random init, 3 classes) is written by the test, imported with
-`maskrt import` and exported with dynamic height/width. The photographs are the ones scikit-image ships
-(skimage/data): a 451x300 RGB PNG, a 640x427 JPEG, a 512x512 grayscale PNG, a 500x500 RGBA PNG and a portrait JPEG
-made from a 600x400 photograph rotated by 90 degrees. The reference is plain `model([image])` (and `model([a, b])`
-for a mixed batch); the matching below is the test's own, not maskrt's parity code.
+`maskrt import`, given a smaller resize than COCO's (MIN_SIZE, MAX_SIZE) and exported with dynamic height/width. The
+photographs are the ones scikit-image ships (skimage/data): a 451x300 RGB PNG, a 640x427 JPEG, a 512x512 grayscale
+PNG, a 500x500 RGBA PNG and a portrait JPEG made from a 600x400 photograph rotated by 90 degrees. The reference is
+plain `model([image])` (and `model([a, b])` for a mixed batch); the matching below is the test's own, not maskrt's
+parity code.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from maskrt.core.images import load_rgb
 from maskrt.export.onnx_export import FORBIDDEN_IN_TRT
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import to_tensor
+from maskrt.training.checkpoint import load_checkpoint, save_checkpoint
 
 CLI = [sys.executable, "-m", "maskrt.cli"]
 SKIMAGE_PHOTOS = {"chelsea.png": ("RGB", (451, 300)), "rocket.jpg": ("RGB", (640, 427)),
                   "camera.png": ("L", (512, 512)), "logo.png": ("RGBA", (500, 500))}
 SCORE_FLOOR, MATCH_IOU = 0.1, 0.9
+MIN_SIZE, MAX_SIZE = 480, 800  # the r50-fpn model's resize (torchvision's defaults are 800, 1333)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +61,21 @@ def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
     torch.save(model.state_dict(), root / "maskrcnn_r50_fpn.pth")
     (root / "classes.txt").write_text("cat\nrocket\nperson\n")
-    for cmd in (["import", "--weights", str(root / "maskrcnn_r50_fpn.pth"), "--classes", str(root / "classes.txt"),
-                 "--out", str(root / "r50.pt")],
-                ["export", "--checkpoint", str(root / "r50.pt"), "--out", str(root / "export"), "--dynamic-batch"]):
-        proc = subprocess.run([*CLI, *cmd, "-q"], capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([*CLI, "import", "--weights", str(root / "maskrcnn_r50_fpn.pth"), "--classes",
+                           str(root / "classes.txt"), "--out", str(root / "r50.pt"), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # torchvision's resize rule at a smaller scale than COCO's 800/1333 (a third of the pixels, the same code paths:
+    # the photographs are still resized up and down to odd sizes); the plain model is built with the same sizes
+    ckpt = load_checkpoint(root / "r50.pt")
+    ckpt["model_config"].update(min_size=MIN_SIZE, max_size=MAX_SIZE)
+    save_checkpoint(root / "r50.pt", ckpt)
+    proc = subprocess.run([*CLI, "export", "--checkpoint", str(root / "r50.pt"), "--out", str(root / "export"),
+                           "--dynamic-batch", "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((root / "export" / "export.json").read_text())["input"]
-    assert info["dynamic_size"] and info["height_range"] == [32, 1344] and info["width_range"] == [32, 1344]
+    side = -(-MAX_SIZE // 32) * 32
+    assert info["dynamic_size"] and info["height_range"] == [32, side] and info["width_range"] == [32, side]
     for name in ("model.onnx", "model.trt.onnx"):  # full shape inference passes with symbolic height/width
         onnx.checker.check_model(onnx.load(str(root / "export" / name)), full_check=True)
     return root / "r50.pt", root / "export"
@@ -72,7 +83,8 @@ def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _plain_model(checkpoint: Path) -> torch.nn.Module:
     """The imported weights in a model built by torchvision itself (not by maskrt)."""
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4).eval()
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4, min_size=MIN_SIZE,
+                                  max_size=MAX_SIZE).eval()
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
     return model
 
@@ -171,7 +183,7 @@ def test_parity_gate_passes_on_the_photographs(parity_reports: dict[str, Path], 
 @pytest.mark.slow
 def test_r50_trt_graph_builds_a_dynamic_size_engine(r50: tuple[Path, Path], plugin_library: Path) -> None:
     """The dynamic-size r50-fpn model.trt.onnx holds no op TensorRT-RTX cannot build and builds with an H/W
-    optimization profile (32..1344 per side, optimum 800x1344) on this GPU-less machine."""
+    optimization profile (32..MAX_SIZE per side, optimum MIN_SIZE x MAX_SIZE) on this GPU-less machine."""
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed (pip install tensorrt-rtx-cu13)")
     from maskrt.export.engine import build_engine
 
@@ -179,6 +191,7 @@ def test_r50_trt_graph_builds_a_dynamic_size_engine(r50: tuple[Path, Path], plug
     ops = {node.op_type for node in onnx.load(str(export / "model.trt.onnx")).graph.node}
     assert not ops & FORBIDDEN_IN_TRT and {"MultiLevelRoIAlign", "BatchedNMS"} <= ops
     info = build_engine(export, builder="tensorrt-rtx", compute_capabilities=("8.9",))
-    assert info.profiles["images"].min == (1, 3, 32, 32) and info.profiles["images"].opt == (1, 3, 800, 1344)
-    assert info.profiles["images"].max == (4, 3, 1344, 1344)
+    side = -(-MAX_SIZE // 32) * 32
+    assert info.profiles["images"].min == (1, 3, 32, 32) and info.profiles["images"].opt == (1, 3, MIN_SIZE, side)
+    assert info.profiles["images"].max == (4, 3, side, side)
     assert (export / "model.fp32.engine").stat().st_size > 100_000_000  # the r50-fpn weights are inside
