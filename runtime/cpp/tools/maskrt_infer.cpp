@@ -55,6 +55,8 @@ const char* kUsage =
     "                         JSON line {\"file\", \"detections\", \"ms\"} (ms: predict, from the decoded image to\n"
     "                         pasted masks) or {\"error\"}; writes no files (used by `maskrt bench compare`)\n";
 
+bool progress_open = false;  // a progress line without its newline is on the terminal
+
 const char* const kImageSuffixes[] = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"};
 
 const unsigned char kPalette[10][3] = {{230, 25, 75},  {60, 180, 75},  {255, 225, 25}, {0, 130, 200}, {245, 130, 48},
@@ -326,9 +328,11 @@ int run(const Args& a) {
         results.push_back(std::move(r));
       }
       if (progress) std::cerr << "\rpredict " << i + 1 << "/" << files.size() << std::flush;
+      progress_open = progress;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (progress) std::cerr << "\n";
+    progress_open = false;
     std::ofstream(staging / "results.json") << results.dump(1) << "\n";
     if (fs::exists(out)) fs::remove_all(out);
     fs::rename(staging, out);
@@ -344,8 +348,10 @@ int run(const Args& a) {
   return 0;
 }
 
+// The error on a line of its own, also after a progress line on a terminal.
 std::string one_line(std::string text) {
   std::replace(text.begin(), text.end(), '\n', ' ');
+  if (progress_open) std::cerr << "\n";
   return text;
 }
 
