@@ -255,3 +255,39 @@ def test_a_tampered_engine_is_refused_before_tensorrt_loads(small_export: Path, 
     Image.new("RGB", (64, 48)).save(image)
     _assert_refused(_infer("--backend", "tensorrt", "--model", str(engine), "--out", str(out), str(image)), out,
                     "is not the engine its ENGINE.json describes")
+
+
+def _det(image_id: int, box: list[float], score: float, mask: tuple[int, int, int, int], category: int = 1) -> dict:
+    """A COCO result on a 40x40 image whose mask is the rectangle rows mask[0]:mask[1], columns mask[2]:mask[3]."""
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((40, 40, 1), np.uint8, order="F")
+    m[mask[0]:mask[1], mask[2]:mask[3]] = 1
+    rle = mask_utils.encode(m)[0]
+    return {"image_id": image_id, "category_id": category, "bbox": box, "score": score,
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}}
+
+
+def test_the_runtime_gate_on_hand_made_detections() -> None:
+    """runtime/parity/runtimes.py's pairing and gates: equal detections pass with their pair count; a score, a box or
+    a mask beyond its tolerance fails; a detection on one side only fails unless its score sits at the threshold; too
+    few pairs is INCONCLUSIVE."""
+    from maskrt.runtime.parity.runtimes import pair_detections, verdict_of
+
+    python = [_det(i, [5.0, 5.0, 10.0, 10.0], 0.9, (5, 15, 5, 15)) for i in range(1, 6)]
+    same = pair_detections(python, [dict(d) for d in python], 0.05)
+    assert len(same["pairs"]) == 5 and not same["unpaired"]
+    assert verdict_of(same, 5)["verdict"] == "passed" and verdict_of(same, 6)["exit_code"] == 3
+    for changed, gate in (({"score": 0.9002}, "score"), ({"bbox": [5.0, 5.0, 10.02, 10.0]}, "box"),
+                          ({"segmentation": _det(1, [], 0, (5, 15, 5, 14))["segmentation"]}, "mask")):
+        cpp = [dict(d) for d in python]
+        cpp[2] = {**cpp[2], **changed}
+        result = verdict_of(pair_detections(python, cpp, 0.05), 5)
+        assert result["verdict"] == "failed" and "1 of 5 pairs beyond" in result["reasons"][0], gate
+    extra = _det(3, [20.0, 20.0, 5.0, 5.0], 0.3, (20, 25, 20, 25), category=2)
+    one_sided = pair_detections(python, [*python, extra], 0.05)
+    assert len(one_sided["unpaired"]) == 1 and one_sided["unpaired"][0]["only_in"] == "cpp"
+    assert verdict_of(one_sided, 5)["verdict"] == "failed"
+    at_threshold = pair_detections(python, [*python, {**extra, "score": 0.05005}], 0.05)
+    assert not at_threshold["unpaired"] and at_threshold["unpaired_at_threshold"] == 1
+    assert verdict_of(at_threshold, 5)["verdict"] == "passed"

@@ -152,12 +152,17 @@ def test_fp16_engine_from_the_fp16_graph(slim_checkpoint: Path, tmp_path: Path, 
     assert b"MultiLevelRoIAlign" in plan and b"BatchedNMS" in plan
 
 
+def _random_r50(tmp_path: Path, size: int) -> Path:
+    """A seeded random-init r50-fpn checkpoint (3 classes) resizing to `size` x `size`."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "r50.pt"
+    _save_random(ckpt, default_model_config("r50-fpn", 3, min_size=size, max_size=size))
+    return ckpt
+
+
 @pytest.mark.slow
 def test_r50_fpn_fp16_engine_at_800(tmp_path: Path, plugin_library: Path) -> None:
-    torch.manual_seed(0)
-    cfg = default_model_config("r50-fpn", 3, min_size=800, max_size=800)
-    ckpt = tmp_path / "r50.pt"
-    _save_random(ckpt, cfg)
+    ckpt = _random_r50(tmp_path, 800)
     export_checkpoint(ckpt, tmp_path / "export", height=800, width=800, fp16=True)
     info = build_engine(tmp_path / "export", builder="tensorrt-rtx", precision="fp16", compute_capabilities=("8.9",))
     assert info.precision == "fp16" and info.profiles["images"].min == info.profiles["images"].max == (1, 3, 800, 800)
@@ -247,10 +252,7 @@ def test_int8_engine_from_the_trt_int8_graph(slim_checkpoint: Path, tmp_path: Pa
 @pytest.mark.slow
 def test_r50_fpn_int8_engine(tmp_path: Path, plugin_library: Path) -> None:
     """The r50-fpn export's INT8 graph builds too (a static 320x320 canvas keeps calibration and build short)."""
-    torch.manual_seed(0)
-    cfg = default_model_config("r50-fpn", 3, min_size=320, max_size=320)
-    ckpt = tmp_path / "r50.pt"
-    _save_random(ckpt, cfg)
+    ckpt = _random_r50(tmp_path, 320)
     export = _quantized(ckpt, tmp_path, height=320, width=320)
     info = build_engine(export, builder="tensorrt-rtx", precision="int8", compute_capabilities=("8.9",))
     _check_int8_engine(export, info)

@@ -333,7 +333,12 @@ int run(const Args& a) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (progress) std::cerr << "\n";
     progress_open = false;
-    std::ofstream(staging / "results.json") << results.dump(1) << "\n";
+    {  // a write that fails (full disk, file-size limit) is an error: the previous --out stays as it was
+      std::ofstream file(staging / "results.json");
+      file << results.dump(1) << "\n";
+      file.close();
+      if (!file) throw maskrt::Error((staging / "results.json").string() + ": cannot write it (disk full?)");
+    }
     if (fs::exists(out)) fs::remove_all(out);
     fs::rename(staging, out);
     std::cout << "wrote " << results.size() << " detections for " << files.size() << " image(s) to "
